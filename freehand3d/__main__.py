@@ -1,0 +1,3 @@
+from freehand3d.cli import main
+
+main()
