@@ -1,0 +1,162 @@
+"""OpenIGTLink streaming: lossless reception, PLUS conventions, malformed input, reconnection."""
+
+from __future__ import annotations
+
+import socket
+import struct
+import threading
+import time
+
+import numpy as np
+import pytest
+
+from freehand3d import geometry
+from freehand3d.stream.igtl import IGTLSource, ReplayServer, image_message, transform_message
+from freehand3d.sweep import Sweep
+
+
+def _sweep(n=60, h=120, w=160, seed=0):
+    rng = np.random.default_rng(seed)
+    frames = rng.integers(0, 256, (n, h, w), dtype=np.uint8)
+    params = np.c_[np.linspace(0, 30, n), rng.normal(0, 1, n), np.zeros(n), np.linspace(0, 20, n), np.zeros((n, 2))]
+    probe_to_tracker = geometry.params_to_matrix(params, "xyz", degrees=True)
+    reference_to_tracker = np.tile(geometry.translation([5.0, -3.0, 2.0]), (n, 1, 1))
+    return Sweep(frames, timestamps=100.0 + np.arange(n) / 30.0,
+                 transforms={"ProbeToTracker": probe_to_tracker, "ReferenceToTracker": reference_to_tracker})
+
+
+IMAGE_TO_PROBE = np.array([[0.1, 0, 0, 3.0], [0, 0.1, 0, -2.0], [0, 0, 0.1, 0], [0, 0, 0, 1]])
+
+
+def test_replay_is_received_losslessly_with_poses():
+    sweep = _sweep()
+    with ReplayServer(sweep, port=0, fps=0) as server:
+        server.start()
+        source = IGTLSource(port=server.port, reconnect=False, image_to_probe=IMAGE_TO_PROBE)
+        items = list(source)
+    assert len(items) == len(sweep)
+    assert source.stats.malformed == 0 and source.stats.missed == 0
+    for item, frame in zip(items, sweep.frames):
+        assert np.array_equal(item.frame, frame)
+    got_ts = np.array([it.timestamp for it in items])
+    np.testing.assert_allclose(got_ts, sweep.timestamps, atol=1e-6)
+    # OpenIGTLink TRANSFORM bodies are float32: poses equal to float32 precision
+    for name, mats in sweep.transforms.items():
+        got = np.stack([it.transforms[name] for it in items])
+        np.testing.assert_allclose(got, mats, atol=1e-4 * np.abs(mats).max())
+    expected = geometry.image_to_reference(sweep.transforms["ProbeToTracker"],
+                                           sweep.transforms["ReferenceToTracker"], IMAGE_TO_PROBE)
+    np.testing.assert_allclose(np.stack([it.pose for it in items]), expected, atol=1e-3)
+
+
+def test_plus_embedded_image_to_reference():
+    sweep = _sweep(n=10)
+    sweep.image_to_probe = IMAGE_TO_PROBE
+    with ReplayServer(sweep, port=0, fps=0, embed="Reference") as server:
+        server.start()
+        items = list(IGTLSource(port=server.port, reconnect=False))
+    assert {it.device for it in items} == {"Image_Reference"}
+    expected = sweep.transform("ImageToReference")[0]
+    np.testing.assert_allclose(np.stack([it.pose for it in items]), expected, atol=1e-3)
+    # the image-centre convention of the wire format is undone: pixel (0, 0) maps to the origin column
+    np.testing.assert_allclose(items[0].pose[:3, 3], expected[0, :3, 3], atol=1e-3)
+
+
+def _serve_bytes(chunks, delay=0.0):
+    listener = socket.socket()
+    listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    listener.bind(("127.0.0.1", 0))
+    listener.listen(1)
+
+    def run():
+        conn, _ = listener.accept()
+        for chunk in chunks:
+            # send in small pieces so headers are split across TCP reads
+            for i in range(0, len(chunk), 7):
+                conn.sendall(chunk[i:i + 7])
+            time.sleep(delay)
+        conn.close()
+        listener.close()
+
+    threading.Thread(target=run, daemon=True).start()
+    return listener.getsockname()[1]
+
+
+def _with_body(packed: bytes, body: bytes, fix_crc: bool = True) -> bytes:
+    from pyigtl.messages import CRC64
+
+    header = bytearray(packed[:58])
+    struct.pack_into("> Q", header, 42, len(body))
+    struct.pack_into("> Q", header, 50, CRC64(body) if fix_crc else 12345)
+    return bytes(header) + body
+
+
+def test_malformed_messages_are_counted_and_skipped():
+    rng = np.random.default_rng(1)
+    frames = rng.integers(0, 256, (4, 32, 48), dtype=np.uint8)
+    good = [image_message(f, "Image", 10.0 + i).pack() for i, f in enumerate(frames)]
+    truncated = _with_body(good[1], good[1][58:-100])          # wrong body size for the image it declares
+    bad_crc = _with_body(good[2], good[2][58:], fix_crc=False)  # body intact, CRC wrong
+    garbage = rng.integers(0, 256, 1000, dtype=np.uint8).tobytes()
+    port = _serve_bytes([good[0], truncated, garbage, bad_crc, good[3]])
+    source = IGTLSource(port=port, reconnect=False)
+    items = list(source)
+    assert [it.timestamp for it in items] == [10.0, 13.0]
+    assert np.array_equal(items[1].frame, frames[3])
+    assert source.stats.malformed == 3  # truncated body, garbage run, bad CRC
+    assert source.stats.crc_errors == 1
+    assert source.stats.resync_bytes >= 1000
+
+
+def test_transform_matched_by_interpolation():
+    # transforms at t = 0 and 1, image at t = 0.5: the pose is interpolated, not the latest
+    a = geometry.translation([0, 0, 0])
+    b = geometry.params_to_matrix([10, 0, 0, 0, 0, 40], "xyz", degrees=True)
+    chunks = [transform_message(a, "ImageToReference", 1000.0).pack(),
+              transform_message(b, "ImageToReference", 1001.0).pack(),
+              image_message(np.zeros((8, 8), np.uint8), "Image", 1000.5).pack()]
+    port = _serve_bytes([b"".join(chunks)])
+    items = list(IGTLSource(port=port, reconnect=False))
+    expected = geometry.params_to_matrix([5, 0, 0, 0, 0, 20], "xyz", degrees=True)
+    np.testing.assert_allclose(items[0].pose, expected, atol=1e-5)
+
+
+def test_server_restart_is_survived_and_gap_reported_as_missed():
+    sweep = _sweep(n=120)
+    first = ReplayServer(sweep, port=0, fps=200, n_frames=50)
+    port = first.port
+    first.start()
+    source = IGTLSource(port=port, reconnect=True, connect_timeout=10.0)
+    received = []
+
+    def consume():
+        for item in source:
+            received.append(item)
+            if len(received) >= 90:
+                break
+
+    consumer = threading.Thread(target=consume, daemon=True)
+    consumer.start()
+    first.wait(10)
+    first.close()  # the server goes away after frame 49
+    time.sleep(0.5)
+    second = ReplayServer(sweep, port=port, fps=200, start_frame=80, n_frames=40)
+    second.start()
+    consumer.join(20)
+    source.close()
+    second.close()
+    assert len(received) == 90
+    assert source.stats.reconnects == 1
+    assert source.stats.missed == 30  # frames 50..79 were never sent to this client
+    assert np.array_equal(received[50].frame, sweep.frames[80])
+
+
+def test_connect_failure_is_a_stream_error():
+    from freehand3d.errors import StreamError
+
+    sock = socket.socket()
+    sock.bind(("127.0.0.1", 0))
+    port = sock.getsockname()[1]
+    sock.close()
+    with pytest.raises(StreamError, match="cannot connect"):
+        list(IGTLSource(port=port, reconnect=False, connect_timeout=0.3))
