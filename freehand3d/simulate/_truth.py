@@ -1,0 +1,39 @@
+"""Ground truth of a simulation as an ``.npz`` file (arrays only, loadable without freehand3d)."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+
+from freehand3d._atomic import atomic_path
+from freehand3d.errors import InputError
+
+
+def truth_path_for(sweep_path: str | os.PathLike) -> Path:
+    """``run.igs.mha`` -> ``run.truth.npz`` (the file the CLI writes beside a simulated sweep)."""
+    path = Path(sweep_path)
+    name = path.name
+    for suffix in (".igs.mha", ".seq.mha", ".igs.nrrd", ".seq.nrrd", ".mha", ".nrrd", ".h5", ".hdf5"):
+        if name.lower().endswith(suffix):
+            name = name[: -len(suffix)]
+            break
+    return path.with_name(name + ".truth.npz")
+
+
+def save_truth(path: str | os.PathLike, truth: dict, compress: bool = True) -> None:
+    """Write a truth dict (str -> array-like) atomically as ``.npz``."""
+    arrays = {key: np.asarray(value) for key, value in truth.items()}
+    with atomic_path(path) as tmp:
+        with open(tmp, "wb") as handle:
+            (np.savez_compressed if compress else np.savez)(handle, **arrays)
+
+
+def load_truth(path: str | os.PathLike) -> dict:
+    """Read a truth ``.npz`` back into a dict of arrays (0-d arrays become scalars)."""
+    try:
+        with np.load(path, allow_pickle=False) as data:
+            return {key: (data[key][()] if data[key].ndim == 0 else data[key]) for key in data.files}
+    except (OSError, ValueError) as exc:
+        raise InputError(f"cannot read simulation truth ({exc.__class__.__name__}: {exc})", path) from None
