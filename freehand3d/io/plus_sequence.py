@@ -179,7 +179,11 @@ def _parse_metaimage_header(path: Path, blob: bytes) -> SequenceHeader:
     header.data_offset = min(pos, n)
     header.data_path = path
     target = header.fields["ElementDataFile"]
+    if not target:
+        raise InputError("ElementDataFile is empty (truncated header?)", path)
     if target.upper() != "LOCAL":
+        if "\x00" in target:
+            raise InputError("ElementDataFile contains a NUL character", path)
         if target.upper().startswith("LIST") or "%" in target or " " in target:
             raise InputError(f"ElementDataFile = {target!r}: multi-file pixel data is not supported", path)
         header.data_path = path.parent / target
@@ -223,6 +227,10 @@ def _parse_nrrd_header(path: Path, blob: bytes) -> SequenceHeader:
     header.data_path = path
     target = header.get("data file") or header.get("datafile")
     if target is not None:
+        if not target:
+            raise InputError("data file: is empty (truncated header?)", path)
+        if "\x00" in target:
+            raise InputError("data file contains a NUL character", path)
         if target.upper().startswith("LIST") or "%" in target or " " in target:
             raise InputError(f"data file: {target!r}: multi-file pixel data is not supported", path)
         header.data_path = path.parent / target
@@ -418,6 +426,11 @@ def _decompress(path: Path, data: bytes, expected: int, gzip: bool) -> bytes:
             # gzip allows several concatenated members; zlib data is one stream
             if not (gzip and rest.startswith(b"\x1f\x8b")):
                 break
+        if rest:
+            raise InputError(
+                f"{len(rest)} unexpected bytes follow the compressed pixel data (wrong CompressedDataSize?)",
+                path,
+            )
     except zlib.error as exc:
         raise InputError(f"compressed pixel data is corrupt ({exc})", path) from None
     out = parts[0] if len(parts) == 1 else b"".join(parts)
@@ -433,9 +446,16 @@ def _decompress(path: Path, data: bytes, expected: int, gzip: bool) -> bytes:
 def _pixel_bytes(header: SequenceHeader, layout: _Layout, blob: bytes) -> bytes:
     path = header.path
     if header.data_path != path:
-        if not header.data_path.exists():
-            raise InputError(f"pixel data file {header.data_path.name} (named in the header) not found", path)
-        data = _read_file(header.data_path)
+        try:
+            data = header.data_path.read_bytes()
+        except FileNotFoundError:
+            raise InputError(f"pixel data file {header.data_path.name} (named in the header) not found", path) from None
+        except OSError as exc:
+            raise InputError(
+                f"pixel data file {header.data_path.name} (named in the header) cannot be read "
+                f"({exc.strerror or exc})",
+                path,
+            ) from None
     else:
         data = blob[header.data_offset:]
     expected = layout.width * layout.height * layout.n_frames
@@ -453,13 +473,14 @@ def _pixel_bytes(header: SequenceHeader, layout: _Layout, blob: bytes) -> bytes:
         return _decompress(path, data, expected, layout.gzip)
     if layout.header_skip == -1:
         data = data[len(data) - expected:] if len(data) >= expected else data
-    if len(data) < expected:
+    if len(data) != expected:
         raise InputError(
             f"pixel data has {len(data)} bytes but the header sizes need {expected} "
-            f"({layout.width}x{layout.height}x{layout.n_frames}): truncated file or wrong sizes",
+            f"({layout.width}x{layout.height}x{layout.n_frames}): "
+            + ("truncated file or wrong sizes" if len(data) < expected else "the header sizes are wrong"),
             path,
         )
-    return data[:expected]
+    return data
 
 
 # --------------------------------------------------------------------------- orientation
