@@ -1,0 +1,334 @@
+"""Geometric ULM (G-ULM): microbubble positions straight from RF channel data, no beamforming.
+
+Stages (each importable and testable on its own):
+
+1. :func:`freehand3d.ulm.echoes.find_echoes` — echoes per channel, MEMGO fits, phase-precise ToA.
+2. :func:`match_echoes` — pair echoes of channels ``i`` and ``i + gap`` whose path difference the
+   geometry allows, intersect their conics (:mod:`freehand3d.ulm.intersect`) and keep the points
+   whose predicted echo paths in further channels (``i - gap``, ``i + 2 gap`` and the channel half way)
+   are found within a tolerance ("re-projection" check).
+3. :func:`freehand3d.ulm.cluster.mean_shift` — one bubble per cluster of intersection points.
+4. optional :func:`refine_positions` — least-squares multilateration of each cluster centre from
+   the echoes of all selected channels that it explains (Gauss-Newton, a few steps).
+
+:func:`localize` chains them for one frame or many.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from freehand3d.ulm.cluster import mean_shift
+from freehand3d.ulm.echoes import Echoes, find_echoes
+from freehand3d.ulm.intersect import intersect_plane_wave
+from freehand3d.ulm.probe import LinearProbe
+
+__all__ = ["select_channels", "echo_paths", "match_echoes", "refine_positions", "suppress_ghosts", "localize", "localize_frame"]
+
+
+def select_channels(n_elements: int, channels: int) -> np.ndarray:
+    """Indices of ``channels`` elements spread evenly over the aperture (both ends included)."""
+    if channels < 2 or channels > n_elements:
+        raise ValueError(f"channels must be between 2 and {n_elements}, got {channels}")
+    return np.unique(np.round(np.linspace(0, n_elements - 1, channels)).astype(int))
+
+
+def _direction(tx_angle: float) -> np.ndarray:
+    return np.array([np.sin(tx_angle), np.cos(tx_angle)])
+
+
+def echo_paths(toa: np.ndarray, probe: LinearProbe, tx_angle: float = 0.0) -> np.ndarray:
+    """Convert times of arrival (s) to plane-wave paths n.p + |p - e| (mm), see :mod:`.intersect`."""
+    first_fired = np.min(probe.element_x * np.sin(tx_angle))
+    return probe.speed_of_sound * np.asarray(toa, float) + first_fired
+
+
+def _nearest_residual(paths_in_channel: np.ndarray, predicted: np.ndarray) -> np.ndarray:
+    """|nearest echo path - predicted| for predicted (N,) against paths (N, E) (NaN padded)."""
+    diff = np.abs(paths_in_channel - predicted[:, None])
+    diff = np.where(np.isfinite(diff), diff, np.inf)
+    return diff.min(axis=1)
+
+
+def match_echoes(
+    paths: np.ndarray,
+    element_x: np.ndarray,
+    *,
+    tx_angle: float = 0.0,
+    gap: int = 1,
+    amplitude: np.ndarray | None = None,
+    max_amplitude_ratio: float = 3.0,
+    tolerance: float = 0.01,
+    min_votes: int = 2,
+) -> np.ndarray:
+    """Intersection points of matched echoes of channel pairs (i, i + gap), checked in other channels.
+
+    Parameters
+    ----------
+    paths : array (M, E)
+        Echo paths (mm) per selected channel, NaN padded.
+    element_x : array (M,)
+        Lateral positions of the selected elements (mm).
+    tx_angle : float
+        Plane-wave angle (radians).
+    gap : int
+        Channel pairs are ``gap`` selected channels apart (a longer baseline conditions the
+        intersection better, a shorter one makes matching less ambiguous).
+    amplitude : array (M, E), optional
+        Fitted echo amplitudes; pairs whose ratio exceeds ``max_amplitude_ratio`` are not matched.
+    tolerance : float
+        Largest disagreement (mm of path) between a predicted and a found echo in a check channel.
+    min_votes : int
+        Check channels that must agree (capped by how many exist for the pair).
+
+    Returns
+    -------
+    numpy.ndarray (N, 2)
+        Validated intersection points (x, z) in mm.
+    """
+    paths = np.asarray(paths, float)
+    n_channels = len(paths)
+    if n_channels <= gap:
+        return np.zeros((0, 2))
+    n = _direction(tx_angle)
+    elements = np.stack([element_x, np.zeros_like(element_x)], axis=1)
+    i_idx = np.arange(n_channels - gap)
+    j_idx = i_idx + gap
+    di = paths[i_idx][:, :, None]  # (P, E, 1)
+    dj = paths[j_idx][:, None, :]  # (P, 1, E)
+    baseline = np.abs(element_x[j_idx] - element_x[i_idx])[:, None, None]
+    feasible = np.abs(di - dj) <= baseline + tolerance  # triangle inequality on receive distances
+    if amplitude is not None:
+        ai = amplitude[i_idx][:, :, None]
+        aj = amplitude[j_idx][:, None, :]
+        ratio = ai / aj
+        feasible &= (ratio <= max_amplitude_ratio) & (ratio >= 1 / max_amplitude_ratio)
+    pair, ei_, ej_ = np.nonzero(feasible)
+    if len(pair) == 0:
+        return np.zeros((0, 2))
+    ci, cj = i_idx[pair], j_idx[pair]
+    points = intersect_plane_wave(elements[ci], paths[ci, ei_], elements[cj], paths[cj, ej_], n)
+    ok = np.isfinite(points).all(axis=1)
+    points, ci, cj = points[ok], ci[ok], cj[ok]
+    # re-projection: the same scatterer must explain an echo in the check channels
+    votes = np.zeros(len(points), int)
+    available = np.zeros(len(points), int)
+    checks = [ci - gap, cj + gap]
+    if gap >= 2:
+        checks.append((ci + cj) // 2)
+    for check in checks:
+        exists = (check >= 0) & (check < n_channels)
+        if not exists.any():
+            continue
+        rows = np.flatnonzero(exists)
+        ch = check[rows]
+        predicted = points[rows] @ n + np.hypot(points[rows, 0] - element_x[ch], points[rows, 1])
+        residual = _nearest_residual(paths[ch], predicted)
+        votes[rows] += residual <= tolerance
+        available[rows] += 1
+    needed = np.minimum(min_votes, np.maximum(available, 1))
+    return points[votes >= needed]
+
+
+def refine_positions(
+    positions: np.ndarray,
+    paths: np.ndarray,
+    element_x: np.ndarray,
+    *,
+    tx_angle: float = 0.0,
+    tolerance: float = 0.02,
+    iterations: int = 4,
+    min_channels: int = 3,
+) -> np.ndarray:
+    """Least-squares multilateration of each position from the echo paths it explains.
+
+    For every position, each channel's echo nearest to the predicted path (within ``tolerance`` mm)
+    is associated; then a few Gauss-Newton steps minimise the sum of squared path residuals.
+    Positions with fewer than ``min_channels`` associated echoes are returned unchanged.
+    """
+    positions = np.array(positions, float, copy=True)
+    start = positions.copy()
+    if len(positions) == 0:
+        return positions
+    n = _direction(tx_angle)
+    finite = np.where(np.isfinite(paths), paths, np.inf)
+
+    def predict(p):  # (K, 2) -> (K, M)
+        dx = p[:, 0:1] - element_x[None, :]
+        r = np.hypot(dx, p[:, 1:2])
+        return (p @ n)[:, None] + r, dx / r, p[:, 1:2] / r
+
+    pred, _, _ = predict(positions)
+    diff = np.abs(finite[None, :, :] - pred[:, :, None])  # (K, M, E)
+    nearest = np.argmin(diff, axis=2)
+    measured = np.take_along_axis(np.broadcast_to(finite, diff.shape), nearest[..., None], axis=2)[..., 0]
+    used = np.take_along_axis(diff, nearest[..., None], axis=2)[..., 0] <= tolerance
+    enough = used.sum(axis=1) >= min_channels
+    for _ in range(iterations):
+        pred, drdx, drdz = predict(positions)
+        jac = np.stack([n[0] + drdx, n[1] + drdz], axis=-1) * used[..., None]  # (K, M, 2)
+        res = np.where(used, measured - pred, 0.0)
+        jtj = np.einsum("kmi,kmj->kij", jac, jac) + 1e-12 * np.eye(2)
+        jtr = np.einsum("kmi,km->ki", jac, res)
+        step = np.linalg.solve(jtj[enough], jtr[enough][..., None])[..., 0]
+        positions[enough] += step
+    # a centre that wanders far was pulled by echoes of another bubble: keep the cluster centre
+    moved = np.linalg.norm(positions - start, axis=1) > tolerance
+    positions[moved] = start[moved]
+    return positions
+
+
+def suppress_ghosts(
+    centres: np.ndarray,
+    sizes: np.ndarray,
+    *,
+    merge_radius: float,
+    ghost_radius: float,
+    ghost_ratio: float = 3.0,
+) -> np.ndarray:
+    """Drop cluster centres explained by a better-supported neighbour.
+
+    Overlapping echoes of two close bubbles create a few mismatched pairs whose intersections form
+    small satellite clusters next to the true ones. A centre is dropped if a centre with more support
+    lies within ``merge_radius``, or one with ``ghost_ratio`` times its support within
+    ``ghost_radius``. Centres are expected most supported first (as :func:`mean_shift` returns).
+    """
+    centres = np.asarray(centres, float).reshape(-1, 2)
+    sizes = np.asarray(sizes, float)
+    keep = np.ones(len(centres), bool)
+    order = np.argsort(-sizes, kind="stable")
+    for rank, k in enumerate(order):
+        stronger = order[:rank][keep[order[:rank]]]
+        if len(stronger) == 0:
+            continue
+        d = np.linalg.norm(centres[stronger] - centres[k], axis=1)
+        if np.any(d <= merge_radius) or np.any((d <= ghost_radius) & (sizes[stronger] >= ghost_ratio * sizes[k])):
+            keep[k] = False
+    return centres[keep]
+
+
+def localize_frame(
+    rf: np.ndarray,
+    probe: LinearProbe,
+    *,
+    tx_angle: float = 0.0,
+    t0: float = 0.0,
+    channels: int | np.ndarray = 128,
+    bandwidth: float | None = None,
+    min_cluster_size: int | None = None,
+    gap: int | None = None,
+    baseline: float = 0.8,
+    tolerance: float | None = None,
+    refine: bool = False,
+    threshold_db: float = -26.0,
+    max_cost: float = 0.5,
+    merge_radius: float | None = None,
+    ghost_radius: float | None = None,
+    ghost_ratio: float = 3.0,
+    echoes: Echoes | None = None,
+) -> np.ndarray:
+    """G-ULM on one RF frame (n_samples, n_elements); returns (K, 2) positions (x, z) in mm.
+
+    See :func:`localize` for the parameters.
+    """
+    rf = np.asarray(rf)
+    if rf.ndim != 2 or rf.shape[1] != probe.n_elements:
+        raise ValueError(f"rf must be (n_samples, {probe.n_elements}), got {rf.shape}")
+    chosen = select_channels(probe.n_elements, channels) if np.ndim(channels) == 0 else np.asarray(channels, int)
+    element_x = probe.element_x[chosen]
+    lam = probe.wavelength
+    bandwidth = lam / 4 if bandwidth is None else bandwidth
+    tolerance = lam / 8 if tolerance is None else tolerance
+    if gap is None:
+        spacing = np.median(np.diff(element_x)) if len(element_x) > 1 else probe.pitch
+        gap = int(max(1, min(len(chosen) // 4 or 1, round(baseline / spacing))))
+    if echoes is None:
+        echoes = find_echoes(rf[:, chosen], probe, t0=t0, threshold_db=threshold_db, max_cost=max_cost)
+    paths = echo_paths(echoes.toa, probe, tx_angle)
+    points = match_echoes(paths, element_x, tx_angle=tx_angle, gap=gap, amplitude=echoes.amplitude, tolerance=tolerance)
+    n_pairs = max(1, len(chosen) - gap)
+    if min_cluster_size is None:
+        min_cluster_size = max(2, int(round(0.1 * n_pairs)))
+    centres, sizes = mean_shift(points, bandwidth, min_cluster_size=min_cluster_size)
+    centres = suppress_ghosts(centres, sizes, merge_radius=lam / 2 if merge_radius is None else merge_radius, ghost_radius=2 * lam if ghost_radius is None else ghost_radius, ghost_ratio=ghost_ratio)
+    if refine and len(centres):
+        centres = refine_positions(centres, paths, element_x, tx_angle=tx_angle, tolerance=2 * tolerance)
+    return centres
+
+
+def localize(
+    rf: np.ndarray,
+    probe: LinearProbe | None = None,
+    *,
+    tx_angle: float = 0.0,
+    t0: float = 0.0,
+    channels: int | np.ndarray = 128,
+    bandwidth: float | None = None,
+    min_cluster_size: int | None = None,
+    gap: int | None = None,
+    baseline: float = 0.8,
+    tolerance: float | None = None,
+    refine: bool = False,
+    threshold_db: float = -26.0,
+    max_cost: float = 0.5,
+    merge_radius: float | None = None,
+    ghost_radius: float | None = None,
+    ghost_ratio: float = 3.0,
+    progress: bool = False,
+):
+    """Localize microbubbles by geometric ULM.
+
+    Parameters
+    ----------
+    rf : array (n_samples, n_elements) or (n_frames, n_samples, n_elements)
+        RF channel data of plane-wave transmits.
+    probe : LinearProbe, optional
+        Array geometry, sampling and pulse (L22-14v-like defaults).
+    tx_angle : float
+        Plane-wave steering angle (radians).
+    t0 : float
+        Time (s) of the first sample.
+    channels : int or array of int
+        Number of channels used, spread evenly over the aperture, or the element indices.
+    bandwidth : float, optional
+        Mean-shift radius (mm); default lambda / 4.
+    min_cluster_size : int, optional
+        Intersection points a bubble needs; default 10 % of the channel pairs (at least 2).
+    gap : int, optional
+        Channel-pair separation in selected channels; default the one nearest ``baseline`` mm.
+    baseline : float
+        Target element separation (mm) of the intersected channel pairs when ``gap`` is None.
+    tolerance : float, optional
+        Re-projection tolerance (mm of path); default lambda / 8.
+    refine : bool
+        Refine cluster centres by least-squares multilateration over all channels.
+    threshold_db : float
+        Echo detection threshold relative to the frame maximum.
+    max_cost : float
+        Largest relative MEMGO residual of an accepted echo.
+    merge_radius, ghost_radius, ghost_ratio
+        Satellite-cluster suppression (:func:`suppress_ghosts`); defaults lambda / 2, 2 lambda, 3.
+    progress : bool
+        Show a progress bar over frames.
+
+    Returns
+    -------
+    numpy.ndarray (K, 2) for one frame, or (K, 3) with columns (frame, x, z) for several; mm.
+    """
+    probe = probe or LinearProbe()
+    rf = np.asarray(rf)
+    kwargs = dict(tx_angle=tx_angle, t0=t0, channels=channels, bandwidth=bandwidth, min_cluster_size=min_cluster_size, gap=gap, baseline=baseline, tolerance=tolerance, refine=refine, threshold_db=threshold_db, max_cost=max_cost, merge_radius=merge_radius, ghost_radius=ghost_radius, ghost_ratio=ghost_ratio)
+    if rf.ndim == 2:
+        return localize_frame(rf, probe, **kwargs)
+    if rf.ndim != 3:
+        raise ValueError("rf must be (n_samples, n_elements) or (n_frames, n_samples, n_elements)")
+    frames = range(len(rf))
+    if progress:
+        from rich.progress import track
+
+        frames = track(frames, description="G-ULM")
+    out = []
+    for f in frames:
+        pos = localize_frame(rf[f], probe, **kwargs)
+        out.append(np.column_stack([np.full(len(pos), f), pos]))
+    return np.concatenate(out) if out else np.zeros((0, 3))
