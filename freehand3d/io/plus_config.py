@@ -500,7 +500,8 @@ def _section(section: ET.Element | None, wire_names: list[str], source) -> Segme
         for p in frame.findall("SegmentedPoints/Point"):
             points[i, wire_column(p, f"{where} point")] = _vec(p.get("Position"), 3, f"{where} point Position", source)[:2]
         for e in frame.findall("ReprojectionError3DList/ReprojectionError3D"):
-            err3[i, wire_column(e, f"{where} 3D error")] = _optional_float(e.get("ErrorMm"), f"{where} ErrorMm", source) or 0.0
+            value = _optional_float(e.get("ErrorMm"), f"{where} ErrorMm", source)
+            err3[i, wire_column(e, f"{where} 3D error")] = np.nan if value is None else value
         for e in frame.findall("ReprojectionError2DList/ReprojectionError2D"):
             err2[i, wire_column(e, f"{where} 2D error")] = _vec(e.get("ErrorPx"), 2, f"{where} ErrorPx", source)
         for k, m in enumerate(frame.findall("MiddleWires/MiddleWire")[:3]):
