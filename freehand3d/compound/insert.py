@@ -1,0 +1,363 @@
+"""Pasting frames into a voxel grid: nearest-neighbour and trilinear (splatting) insertion with
+LATEST, MAXIMUM, MEAN and importance-weighted compounding, as vectorised torch scatters.
+
+Two arithmetics are offered:
+
+``exact_plus=True``
+    Bit-for-bit PLUS (``vtkIGSIOPasteSliceIntoVolume``): with ``fixed_point=True`` (PLUS's
+    ``Optimization="FULL"``) the pixel-to-voxel matrix is quantised to 14 fractional bits and voxel
+    positions are computed in integers, rounding is ``floor(x + 0.5)``; the MEAN compounding
+    reproduces PLUS's running average that rounds (trilinear) or truncates (nearest neighbour) to
+    the output type after every pixel, in PLUS's pixel order. The accumulation buffer holds PLUS's
+    uint16 units (256 = one whole pixel). Voxels are independent of each other, so the running
+    average is replayed for all voxels at once, one "k-th contribution of each voxel" level at a
+    time.
+``exact_plus=False`` (default)
+    The fast path: float32 positions, exact weighted means from float sums (no intermediate
+    rounding), LATEST/MAXIMUM as in PLUS. The accumulation buffer holds the sum of weights.
+
+LATEST keeps, for each voxel, the value of the last pixel in (frame, row, column) order that maps
+to it; this is made deterministic by a ``scatter_reduce(amax)`` of the pixel order followed by a
+gather, never by relying on the write order of a scatter.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+#: PLUS's fixed-point format: 14 fractional bits
+FIXED_BITS = 14
+FIXED_ONE = 1 << FIXED_BITS
+FIXED_HALF = 1 << (FIXED_BITS - 1)
+#: PLUS's accumulation units (one whole pixel), maximum and overflow threshold (uint16 buffer)
+ACC_UNIT = 256
+ACC_MAX = 65535
+ACC_THRESHOLD = ACC_MAX - ACC_UNIT
+#: trilinear weight below which LATEST / MAXIMUM leave a voxel alone (PLUS's minWeight)
+MIN_SPLAT_WEIGHT = 0.125
+#: PLUS's floor tolerance (2**-17)
+FLOOR_TOL = 7.62939453125e-06
+
+COMPOUNDINGS = ("latest", "max", "mean", "importance")
+METHODS = ("nearest", "linear")
+
+
+def quantize_fixed(matrices: np.ndarray) -> np.ndarray:
+    """PLUS's double -> fixed conversion: round to the nearest multiple of 2**-14 (ties to even),
+    returned as int64 raw values (value * 16384)."""
+    return np.rint(np.asarray(matrices, np.float64) * FIXED_ONE).astype(np.int64)
+
+
+class PasteState:
+    """Output and accumulation buffers on a device, and the scatter operations that update them.
+
+    The buffers have one extra slot at the end (index ``n_voxels``): contributions that must not
+    land anywhere (outside the grid, masked, rejected) are sent there instead of being removed,
+    which avoids slow boolean compaction of large tensors.
+
+    Parameters
+    ----------
+    n_voxels : number of voxels (flat).
+    compounding : "latest", "max", "mean" or "importance".
+    exact_plus : PLUS's integer arithmetic (see module docstring) or the fast float path.
+    device : torch device.
+    """
+
+    def __init__(self, n_voxels: int, compounding: str, exact_plus: bool, device):
+        if compounding not in COMPOUNDINGS:
+            raise ValueError(f"compounding must be one of {COMPOUNDINGS}, got {compounding!r}")
+        self.n_voxels = int(n_voxels)
+        self.dump = self.n_voxels  # the extra slot
+        self.compounding = compounding
+        self.exact_plus = bool(exact_plus)
+        self.device = torch.device(device)
+        float_sums = not self.exact_plus and compounding in ("mean", "importance")
+        n = self.n_voxels + 1
+        # fast MEAN keeps sum(w*v) in float32; everything else keeps the current value
+        self.value = torch.zeros(n, dtype=torch.float32 if float_sums else torch.int32, device=self.device)
+        self.acc = torch.zeros(n, dtype=torch.int32 if self.exact_plus else torch.float32, device=self.device)
+        # LATEST: global order of the last writer of each voxel (monotonic across calls, no reset)
+        self._order = None
+        self._next_order = 0
+        self.overflow_count = 0
+
+    @staticmethod
+    def bytes_per_voxel(compounding: str, exact_plus: bool) -> int:
+        """Buffer bytes per voxel (value + accumulation + int64 order scratch + uint8 output)."""
+        scratch = 8 if compounding in ("latest", "max") else 0
+        return 4 + 4 + scratch + 1
+
+    # ------------------------------------------------------------------ helpers
+    def _scratch(self) -> torch.Tensor:
+        if self._order is None:
+            self._order = torch.full((self.n_voxels + 1,), -1, dtype=torch.int64, device=self.device)
+        return self._order
+
+    def _last_writer(self, idx: torch.Tensor, eligible: torch.Tensor | None = None) -> torch.Tensor:
+        """Voxel index per contribution, replaced by the dump slot unless the contribution is the
+        last (in order, across all calls) for its voxel."""
+        order = self._scratch()
+        rank = torch.arange(self._next_order, self._next_order + idx.numel(), device=idx.device, dtype=torch.int64)
+        self._next_order += idx.numel()
+        if eligible is not None:
+            idx = torch.where(eligible, idx, torch.full_like(idx, self.dump))
+        order.scatter_reduce_(0, idx, rank, reduce="amax", include_self=True)
+        winner = order.index_select(0, idx) == rank
+        return torch.where(winner, idx, torch.full_like(idx, self.dump))
+
+    def _first_writer(self, idx: torch.Tensor, eligible: torch.Tensor) -> torch.Tensor:
+        """Voxel index of the first eligible contribution of each voxel, others sent to the dump."""
+        n = idx.numel()
+        order = torch.full((self.n_voxels + 1,), n + 1, dtype=torch.int64, device=self.device)
+        rank = torch.arange(n, device=idx.device, dtype=torch.int64)
+        target = torch.where(eligible, idx, torch.full_like(idx, self.dump))
+        order.scatter_reduce_(0, target, rank, reduce="amin", include_self=True)
+        first = (order.index_select(0, target) == rank) & eligible
+        return torch.where(first, idx, torch.full_like(idx, self.dump))
+
+    # ------------------------------------------------------------------ nearest neighbour
+    def paste_nearest(self, idx: torch.Tensor, values: torch.Tensor, weights: torch.Tensor | None = None) -> None:
+        """Paste pixels that map to voxels ``idx`` (flat int64, in PLUS's pixel order; the dump slot
+        for pixels that must be ignored). ``values`` int32; ``weights`` importance (uint8) or None."""
+        if idx.numel() == 0:
+            return
+        mode = self.compounding
+        typed = values.to(self.value.dtype)
+        if mode == "latest":
+            target = self._last_writer(idx)
+            self.value.scatter_(0, target, typed)
+            self.acc.scatter_(0, target, torch.full_like(self.acc[:1], ACC_UNIT if self.exact_plus else 1).expand_as(target).contiguous())
+        elif mode == "max":
+            self.value.scatter_reduce_(0, idx, typed, reduce="amax", include_self=True)
+            self.acc.scatter_(0, idx, torch.full_like(self.acc[:1], ACC_UNIT if self.exact_plus else 1).expand_as(idx).contiguous())
+        elif self.exact_plus:
+            _replay_nearest_mean(self, idx, values, None if mode != "importance" else weights.to(torch.int64))
+        else:
+            w = torch.ones_like(values, dtype=torch.float32) if weights is None else weights.to(torch.float32)
+            self.value.index_add_(0, idx, w * values.to(torch.float32))
+            self.acc.index_add_(0, idx, w)
+        self._clear_dump()
+
+    def _clear_dump(self) -> None:
+        self.value[self.dump] = 0
+        self.acc[self.dump] = 0
+
+    # ------------------------------------------------------------------ trilinear splatting
+    def paste_linear(
+        self,
+        idx: torch.Tensor,
+        values: torch.Tensor,
+        weights: torch.Tensor,
+        importance: torch.Tensor | None = None,
+    ) -> None:
+        """Splat pixels onto the 8 voxels around them.
+
+        Parameters
+        ----------
+        idx : (M, 8) int64 voxel indices of the corners (the dump slot for ignored pixels), rows in
+            PLUS's pixel order and corners in PLUS's corner order.
+        values : (M,) int32 pixel values.
+        weights : (M, 8) trilinear weights: int64 fixed-point raw values (exact_plus) or floats.
+        importance : (M,) uint8 importance (importance compounding only).
+        """
+        if idx.numel() == 0:
+            return
+        mode = self.compounding
+        # PLUS visits the corners from 7 down to 0 for each pixel: flatten in that order
+        idx = idx.flip(1).reshape(-1)
+        weights = weights.flip(1).reshape(-1)
+        values = values.repeat_interleave(8)
+        if importance is not None:
+            importance = importance.repeat_interleave(8)
+        # PLUS skips zero-weight corners entirely
+        idx = torch.where(weights > 0, idx, torch.full_like(idx, self.dump))
+        threshold = FIXED_ONE // 8 if self.exact_plus else MIN_SPLAT_WEIGHT
+        typed = values.to(self.value.dtype)
+        if mode == "latest":
+            target = self._last_writer(idx, weights >= threshold)
+            self.value.scatter_(0, target, typed)
+            self.acc.scatter_(0, target, self._acc_from_weight(weights))
+        elif mode == "max":
+            eligible = weights >= threshold
+            pool = torch.where(eligible, idx, torch.full_like(idx, self.dump))
+            before = self.value.index_select(0, pool)
+            self.value.scatter_reduce_(0, pool, typed, reduce="amax", include_self=True)
+            # PLUS updates a voxel (and its accumulation) only when a pixel is strictly brighter:
+            # the accumulation comes from the first pixel that reached the final maximum
+            reached = eligible & (typed > before) & (typed == self.value.index_select(0, pool))
+            target = self._first_writer(pool, reached)
+            self.acc.scatter_(0, target, self._acc_from_weight(weights))
+        elif self.exact_plus:
+            if weights.dtype.is_floating_point:
+                _replay_linear_mean(self, idx, values, weights, importance, fixed=False)
+            else:
+                _replay_linear_mean(self, idx, values, weights, importance, fixed=True)
+        else:
+            w = weights.to(torch.float32)
+            if importance is not None:
+                w = w * importance.to(torch.float32)
+            self.value.index_add_(0, idx, w * values.to(torch.float32))
+            self.acc.index_add_(0, idx, w)
+        self._clear_dump()
+
+    def _acc_from_weight(self, weights: torch.Tensor) -> torch.Tensor:
+        if self.exact_plus:
+            if weights.dtype.is_floating_point:
+                return _plus_round_double(weights.to(torch.float64) * ACC_UNIT).to(torch.int32)
+            return _round_fixed(weights * ACC_UNIT).to(torch.int32)
+        return weights.to(torch.float32)
+
+    # ------------------------------------------------------------------ results
+    def result(self) -> torch.Tensor:
+        """Output values as uint8 (flat, without the dump slot)."""
+        value, acc = self.value[: self.n_voxels], self.acc[: self.n_voxels]
+        if value.dtype == torch.float32:
+            mean = torch.where(acc > 0, value / acc.clamp_min(1e-12), torch.zeros_like(value))
+            return torch.floor(mean + 0.5).clamp_(0, 255).to(torch.uint8)
+        return value.clamp(0, 255).to(torch.uint8)
+
+    def filled(self) -> torch.Tensor:
+        """Boolean (flat) mask of voxels that received data (PLUS: accumulation != 0)."""
+        return self.acc[: self.n_voxels] > 0
+
+
+# ---------------------------------------------------------------------- sequential replays
+def _levels(idx: torch.Tensor, dump: int):
+    """Order contributions for a level-by-level replay.
+
+    Level k holds the k-th contribution (in the original order) of every voxel that has at least
+    k+1; within a level every voxel appears once, so a level is one vectorised update. Returns the
+    permutation of the non-dump contributions grouped by level and the level sizes."""
+    n = idx.numel()
+    sorted_idx, order = torch.sort(idx, stable=True)
+    n_valid = int(torch.searchsorted(sorted_idx, torch.tensor([dump], device=idx.device)).item())
+    sorted_idx, order = sorted_idx[:n_valid], order[:n_valid]
+    position = torch.arange(n_valid, device=idx.device)
+    starts = torch.ones(n_valid, dtype=torch.bool, device=idx.device)
+    starts[1:] = sorted_idx[1:] != sorted_idx[:-1]
+    group_start = torch.cummax(torch.where(starts, position, torch.zeros_like(position)), 0).values
+    rank = position - group_start
+    rank_sorted, by_rank = torch.sort(rank, stable=True)
+    counts = torch.bincount(rank_sorted).tolist() if n_valid else []
+    return order.index_select(0, by_rank), counts
+
+
+def _replay_nearest_mean(state: PasteState, idx, values, unit_weights) -> None:
+    """PLUS's nearest-neighbour running mean: ``out = (in*w + out*acc) // (acc + w)`` in integers,
+    ``w = 256`` (or the importance value); past the overflow threshold a 1/256 recursive filter."""
+    if unit_weights is not None:
+        idx = torch.where(unit_weights > 0, idx, torch.full_like(idx, state.dump))
+    perm, counts = _levels(idx, state.dump)
+    v_all = idx.index_select(0, perm)
+    x_all = values.to(torch.int64).index_select(0, perm)
+    w_all = None if unit_weights is None else unit_weights.index_select(0, perm)
+    offset = 0
+    for count in counts:
+        v = v_all[offset : offset + count]
+        x = x_all[offset : offset + count]
+        w = ACC_UNIT if w_all is None else w_all[offset : offset + count]
+        offset += count
+        out = state.value.index_select(0, v).to(torch.int64)
+        acc = state.acc.index_select(0, v).to(torch.int64)
+        normal = acc <= ACC_THRESHOLD
+        new_acc = acc + w
+        state.overflow_count += int(((new_acc > ACC_THRESHOLD) & normal).sum())
+        averaged = torch.div(x * w + out * acc, new_acc.clamp_min(1), rounding_mode="floor")
+        filtered = (x.double() * (1.0 / 256.0) + out.double() * (255.0 / 256.0)).to(torch.int64)
+        state.value.scatter_(0, v, torch.where(normal, averaged, filtered).to(state.value.dtype))
+        state.acc.scatter_(0, v, torch.where(normal, new_acc.clamp_max(ACC_MAX), acc).to(state.acc.dtype))
+
+
+def _round_fixed(raw: torch.Tensor) -> torch.Tensor:
+    """PLUS's Round of a fixed value: floor(x + 0.5) on the raw integer."""
+    return (raw + FIXED_HALF) >> FIXED_BITS
+
+
+def _plus_round_double(x: torch.Tensor) -> torch.Tensor:
+    return torch.floor(x + (0.5 + FLOOR_TOL)).to(torch.int64)
+
+
+def _replay_linear_mean(state: PasteState, idx, values, weights, importance, fixed: bool) -> None:
+    """PLUS's trilinear running mean, one level of contributions at a time: 14-bit fixed point
+    (Optimization FULL) or double precision (PARTIAL / NONE)."""
+    if importance is not None:
+        idx = torch.where(importance > 0, idx, torch.full_like(idx, state.dump))
+    perm, counts = _levels(idx, state.dump)
+    v_all = idx.index_select(0, perm)
+    x_all = values.to(torch.int64 if fixed else torch.float64).index_select(0, perm)
+    f_all = weights.index_select(0, perm)
+    if not fixed:
+        f_all = f_all.to(torch.float64)
+    imp_all = None if importance is None else importance.to(x_all.dtype).index_select(0, perm)
+    offset = 0
+    for count in counts:
+        sl = slice(offset, offset + count)
+        offset += count
+        v, x, f = v_all[sl], x_all[sl], f_all[sl]
+        out = state.value.index_select(0, v).to(x.dtype)
+        acc = state.acc.index_select(0, v).to(x.dtype)
+        if fixed:
+            if imp_all is None:
+                r = acc * (FIXED_ONE // ACC_UNIT)  # fixed(acc / 256): exact
+                a = f + r
+                numerator = f * x + r * out
+                new_a = a * ACC_UNIT
+            else:
+                imp = imp_all[sl]
+                a = imp * f + (acc << FIXED_BITS)
+                numerator = x * imp * f + ((out * acc) << FIXED_BITS)
+                new_a = a
+            # fixed / fixed: double quotient converted back to fixed (ties to even), then Round
+            quotient = torch.round(numerator.double() / a.double() * FIXED_ONE).to(torch.int64)
+            new_out = _round_fixed(quotient)
+            limit = ACC_MAX << FIXED_BITS
+            state.overflow_count += int(((new_a > (ACC_THRESHOLD << FIXED_BITS)) & (acc <= ACC_THRESHOLD)).sum())
+            new_acc = torch.where(new_a < limit, _round_fixed(new_a), torch.full_like(new_a, ACC_MAX))
+        else:
+            if imp_all is None:
+                r = acc / ACC_UNIT
+                a = f + r
+                new_out = _plus_round_double((f * x + r * out) / a)
+                new_a = a * ACC_UNIT
+            else:
+                imp = imp_all[sl]
+                new_a = imp * f + acc
+                new_out = _plus_round_double((x * imp * f + out * acc) / new_a)
+            new_acc = torch.where(new_a < ACC_MAX, _plus_round_double(new_a), torch.full_like(new_out, ACC_MAX))
+        state.value.scatter_(0, v, new_out.to(state.value.dtype))
+        state.acc.scatter_(0, v, new_acc.to(state.acc.dtype))
+
+
+# ---------------------------------------------------------------------- positions
+def voxel_positions_fixed(pixel_xy: torch.Tensor, image_pix_to_voxel: np.ndarray, device) -> torch.Tensor:
+    """Raw fixed-point voxel coordinates (B, P, 3) int64 of pixels (P, 2) int64 for matrices (B, 4, 4).
+
+    Exactly PLUS's integer arithmetic: ``origin + x * x_axis + y * y_axis`` on quantised columns."""
+    q = torch.as_tensor(quantize_fixed(image_pix_to_voxel), device=device)  # (B, 4, 4)
+    x = pixel_xy[:, 0].view(1, -1, 1)
+    y = pixel_xy[:, 1].view(1, -1, 1)
+    return q[:, None, :3, 3] + x * q[:, None, :3, 0] + y * q[:, None, :3, 1]
+
+
+def voxel_positions_float(pixel_xy: torch.Tensor, image_pix_to_voxel, dtype, device) -> torch.Tensor:
+    """Continuous voxel coordinates (B, P, 3) of pixels (P, 2) for matrices (B, 4, 4)."""
+    m = torch.as_tensor(np.asarray(image_pix_to_voxel), dtype=dtype, device=device)
+    xy = pixel_xy.to(dtype)
+    return torch.baddbmm(
+        m[:, None, :3, 3].expand(-1, xy.shape[0], -1),
+        xy.unsqueeze(0).expand(m.shape[0], -1, -1),
+        m[:, :3, :2].transpose(1, 2),
+    )
+
+
+__all__ = [
+    "PasteState",
+    "quantize_fixed",
+    "voxel_positions_fixed",
+    "voxel_positions_float",
+    "FIXED_BITS",
+    "ACC_UNIT",
+    "METHODS",
+    "COMPOUNDINGS",
+]
