@@ -1,0 +1,326 @@
+"""N-wire probe calibration from a tracked recording: detection -> labelling -> similar triangles ->
+solver -> metrics, plus overlays of what was found.
+
+>>> from freehand3d.io import read_sweep                                     # doctest: +SKIP
+>>> from freehand3d.phantoms import load_phantom                             # doctest: +SKIP
+>>> result = calibrate(read_sweep("cal.igs.mha"), load_phantom("PlusDeviceSet.xml"),
+...                    validation=read_sweep("val.igs.mha"))                 # doctest: +SKIP
+>>> result.image_to_probe, result.pre3d_validation_mean_mm                   # doctest: +SKIP
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+
+from freehand3d import geometry
+from freehand3d.calibration.detect import detect_points
+from freehand3d.calibration.metrics import best_fraction_stats, in_plane_errors, pre3d_errors
+from freehand3d.calibration.nwire import find_nwires, middle_wire_points
+from freehand3d.calibration.solve import (
+    MIN_FRAMES,
+    phantom_points_in_probe,
+    solve_plus,
+    solve_ransac_lm,
+)
+from freehand3d.errors import CalibrationError, ConfigError
+from freehand3d.io.plus_segmentation import SegmentationParams
+from freehand3d.phantoms import NWirePhantom
+from freehand3d.sweep import Sweep
+
+SOLVERS = ("ransac-lm", "plus", "lm")
+
+
+@dataclass
+class SegmentedSweep:
+    """Labelled wire dots of every frame of a sweep.
+
+    Attributes
+    ----------
+    labelled : (N, 3 L, 2) pixels in PLUS order, NaN rows for failed frames.
+    segmented : (N,) bool, the N-wire pattern was found.
+    usable : (N,) bool, segmented and with a valid ProbeToReference pose.
+    probe_to_reference : (N, 4, 4).
+    candidates : per frame the (K, 2) candidate dots (for overlays).
+    """
+
+    labelled: np.ndarray
+    segmented: np.ndarray
+    usable: np.ndarray
+    probe_to_reference: np.ndarray
+    candidates: list = field(default_factory=list, repr=False)
+
+
+@dataclass
+class CalibrationResult:
+    """Outcome of :func:`calibrate` (``to_dict`` gives the ``result.json`` content)."""
+
+    image_to_probe: np.ndarray
+    phantom_to_reference: np.ndarray
+    solver: str
+    detection: str
+    frames_total: int
+    frames_segmented: int
+    failed_frames: list[int]
+    inliers: int
+    observations: int
+    pre3d_calibration_mean_mm: float
+    pre3d_calibration_std_mm: float
+    pre3d_validation_mean_mm: float | None
+    pre3d_validation_std_mm: float | None
+    validation_frames_total: int | None
+    validation_frames_segmented: int | None
+    validation_failed_frames: list[int] | None
+    in_plane_error_px: dict[str, list[float]]
+    seconds: float
+    calibration: SegmentedSweep = field(repr=False, default=None)
+    validation: SegmentedSweep | None = field(repr=False, default=None)
+
+    def to_dict(self) -> dict:
+        """JSON-ready summary (matrices as nested lists)."""
+        return {
+            "image_to_probe": np.asarray(self.image_to_probe).tolist(),
+            "phantom_to_reference": np.asarray(self.phantom_to_reference).tolist(),
+            "solver": self.solver,
+            "detection": self.detection,
+            "frames_total": self.frames_total,
+            "frames_segmented": self.frames_segmented,
+            "failed_frames": list(self.failed_frames),
+            "inliers": self.inliers,
+            "observations": self.observations,
+            "pre3d_calibration_mean_mm": self.pre3d_calibration_mean_mm,
+            "pre3d_calibration_std_mm": self.pre3d_calibration_std_mm,
+            "pre3d_validation_mean_mm": self.pre3d_validation_mean_mm,
+            "pre3d_validation_std_mm": self.pre3d_validation_std_mm,
+            "validation_frames_total": self.validation_frames_total,
+            "validation_frames_segmented": self.validation_frames_segmented,
+            "validation_failed_frames": self.validation_failed_frames,
+            "in_plane_error_px": self.in_plane_error_px,
+            "pixel_size_mm": np.linalg.norm(np.asarray(self.image_to_probe)[:3, :2], axis=0).tolist(),
+            "seconds": self.seconds,
+        }
+
+
+def _spacing_of(sweep: Sweep, params: SegmentationParams) -> float:
+    # PLUS files carry no usable pixel size (their ElementSpacing is 1): fall back to the config's
+    if sweep.spacing is not None:
+        return float(np.mean(sweep.spacing))
+    return float(params.approximate_spacing_mm_per_pixel)
+
+
+def segment_sweep(
+    sweep: Sweep,
+    phantom: NWirePhantom,
+    params: SegmentationParams | None = None,
+    method: str = "hessian",
+    spacing_mm: float | None = None,
+    progress: Callable[[int], None] | None = None,
+    keep_candidates: bool = False,
+) -> SegmentedSweep:
+    """Detect and label the N-wire dots of every frame; a frame without the pattern is marked failed
+    (never raises for it).
+
+    Parameters
+    ----------
+    progress : called with 1 after each frame (e.g. a progress bar's ``advance``).
+    """
+    params = params or SegmentationParams()
+    spacing = _spacing_of(sweep, params) if spacing_mm is None else float(spacing_mm)
+    n = len(sweep)
+    n_wires = 3 * len(phantom.nwires)
+    labelled = np.full((n, n_wires, 2), np.nan)
+    segmented = np.zeros(n, bool)
+    candidates = []
+    image_ok = sweep.image_valid
+    for i in range(n):
+        if image_ok[i]:
+            pts = detect_points(sweep.frames[i], spacing, method, params=params)
+            lab = find_nwires(pts, phantom, spacing, params)
+            if lab is not None:
+                labelled[i] = lab
+                segmented[i] = True
+        else:
+            pts = np.zeros((0, 2))
+        if keep_candidates:
+            candidates.append(pts)
+        if progress is not None:
+            progress(1)
+    try:
+        probe_to_reference, pose_ok = sweep.transform("ProbeToReference")
+    except Exception as exc:  # noqa: BLE001 - reported as the user's input problem below
+        raise CalibrationError(f"the sweep has no ProbeToReference pose ({exc})", sweep.source) from None
+    return SegmentedSweep(labelled, segmented, segmented & pose_ok, probe_to_reference, candidates)
+
+
+def _phantom_to_reference(phantom: NWirePhantom, sweep: Sweep, given) -> np.ndarray:
+    if given is not None:
+        return np.asarray(given, float).reshape(4, 4)
+    if phantom.phantom_to_reference is not None:
+        return np.asarray(phantom.phantom_to_reference, float)
+    text = sweep.metadata.get("PhantomToReferenceTransform")
+    if text:
+        return np.asarray([float(v) for v in str(text).split()], float).reshape(4, 4)
+    raise ConfigError(
+        "the phantom registration (PhantomToReference) is unknown: give a PLUS device set with it in "
+        "<CoordinateDefinitions> as --phantom or --config",
+        getattr(sweep, "source", None),
+    )
+
+
+def _observations(seg: SegmentedSweep, phantom: NWirePhantom):
+    idx = np.flatnonzero(seg.usable)
+    n_layers = len(phantom.nwires)
+    lab = seg.labelled[idx]
+    pixels = lab.reshape(len(idx), n_layers, 3, 2)[:, :, 1]  # diagonal-wire dots
+    points = middle_wire_points(lab, phantom)  # (F, L, 3)
+    poses = np.repeat(seg.probe_to_reference[idx], n_layers, axis=0)
+    return pixels.reshape(-1, 2), points.reshape(-1, 3), poses, idx
+
+
+def calibrate(
+    sweep: Sweep,
+    phantom: NWirePhantom,
+    validation: Sweep | None = None,
+    solver: str = "ransac-lm",
+    seed: int = 0,
+    *,
+    params: SegmentationParams | None = None,
+    detection: str = "hessian",
+    phantom_to_reference: np.ndarray | None = None,
+    refine_registration: bool = False,
+    ransac_iterations: int = 3000,
+    ransac_threshold_mm: float = 0.5,
+    progress: Callable[[int], None] | None = None,
+    keep_candidates: bool = False,
+) -> CalibrationResult:
+    """Calibrate a tracked ultrasound probe from an N-wire phantom recording.
+
+    Parameters
+    ----------
+    sweep : calibration recording with ``ProbeToTracker`` and ``ReferenceToTracker`` (or any transforms
+        that give ``ProbeToReference``).
+    phantom : the N-wire phantom; its ``phantom_to_reference`` (from a PLUS device set) is the phantom
+        registration unless ``phantom_to_reference`` is given.
+    validation : optional independent recording for the validation PRE3D.
+    solver : ``"ransac-lm"`` (RANSAC + Levenberg-Marquardt), ``"plus"`` (PLUS's linear least squares
+        with 3-sigma rejection) or ``"lm"`` (plain LM on all points, for comparison).
+    seed : RANSAC's random subsets.
+    params : PLUS segmentation parameters (``<Segmentation>`` of a device set); PLUS defaults if None.
+    detection : ``"hessian"`` or ``"plus"`` (see :func:`~freehand3d.calibration.detect.detect_points`).
+    refine_registration : also estimate PhantomToReference (the paper's 14-parameter model).
+    progress : called with 1 after each segmented frame (calibration then validation).
+
+    Returns
+    -------
+    CalibrationResult
+
+    Raises
+    ------
+    CalibrationError
+        Fewer than 10 usable frames (segmented, with a valid pose); the message gives the count.
+    """
+    if solver not in SOLVERS:
+        raise ConfigError(f"unknown solver {solver!r}; use one of {', '.join(SOLVERS)}")
+    started = time.perf_counter()
+    params = params or SegmentationParams()
+    ptr = _phantom_to_reference(phantom, sweep, phantom_to_reference)
+    seg = segment_sweep(sweep, phantom, params, detection, progress=progress, keep_candidates=keep_candidates)
+    n_usable = int(seg.usable.sum())
+    if n_usable < MIN_FRAMES:
+        raise CalibrationError(
+            f"only {n_usable} of {len(sweep)} frames are usable (N-wires segmented and pose valid); "
+            f"calibration needs at least {MIN_FRAMES}",
+            sweep.source,
+        )
+    pixels, points, poses, _ = _observations(seg, phantom)
+    probe_points = phantom_points_in_probe(points, poses, ptr)
+    ptr_out = ptr
+    if solver == "plus":
+        itp, inliers = solve_plus(pixels, probe_points)
+    else:
+        itp, ptr_out, inliers = solve_ransac_lm(
+            pixels, points, poses, ptr, iterations=ransac_iterations, threshold_mm=ransac_threshold_mm,
+            refine_registration=refine_registration, ransac=(solver == "ransac-lm"), seed=seed,
+        )
+        probe_points = phantom_points_in_probe(points, poses, ptr_out)
+    cal_mean, cal_std = best_fraction_stats(pre3d_errors(itp, pixels, probe_points))
+
+    # in-plane error per wire on the calibration frames
+    idx = np.flatnonzero(seg.usable)
+    image_to_phantom = geometry.compose(geometry.invert_rigid(ptr_out), seg.probe_to_reference[idx], itp)
+    err2d = in_plane_errors(seg.labelled[idx], image_to_phantom, phantom)
+    in_plane = {w.name: np.nanmean(np.linalg.norm(err2d[:, k], axis=-1)).item() for k, w in enumerate(phantom.wires)}
+
+    val_seg = None
+    val_mean = val_std = None
+    if validation is not None:
+        val_seg = segment_sweep(validation, phantom, params, detection, progress=progress,
+                                keep_candidates=keep_candidates)
+        if val_seg.usable.any():
+            vp, vx, vposes, _ = _observations(val_seg, phantom)
+            val_mean, val_std = best_fraction_stats(pre3d_errors(itp, vp, phantom_points_in_probe(vx, vposes, ptr_out)))
+    return CalibrationResult(
+        image_to_probe=itp,
+        phantom_to_reference=ptr_out,
+        solver=solver,
+        detection=detection,
+        frames_total=len(sweep),
+        frames_segmented=int(seg.segmented.sum()),
+        failed_frames=np.flatnonzero(~seg.segmented).tolist(),
+        inliers=int(inliers.sum()),
+        observations=int(len(inliers)),
+        pre3d_calibration_mean_mm=cal_mean,
+        pre3d_calibration_std_mm=cal_std,
+        pre3d_validation_mean_mm=val_mean,
+        pre3d_validation_std_mm=val_std,
+        validation_frames_total=None if validation is None else len(validation),
+        validation_frames_segmented=None if val_seg is None else int(val_seg.segmented.sum()),
+        validation_failed_frames=None if val_seg is None else np.flatnonzero(~val_seg.segmented).tolist(),
+        in_plane_error_px=in_plane,
+        seconds=time.perf_counter() - started,
+        calibration=seg,
+        validation=val_seg,
+    )
+
+
+def write_overlays(sweep: Sweep, segmented: SegmentedSweep, directory: str | os.PathLike,
+                   phantom: NWirePhantom, prefix: str = "frame") -> list[Path]:
+    """PNG per frame: candidate dots (yellow), fitted N lines (green), wire labels (cyan); failed
+    frames get a red "FAILED". Written atomically; returns the paths."""
+    import cv2
+
+    from freehand3d._atomic import atomic_path
+
+    out_dir = Path(directory)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    names = [w.name for w in phantom.wires]
+    paths = []
+    for i in range(len(sweep)):
+        img = cv2.cvtColor(sweep.frames[i], cv2.COLOR_GRAY2BGR)
+        if segmented.candidates:
+            for x, y in segmented.candidates[i]:
+                cv2.circle(img, (int(round(x)), int(round(y))), 6, (0, 255, 255), 1)
+        if segmented.segmented[i]:
+            lab = segmented.labelled[i].reshape(-1, 3, 2)
+            for layer in lab:
+                cv2.line(img, tuple(int(v) for v in layer[0].round()), tuple(int(v) for v in layer[2].round()),
+                         (0, 200, 0), 1)
+            for k, (x, y) in enumerate(segmented.labelled[i]):
+                cv2.drawMarker(img, (int(round(x)), int(round(y))), (255, 255, 0), cv2.MARKER_CROSS, 10, 1)
+                cv2.putText(img, names[k], (int(x) + 6, int(y) - 6), cv2.FONT_HERSHEY_SIMPLEX, 0.4, (255, 255, 0), 1)
+        else:
+            cv2.putText(img, "FAILED", (20, 40), cv2.FONT_HERSHEY_SIMPLEX, 1.0, (0, 0, 255), 2)
+        path = out_dir / f"{prefix}_{i:04d}.png"
+        with atomic_path(path) as tmp:
+            ok, buf = cv2.imencode(".png", img)
+            tmp.write_bytes(buf.tobytes())
+        paths.append(path)
+    return paths
+
+
+__all__ = ["SOLVERS", "SegmentedSweep", "CalibrationResult", "segment_sweep", "calibrate", "write_overlays"]
