@@ -309,3 +309,32 @@ def test_write_dualtrack_uses_reference_world_for_plus_like_sweeps(tmp_path):
     back = read_dualtrack_h5(out)
     assert back.spacing == pytest.approx((0.2, 0.25))
     np.testing.assert_allclose(back.image_to("Tracker"), sweep.image_to("Reference"), atol=1e-9)
+
+
+def test_real_plus_sweep_to_dualtrack_and_tusrec(tmp_path):
+    """A real PLUS recording (spine phantom sweep) with the ImageToProbe of PLUS's own volume-reconstruction
+    device set: every pixel keeps its Reference position through DualTrack h5 and TUS-REC h5 + csv."""
+    from pathlib import Path
+
+    import freehand3d
+    from freehand3d.io.plus_config import read_device_set
+
+    plus = Path(freehand3d.__file__).resolve().parent / "data" / "plus"
+    sweep = read_sweep(plus / "SpinePhantomFreehand.igs.mha")
+    device_set = read_device_set(plus / "PlusDeviceSet_VolumeReconstructionOnly_SonixRP_TRUS_D70mm_NN_LATE.xml")
+    sweep.image_to_probe = device_set.transform("ImageToProbe")
+    h, w = sweep.frame_shape
+    corners = np.vstack([geometry.frame_corners(h, w), [[w / 2, h / 2]]])
+    expected = geometry.apply(sweep.image_to("Reference")[:, None], corners)
+
+    write_dualtrack_h5(sweep, tmp_path / "spine_dt.h5", world="Reference")
+    dual = read_sweep(tmp_path / "spine_dt.h5")
+    np.testing.assert_array_equal(dual.frames, sweep.frames)
+    np.testing.assert_allclose(geometry.apply(dual.image_to("Tracker")[:, None], corners), expected, atol=1e-9)
+
+    # TUS-REC has no reference frame: write ImageToReference as the tool pose, float64 to compare tightly
+    as_tool = Sweep(frames=sweep.frames, transforms={"ProbeToTracker": sweep.transform("ProbeToReference")[0]},
+                    image_to_probe=sweep.image_to_probe)
+    write_sweep(as_tool, tmp_path / "tus" / "spine.h5", format="tusrec", dtype=np.float64)
+    tus = read_sweep(tmp_path / "tus" / "spine.h5")
+    np.testing.assert_allclose(geometry.apply(tus.image_to("Tracker")[:, None], corners), expected, atol=1e-9)
