@@ -338,3 +338,18 @@ def test_real_plus_sweep_to_dualtrack_and_tusrec(tmp_path):
     write_sweep(as_tool, tmp_path / "tus" / "spine.h5", format="tusrec", dtype=np.float64)
     tus = read_sweep(tmp_path / "tus" / "spine.h5")
     np.testing.assert_allclose(geometry.apply(tus.image_to("Tracker")[:, None], corners), expected, atol=1e-9)
+
+
+def test_landmark_file(tmp_path):
+    from freehand3d.io.tusrec import read_tusrec_landmarks
+
+    path = tmp_path / "landmark_050.h5"
+    marks = np.array([[1, 1, 1], [5, 640, 480], [12, 320, 17]], np.int64)
+    with h5py.File(path, "w") as f:
+        f["RH_Par_L_DtP"] = marks
+        f["bad"] = np.zeros((2, 3), np.float32)
+    np.testing.assert_array_equal(read_tusrec_landmarks(path, "RH_Par_L_DtP.h5"), marks)
+    with pytest.raises(InputError, match="integers"):
+        read_tusrec_landmarks(path)
+    with pytest.raises(InputError, match="no landmarks"):
+        read_tusrec_landmarks(path, "LH_Per_S_PtD")

@@ -50,6 +50,7 @@ __all__ = [
     "tusrec_to_dualtrack_transforms",
     "dualtrack_to_tusrec_transforms",
     "tusrec_pair_transforms",
+    "read_tusrec_landmarks",
 ]
 
 #: pixel spacing (mm, x = columns, y = rows) of the TUS-REC 2024/2025 data
@@ -341,3 +342,46 @@ def tusrec_pair_transforms(tforms, calib: TusRecCalibration, kind: str = "global
     b = np.arange(1, len(t))
     rt = np.asarray(calib.image_to_tool, float)
     return geometry.compose(geometry.invert(rt), geometry.invert(t[a]), t[b], rt)
+
+
+def read_tusrec_landmarks(path: str | os.PathLike, scan: str | None = None):
+    """Read a TUS-REC landmark file (``landmark_<subject>.h5``: one (K, 3) integer dataset per scan,
+    rows ``[frame index, x, y]`` with **1-based** pixel x (column) and y (row)).
+
+    Parameters
+    ----------
+    path : the landmark h5 file.
+    scan : a scan name (e.g. ``"RH_Par_L_DtP"``, a trailing ``.h5`` is ignored) to get one array;
+        None for all scans.
+
+    Returns
+    -------
+    (K, 3) int64 array for ``scan``, or a dict scan name -> array. Convert to freehand3d's 0-based
+    pixels with ``landmarks[:, 1:] - 1``; the frame index is used as is (frame f's error is read from
+    the frame-pair transform of frame f, row f - 1 of the (N-1, ...) stacks).
+
+    Raises
+    ------
+    InputError
+        Unreadable file, unknown scan, or a dataset that is not (K, 3) integers.
+    """
+    import h5py
+
+    path = Path(path)
+
+    def check(name: str, value) -> np.ndarray:
+        arr = np.asarray(value)
+        if arr.ndim != 2 or arr.shape[1] != 3 or not np.issubdtype(arr.dtype, np.integer):
+            raise InputError(f"landmarks of scan '{name}' must be (K, 3) integers, got {arr.dtype} {arr.shape}", path)
+        return arr.astype(np.int64)
+
+    try:
+        with h5py.File(path, "r") as f:
+            if scan is not None:
+                key = scan[:-3] if scan.endswith(".h5") else scan
+                if key not in f:
+                    raise InputError(f"no landmarks for scan '{key}' (has {len(f.keys())} scans)", path)
+                return check(key, _read_dataset(f, key, path))
+            return {name: check(name, _read_dataset(f, name, path)) for name in f.keys()}
+    except OSError as exc:
+        raise InputError(f"not a readable HDF5 file ({exc})", path) from None
