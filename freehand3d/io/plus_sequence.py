@@ -303,7 +303,7 @@ def _frames_from_dims(path: Path, sizes: list[int], kinds: list[str] | None, wha
     if len(sizes) == 2:
         return sizes[0], sizes[1], 1
     if len(sizes) == 3:
-        if kinds is not None and kinds[2].lower() == "domain" and sizes[2] > 1:
+        if kinds is not None and kinds[2].lower() in ("domain", "space") and sizes[2] > 1:
             raise InputError(
                 f"is a 3D volume ({what} {sizes[0]} {sizes[1]} {sizes[2]}, three spatial axes), not a "
                 "sequence of 2D frames; read it with freehand3d.io.volumes.read_volume",
@@ -396,6 +396,25 @@ def _nrrd_layout(header: SequenceHeader) -> _Layout:
     if header.get("line skip") or header.get("lineskip"):
         raise InputError("NRRD 'line skip' is not supported", path)
     return _Layout(width, height, n_frames, compressed, None, True, skip)
+
+
+def header_is_volume(header: SequenceHeader) -> bool:
+    """True when the header describes one 3D volume (three spatial axes, e.g. a PLUS
+    VolumeReconstructor output) rather than a sequence of 2D frames. Follows PLUS: without a
+    ``Kinds``/``kinds`` entry the last axis is the frame axis."""
+    try:
+        if header.container == "metaimage":
+            sizes = [int(t) for t in (header.get("DimSize") or "").split()]
+            kinds = (header.get("Kinds") or "").split()
+        else:
+            sizes = [int(t) for t in (header.get("sizes") or "").split()]
+            kinds = (header.get("kinds") or "").split()
+    except ValueError:
+        return False
+    return (
+        len(sizes) == 3 and len(kinds) == 3 and sizes[2] > 1
+        and all(k.lower() in ("domain", "space") for k in kinds)
+    )
 
 
 # --------------------------------------------------------------------------- pixel data
@@ -986,4 +1005,4 @@ def _write_nrrd(sweep: Sweep, path: Path, compress: bool, level: int) -> None:
                 handle.write(np.ascontiguousarray(frame).tobytes())
 
 
-__all__ = ["read_plus_sequence", "write_plus_sequence", "read_plus_header", "SequenceHeader"]
+__all__ = ["read_plus_sequence", "write_plus_sequence", "read_plus_header", "header_is_volume", "SequenceHeader"]
