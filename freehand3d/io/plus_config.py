@@ -219,13 +219,13 @@ def parse_matrix(text: str | None, what: str, source=None) -> np.ndarray:
     return values.reshape(4, 4)
 
 
-def format_matrix(matrix, indent: str = "        ") -> str:
-    """PLUS's matrix text: 4 lines of 4 numbers (shortest repr that round-trips float64 exactly)."""
+def format_matrix(matrix) -> str:
+    """PLUS's matrix text on one line: 16 numbers row-major, rows separated by two spaces (the shortest
+    repr that round-trips float64 exactly). One line because XML escapes newlines inside attributes."""
     m = geometry.as_matrix_stack(matrix)
     if m.shape != (4, 4):
         raise ValueError(f"expected one 4x4 matrix, got {m.shape}")
-    rows = ["\t".join(_num(v) for v in row) for row in m]
-    return "\n" + "\n".join(indent + r for r in rows)
+    return "  ".join(" ".join(_num(v) for v in row) for row in m)
 
 
 def _num(value: float) -> str:
