@@ -8,7 +8,7 @@
 """
 
 from freehand3d.simulate._truth import load_truth, save_truth
-# TMP from freehand3d.simulate.freehand import EchoVolume, make_echo_volume, freehand_trajectory, simulate_freehand
+from freehand3d.simulate.freehand import EchoVolume, make_echo_volume, freehand_trajectory, simulate_freehand
 from freehand3d.simulate.nwire import (
     NoiseSettings,
     default_image_to_probe,
