@@ -196,7 +196,8 @@ def _parse_xml(path: str | os.PathLike) -> ET.Element:
     except ET.ParseError as exc:
         line, column = getattr(exc, "position", (None, None))
         where = f" at line {line}, column {column}" if line is not None else ""
-        raise ConfigError(f"malformed XML{where} ({exc.msg if hasattr(exc, 'msg') else exc})", path) from None
+        reason = str(getattr(exc, "msg", exc)).split(": line")[0]  # expat repeats the position
+        raise ConfigError(f"malformed XML{where} ({reason})", path) from None
     except (ValueError, UnicodeError, RecursionError) as exc:
         raise ConfigError(f"malformed XML ({exc.__class__.__name__}: {exc})", path) from None
 
