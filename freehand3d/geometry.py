@@ -202,15 +202,16 @@ def interpolate_poses(times, poses, query_times, valid=None, extrapolate: bool =
         raise ValueError("pose times must be strictly increasing")
     if len(t) == 1:
         out[:] = p[0]
-        ok[:] = extrapolate | (query == t[0])
+        ok[:] = np.isfinite(query) & (extrapolate | (query == t[0]))
         return out, ok
-    inside = (query >= t[0]) & (query <= t[-1])
-    qc = np.clip(query, t[0], t[-1])
+    known = np.isfinite(query)  # a frame without a timestamp cannot be matched to a pose
+    inside = known & (query >= t[0]) & (query <= t[-1])
+    qc = np.clip(np.where(known, query, t[0]), t[0], t[-1])
     slerp = Slerp(t, Rotation.from_matrix(p[:, :3, :3]))
     out[:, :3, :3] = slerp(qc).as_matrix()
     for axis in range(3):
         out[:, axis, 3] = np.interp(qc, t, p[:, axis, 3])
-    ok = inside | extrapolate
+    ok = inside | (known & extrapolate)
     return out, ok
 
 

@@ -75,13 +75,22 @@ class Sweep:
         if len(self.timestamps) != n:
             raise InputError(f"{len(self.timestamps)} timestamps for {n} frames", self.source)
         if self.spacing is not None:
-            sx, sy = (float(v) for v in self.spacing)
+            try:
+                values = np.asarray(self.spacing, dtype=np.float64).reshape(-1)
+            except (TypeError, ValueError):
+                values = np.zeros(0)
+            if values.size != 2:
+                raise InputError(f"pixel spacing must be two numbers (sx, sy), got {self.spacing!r}", self.source)
+            sx, sy = float(values[0]), float(values[1])
             if not (np.isfinite(sx) and np.isfinite(sy) and sx > 0 and sy > 0):
                 raise InputError(f"pixel spacing must be positive, got {self.spacing}", self.source)
             self.spacing = (sx, sy)
         fixed = {}
         for name, mats in self.transforms.items():
-            geometry.split_transform_name(name)
+            try:
+                geometry.split_transform_name(name)
+            except ValueError as exc:
+                raise InputError(str(exc), self.source) from None
             arr = np.asarray(mats, dtype=np.float64)
             if arr.shape == (4, 4):
                 arr = np.broadcast_to(arr, (n, 4, 4)).copy()

@@ -289,11 +289,6 @@ def test_interpolation_edge_cases():
         geometry.interpolate_poses([1, 0], poses, [0.5])
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="geometry.interpolate_poses: a NaN query time (a frame without timestamp) makes scipy's Slerp raise "
-    "ValueError instead of being marked invalid; see report for the fix",
-)
 def test_nan_query_time_is_marked_invalid():
     poses = np.stack([geometry.translation([0, 0, 0]), geometry.translation([10, 0, 0])])
     out, ok = geometry.interpolate_poses([0, 1], poses, [np.nan, 0.5])

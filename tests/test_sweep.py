@@ -78,21 +78,11 @@ def test_error_names_the_source():
     assert err.value.path == "scan.h5"
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="Sweep.__post_init__ unpacks spacing into two floats, so (sx, sy, 1) (DualTrack/ITK style) raises a "
-    "bare ValueError instead of InputError; see report for the fix",
-)
 def test_three_value_spacing_is_an_input_error():
     with pytest.raises(InputError, match="spacing"):
         make_sweep(4, spacing=(0.1, 0.1, 1.0))
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="a transform name that is not <From>To<To> (e.g. a PLUS field 'Probe2Tracker') raises ValueError from "
-    "geometry.split_transform_name, not InputError naming the file; see report for the fix",
-)
 def test_bad_transform_name_is_an_input_error():
     with pytest.raises(InputError):
         make_sweep(4, transforms={"Probe2Tracker": poses(4, 3)}, source="file.mha")
