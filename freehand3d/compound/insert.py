@@ -229,17 +229,19 @@ def _levels(idx: torch.Tensor, dump: int):
     Level k holds the k-th contribution (in the original order) of every voxel that has at least
     k+1; within a level every voxel appears once, so a level is one vectorised update. Returns the
     permutation of the non-dump contributions grouped by level and the level sizes."""
-    n = idx.numel()
-    sorted_idx, order = torch.sort(idx, stable=True)
-    n_valid = int(torch.searchsorted(sorted_idx, torch.tensor([dump], device=idx.device)).item())
+    # int32 keys sort several times faster than int64 on CPU
+    key = idx.to(torch.int32) if dump < 2**31 - 1 else idx
+    sorted_idx, order = torch.sort(key, stable=True)
+    n_valid = int(torch.searchsorted(sorted_idx, torch.tensor([dump], device=idx.device, dtype=sorted_idx.dtype)).item())
     sorted_idx, order = sorted_idx[:n_valid], order[:n_valid]
     position = torch.arange(n_valid, device=idx.device)
     starts = torch.ones(n_valid, dtype=torch.bool, device=idx.device)
     starts[1:] = sorted_idx[1:] != sorted_idx[:-1]
     group_start = torch.cummax(torch.where(starts, position, torch.zeros_like(position)), 0).values
     rank = position - group_start
-    rank_sorted, by_rank = torch.sort(rank, stable=True)
-    counts = torch.bincount(rank_sorted).tolist() if n_valid else []
+    small = torch.int16 if n_valid and int(rank.max()) < 2**15 else torch.int64
+    rank_sorted, by_rank = torch.sort(rank.to(small), stable=True)
+    counts = torch.bincount(rank_sorted.to(torch.int64)).tolist() if n_valid else []
     return order.index_select(0, by_rank), counts
 
 
@@ -272,6 +274,15 @@ def _replay_nearest_mean(state: PasteState, idx, values, unit_weights) -> None:
 def _round_fixed(raw: torch.Tensor) -> torch.Tensor:
     """PLUS's Round of a fixed value: floor(x + 0.5) on the raw integer."""
     return (raw + FIXED_HALF) >> FIXED_BITS
+
+
+def _divide_round_half_even(numerator: torch.Tensor, denominator: torch.Tensor) -> torch.Tensor:
+    """round(numerator / denominator), ties to even, for non-negative int64 numerators and positive
+    denominators."""
+    quotient = torch.div(numerator, denominator, rounding_mode="floor")
+    twice_rest = (numerator - quotient * denominator) * 2
+    up = (twice_rest > denominator) | ((twice_rest == denominator) & (quotient % 2 == 1))
+    return quotient + up.to(quotient.dtype)
 
 
 def _plus_round_double(x: torch.Tensor) -> torch.Tensor:
@@ -308,9 +319,10 @@ def _replay_linear_mean(state: PasteState, idx, values, weights, importance, fix
                 a = imp * f + (acc << FIXED_BITS)
                 numerator = x * imp * f + ((out * acc) << FIXED_BITS)
                 new_a = a
-            # fixed / fixed: double quotient converted back to fixed (ties to even), then Round
-            quotient = torch.round(numerator.double() / a.double() * FIXED_ONE).to(torch.int64)
-            new_out = _round_fixed(quotient)
+            # fixed / fixed: PLUS converts the double quotient back to fixed (nearest, ties to
+            # even) and rounds that; done here in exact integers (a tie is exactly representable
+            # in double, so the double quotient never moves a value across a tie)
+            new_out = _round_fixed(_divide_round_half_even(numerator << FIXED_BITS, a))
             limit = ACC_MAX << FIXED_BITS
             state.overflow_count += int(((new_a > (ACC_THRESHOLD << FIXED_BITS)) & (acc <= ACC_THRESHOLD)).sum())
             new_acc = torch.where(new_a < limit, _round_fixed(new_a), torch.full_like(new_a, ACC_MAX))

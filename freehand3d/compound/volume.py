@@ -424,3 +424,239 @@ class Reconstructor:
     def volume(self, fill_holes=None):
         """The reconstruction as a SimpleITK image (uint8, origin/spacing/direction of the grid)."""
         return self.grid.to_image(self.volume_array(fill_holes))
+
+
+# ====================================================================== batch reconstruction
+def _load_config(config):
+    """(VolumeReconstructionConfig, {name: 4x4}) from a device-set path or a parsed config."""
+    if config is None:
+        return None, {}
+    from freehand3d.io.plus_volrec import VolumeReconstructionConfig, read_volume_reconstruction
+
+    if isinstance(config, VolumeReconstructionConfig):
+        return config, {}
+    try:
+        from freehand3d.io.plus_config import read_device_set
+    except ImportError:  # the device-set reader is optional; the element reader is enough here
+        return read_volume_reconstruction(config)
+    device_set = read_device_set(config)
+    cfg = device_set.volume_reconstruction
+    if not isinstance(cfg, VolumeReconstructionConfig):
+        from freehand3d.errors import ConfigError
+
+        raise ConfigError("the device set has no <VolumeReconstruction> element", config)
+    return cfg, {name: d.matrix for name, d in device_set.coordinate_definitions.items()}
+
+
+def _sweep_with_links(sweep, extra: dict, calibration):
+    """A shallow copy of ``sweep`` whose frame graph also knows the config's constant transforms
+    and the calibration (neither changes the caller's sweep)."""
+    import copy
+
+    out = copy.copy(sweep)
+    out.transforms = dict(sweep.transforms)
+    out.valid = dict(sweep.valid)
+    for name, matrix in extra.items():
+        if name not in out.transforms and name.replace("To", "", 1) != name:
+            out.set_transform(name, matrix)
+    if calibration is not None:
+        out.transforms.pop("ImageToProbe", None)
+        out.valid.pop("ImageToProbe", None)
+        out.image_to_probe = np.asarray(calibration, float)
+    elif "ImageToProbe" in extra and sweep.image_to_probe is None:
+        out.image_to_probe = np.asarray(extra["ImageToProbe"], float)
+    return out
+
+
+def _read_importance_mask(filename: str, config_source) -> np.ndarray:
+    from pathlib import Path
+
+    import cv2
+
+    path = Path(filename)
+    if not path.is_absolute() and config_source is not None:
+        path = Path(config_source).parent / path
+    image = cv2.imread(str(path), cv2.IMREAD_GRAYSCALE)
+    if image is None:
+        raise InputError("cannot read the importance mask image", path)
+    # PLUS flips its PNG reader's bottom-up rows back: the mask is in ordinary row order
+    return image
+
+
+def reconstruct(
+    sweep,
+    spacing=None,
+    method: str | None = None,
+    compounding: str | None = None,
+    *,
+    config=None,
+    image_to_reference: str | None = None,
+    calibration=None,
+    grid: OutputGrid | None = None,
+    clip_origin=None,
+    clip_size=None,
+    fan_angles_deg=(0.0, 0.0),
+    fan_origin=(0.0, 0.0),
+    fan_radius_start: float = 0.0,
+    fan_radius_stop: float = 500.0,
+    pixel_rejection_threshold: float | None = None,
+    fill_holes=None,
+    exact_plus: bool | None = None,
+    device="cpu",
+    max_memory: int | None = None,
+    progress=None,
+):
+    """Reconstruct a tracked sweep into a volume.
+
+    Parameters
+    ----------
+    sweep : Sweep
+        Frames and transforms; the pose of each frame is ``sweep.transform(image_to_reference)``.
+    spacing : float or (3,) mm, optional
+        Voxel size (default: the config's OutputSpacing, else 0.5 mm).
+    method : "nearest" or "linear", optional (default: the config's Interpolation, else nearest).
+    compounding : "latest", "max", "mean" or "importance", optional (default: the config's, else mean).
+    config : path or VolumeReconstructionConfig, optional
+        A PLUS device set: its ``<VolumeReconstruction>`` settings (clip rectangle, fan, output
+        origin/extent, hole filling, ...) and CoordinateDefinitions (e.g. ImageToProbe) are used,
+        with PLUS's exact arithmetic unless ``exact_plus=False``.
+    image_to_reference : str, optional
+        Name of the pose transform (default ``ImageToReference``, or the config's
+        ImageCoordinateFrame/ReferenceCoordinateFrame); composed from the sweep's links.
+    calibration : (4, 4), optional
+        ImageToProbe (pixels -> mm) to use instead of the sweep's.
+    grid : OutputGrid, optional
+        Explicit output grid (default: PLUS's rule, see :func:`grid_from_frames`).
+    clip_origin, clip_size, fan_angles_deg, fan_origin, fan_radius_start, fan_radius_stop :
+        Pixel mask when no config is given (see :func:`freehand3d.compound.masks.frame_mask`).
+    pixel_rejection_threshold : float, optional
+    fill_holes : kernels or spec string, optional (default: the config's FillHoles kernels).
+    exact_plus : bool, optional
+        PLUS's arithmetic (default: True with a config, else False).
+    device : "cpu" or "cuda".
+    max_memory : int, optional
+        Byte limit for the buffers (default: half the available RAM); a
+        :class:`~freehand3d.errors.ResourceError` suggesting a spacing is raised before allocating.
+    progress : callable(done, total), optional
+
+    Returns
+    -------
+    SimpleITK.Image, uint8, with origin, spacing and identity direction of the grid.
+    """
+    from freehand3d.compound.masks import frame_mask, mask_from_config
+    from freehand3d.errors import ConfigError
+
+    cfg, extra = _load_config(config)
+    if cfg is not None and cfg.enable_fan_angles_auto_detect:
+        raise ConfigError("EnableFanAnglesAutoDetect is not supported; give FanAnglesDeg explicitly", cfg.source)
+    if spacing is None:
+        spacing = cfg.output_spacing if cfg is not None else 0.5
+    spacing = tuple(float(v) for v in np.broadcast_to(np.asarray(spacing, float), (3,)))
+    if min(spacing) <= 0:
+        raise ConfigError(f"spacing must be positive, got {spacing}", "spacing")
+    method = method or (cfg.method if cfg is not None else "nearest")
+    compounding = compounding or (cfg.compounding if cfg is not None else "mean")
+    if exact_plus is None:
+        exact_plus = cfg is not None
+    if image_to_reference is None:
+        image_to_reference = (
+            f"{cfg.image_coordinate_frame}To{cfg.reference_coordinate_frame}" if cfg is not None else "ImageToReference"
+        )
+    working = _sweep_with_links(sweep, extra, calibration)
+    mats, valid = working.transform(image_to_reference)
+    valid = valid & working.image_valid
+    frame_indices = np.arange(len(working))
+    if cfg is not None and cfg.skip_interval > 1:
+        frame_indices = frame_indices[:: cfg.skip_interval]
+    frame_indices = frame_indices[valid[frame_indices]]
+    if len(frame_indices) == 0:
+        raise InputError(f"no frame has a valid {image_to_reference} pose", sweep.source)
+    frame_shape = working.frame_shape
+    if cfg is not None:
+        mask = mask_from_config(frame_shape, cfg)
+        clip_origin, clip_size = cfg.clip_rectangle_origin, cfg.clip_rectangle_size
+        if pixel_rejection_threshold is None:
+            pixel_rejection_threshold = cfg.pixel_rejection_threshold
+        if fill_holes is None and cfg.fill_holes:
+            fill_holes = cfg.hole_filling
+    else:
+        mask = frame_mask(frame_shape, clip_origin, clip_size, fan_angles_deg, fan_origin, fan_radius_start, fan_radius_stop)
+    if grid is None:
+        if cfg is not None and cfg.output_origin is not None and cfg.output_extent is not None:
+            grid = OutputGrid.from_extent(cfg.output_origin, spacing, cfg.output_extent)
+        else:
+            grid = grid_from_frames(mats[frame_indices], frame_shape, spacing, clip_origin, clip_size)
+    importance = None
+    if compounding == "importance":
+        if cfg is None or not cfg.importance_mask_filename:
+            raise ConfigError("importance compounding needs a config with ImportanceMaskFilename", "compounding")
+        importance = _read_importance_mask(cfg.importance_mask_filename, cfg.source)
+    rec = Reconstructor(
+        grid,
+        method,
+        compounding,
+        mask=mask,
+        pixel_rejection_threshold=pixel_rejection_threshold,
+        importance_mask=importance,
+        exact_plus=exact_plus,
+        fixed_point=cfg.optimization == "FULL" if cfg is not None else True,
+        fill_holes=fill_holes,
+        device=device,
+        max_memory=max_memory,
+    )
+    step = 8
+    for start in range(0, len(frame_indices), step):
+        chunk = frame_indices[start : start + step]
+        rec.add_frames(working.frames[chunk], mats[chunk])
+        if progress is not None:
+            progress(min(start + step, len(frame_indices)), len(frame_indices))
+    return rec.volume()
+
+
+def write_volume_file(image, path) -> None:
+    """Write a SimpleITK image atomically (``freehand3d.io.volumes.write_volume`` when available)."""
+    try:
+        from freehand3d.io.volumes import write_volume
+    except ImportError:
+        write_volume = None
+    if write_volume is not None:
+        write_volume(image, path)
+        return
+    import SimpleITK as sitk
+
+    from freehand3d._atomic import atomic_path
+
+    with atomic_path(path) as tmp:
+        sitk.WriteImage(image, str(tmp), True)
+
+
+def save_preview(image, path) -> None:
+    """PNG with three orthogonal slices through the centre and a maximum intensity projection."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    import SimpleITK as sitk
+
+    from freehand3d._atomic import atomic_path
+
+    array = sitk.GetArrayFromImage(image)  # (z, y, x)
+    sx, sy, sz = image.GetSpacing()
+    nz, ny, nx = array.shape
+    views = [
+        ("axial (z = centre)", array[nz // 2], (0, nx * sx, ny * sy, 0), "x (mm)", "y (mm)"),
+        ("coronal (y = centre)", array[:, ny // 2, :], (0, nx * sx, nz * sz, 0), "x (mm)", "z (mm)"),
+        ("sagittal (x = centre)", array[:, :, nx // 2], (0, ny * sy, nz * sz, 0), "y (mm)", "z (mm)"),
+        ("MIP along z", array.max(axis=0), (0, nx * sx, ny * sy, 0), "x (mm)", "y (mm)"),
+    ]
+    fig, axes = plt.subplots(1, 4, figsize=(16, 4.5))
+    for ax, (title, img, extent, xlabel, ylabel) in zip(axes, views):
+        ax.imshow(img, cmap="gray", vmin=0, vmax=255, extent=extent, interpolation="nearest")
+        ax.set_title(title)
+        ax.set_xlabel(xlabel)
+        ax.set_ylabel(ylabel)
+    fig.suptitle(f"{nx}x{ny}x{nz} voxels, spacing {sx:g} x {sy:g} x {sz:g} mm")
+    fig.tight_layout()
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, dpi=80)
+    plt.close(fig)
