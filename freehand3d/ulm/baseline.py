@@ -87,7 +87,7 @@ def weighted_average_localize(
     z: np.ndarray,
     *,
     threshold_db: float = -26.0,
-    radius: int = 1,
+    radius: int = 2,
     max_bubbles: int | None = None,
 ) -> np.ndarray:
     """Regional maxima of an envelope image refined by intensity-weighted centroids.
@@ -140,7 +140,7 @@ def localize_das_wa(
     z_range: tuple[float, float] | None = None,
     pixel: float | None = None,
     threshold_db: float = -26.0,
-    radius: int = 1,
+    radius: int = 2,
     f_number: float = 1.0,
     progress: bool = False,
 ) -> np.ndarray:

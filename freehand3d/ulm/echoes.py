@@ -221,7 +221,7 @@ def fit_memgo_batch(
     return params, cost / np.maximum(energy, 1e-30)
 
 
-def detect_onsets(envelope: np.ndarray, threshold: float | np.ndarray, min_distance: int) -> list[np.ndarray]:
+def detect_onsets(envelope: np.ndarray, threshold: float | np.ndarray, min_distance: int, peak_delay: float | None = None) -> list[np.ndarray]:
     """Rising edges of echoes: maxima of the envelope gradient, per channel.
 
     Parameters
@@ -232,6 +232,10 @@ def detect_onsets(envelope: np.ndarray, threshold: float | np.ndarray, min_dista
         An onset counts when the envelope reaches this value within ``min_distance`` samples after it.
     min_distance : int
         Minimum spacing of onsets in samples (about one pulse length).
+    peak_delay : float, optional
+        Samples from the onset to the envelope maximum of the pulse; when given, the envelope there
+        (rather than anywhere in the next ``min_distance`` samples) must reach the threshold, so
+        small gradient bumps before a strong echo are not taken for echoes of their own.
 
     Returns
     -------
@@ -244,7 +248,14 @@ def detect_onsets(envelope: np.ndarray, threshold: float | np.ndarray, min_dista
     # envelope maximum over the following window: echoes whose peak passes the threshold
     from scipy.ndimage import maximum_filter1d
 
-    ahead = maximum_filter1d(envelope, size=min_distance, axis=0, origin=-(min_distance // 2))
+    if peak_delay is None:
+        ahead = maximum_filter1d(envelope, size=min_distance, axis=0, origin=-(min_distance // 2))
+    else:
+        shift = int(round(peak_delay))
+        ahead = np.zeros_like(envelope)
+        ahead[: n_samples - shift] = envelope[shift:]
+        # tolerate a sample of misplacement of the gradient maximum
+        ahead = maximum_filter1d(ahead, size=3, axis=0)
     onsets = []
     for ch in range(n_channels):
         peaks, _ = find_peaks(gradient[:, ch], distance=min_distance)
@@ -398,6 +409,7 @@ def find_echoes(
     noise_factor: float = 5.0,
     max_cost: float = 0.35,
     iterations: int = 12,
+    backfit_passes: int = 1,
     reference: ReferenceFit | None = None,
 ) -> Echoes:
     """Detect and MEMGO-fit the echoes of every channel of one RF frame.
@@ -418,6 +430,9 @@ def find_echoes(
         Fits with a larger relative residual are discarded (overlapping or noise echoes).
     iterations : int
         LM iterations.
+    backfit_passes : int
+        Passes that look for echoes hidden in the residual and refit every echo to the data minus
+        the other echoes (a multimodal fit by backfitting); 0 fits each window alone.
     reference : ReferenceFit, optional
         Pulse reference; by default :func:`reference_fit` of the probe.
 
@@ -435,41 +450,106 @@ def find_echoes(
     noise = np.median(envelope) / np.sqrt(np.log(4.0))  # Rayleigh median -> sigma
     threshold = max(envelope.max() * 10 ** (threshold_db / 20), noise_factor * noise)
     half = ref.half_window
-    onsets = detect_onsets(envelope, threshold, min_distance=max(3, half))
-    counts = np.array([len(o) for o in onsets])
-    channel = np.repeat(np.arange(n_channels), counts)
-    onset = np.concatenate(onsets) if counts.sum() else np.zeros(0, int)
-    mu0 = onset + ref.onset_to_mu
-    centre = np.round(mu0).astype(int)
     offsets = np.arange(-half, half + 1)
-    idx = centre[:, None] + offsets[None, :]
-    inside = (idx >= 0) & (idx < n_samples)
-    idx_c = np.clip(idx, 0, n_samples - 1)
-    windows = np.where(inside, rf[idx_c, channel[:, None]], 0.0)
-    t_win = idx.astype(float)
-    # starting values: reference shape, amplitude from the envelope, phase from the analytic signal
-    a_ref, _, s_ref, eta_ref, w_ref, _ = ref.params
-    env_at = envelope[np.clip(centre, 0, n_samples - 1), channel]
-    phase_at = np.angle(analytic[np.clip(centre, 0, n_samples - 1), channel])
-    initial = np.empty((len(onset), N_PARAMS))
-    initial[:, 0] = env_at / ref.envelope_peak_per_amplitude
-    initial[:, 1] = mu0
-    initial[:, 2] = s_ref
-    initial[:, 3] = eta_ref
-    initial[:, 4] = w_ref
-    # analytic phase at the window centre, moved back to mu (carrier model cos(w (t-mu) + phi))
-    initial[:, 5] = phase_at - w_ref * (centre - mu0)
+    _, _, s_ref, eta_ref, w_ref, _ = ref.params
     # every echo is the same two-way pulse, so its shape may only drift a little from the reference;
     # wide bounds let mu, s and eta trade off and the envelope wander off the echo
     low = np.array([-np.inf, -np.inf, 0.6 * s_ref, eta_ref - 2.0, 0.8 * w_ref, -np.inf])
     high = np.array([np.inf, np.inf, 1.6 * s_ref, eta_ref + 2.0, 1.2 * w_ref, np.inf])
-    params, cost = fit_memgo_batch(windows, t_win, initial, iterations=iterations, bounds=(low, high))
+
+    def window_index(mu):
+        idx = np.round(mu).astype(int)[:, None] + offsets[None, :]
+        return idx, (idx >= 0) & (idx < n_samples), np.clip(idx, 0, n_samples - 1)
+
+    def initial_from(analytic_sig, env, onsets):
+        counts = np.array([len(o) for o in onsets])
+        ch = np.repeat(np.arange(n_channels), counts)
+        onset = np.concatenate(onsets) if counts.sum() else np.zeros(0, int)
+        mu0 = onset + ref.onset_to_mu
+        centre = np.clip(np.round(mu0).astype(int), 0, n_samples - 1)
+        init = np.empty((len(onset), N_PARAMS))
+        init[:, 0] = env[centre, ch] / ref.envelope_peak_per_amplitude
+        init[:, 1] = mu0
+        init[:, 2:5] = (s_ref, eta_ref, w_ref)
+        # analytic phase at the window centre, moved back to mu (carrier model cos(w (t-mu) + phi))
+        init[:, 5] = np.angle(analytic_sig[centre, ch]) - w_ref * (centre - mu0)
+        return init, ch
+
+    def synthesize(params, ch):
+        """Channel data explained by the fitted echoes."""
+        idx, inside, idx_c = window_index(params[:, 1])
+        own = np.where(inside, _memgo_value_and_jacobian(idx.astype(float), params)[0], 0.0)
+        model = np.zeros_like(rf)
+        np.add.at(model, (idx_c, np.broadcast_to(ch[:, None], idx.shape)), own)
+        return model
+
+    min_distance = max(3, half)
+    peak_delay = ref.onset_to_mu + envelope_peak(ref.params) - ref.params[1]
+
+    def dedupe(params, channel, mu_start, cost):
+        """Two components on one echo split its energy and spoil both: keep the better fit."""
+        peak = envelope_peak(params)
+        order = np.lexsort((cost, np.round(peak / (0.5 * half)), channel))
+        ch_s, pk_s = channel[order], peak[order]
+        keep_sorted = np.ones(len(order), bool)
+        last_peak = {}
+        for n, (c, pk) in enumerate(zip(ch_s.tolist(), pk_s.tolist())):
+            prev = last_peak.get(c)
+            if prev is not None and abs(pk - prev) < 0.5 * half:
+                keep_sorted[n] = False
+            else:
+                last_peak[c] = pk
+        keep = np.zeros(len(order), bool)
+        keep[order[keep_sorted]] = True
+        return params[keep], channel[keep], mu_start[keep], cost[keep]
+    params, channel = initial_from(analytic, envelope, detect_onsets(envelope, threshold, min_distance, peak_delay))
+    mu_start = params[:, 1].copy()
+    residual = rf
+    for sweep in range(1 + max(0, int(backfit_passes))):
+        n_fitted = len(params)  # echoes already in the model (new ones are not subtracted yet)
+        if sweep > 0:
+            # backfitting: echoes hidden under a stronger overlapping echo show up in the residual;
+            # each echo is then refitted to the data minus all the other echoes' models
+            model = synthesize(params, channel)
+            residual = rf - model
+            res_analytic = hilbert(residual, axis=0)
+            res_env = np.abs(res_analytic)
+            new_onsets = detect_onsets(res_env, threshold, min_distance, peak_delay)
+            new_params, new_channel = initial_from(res_analytic, res_env, new_onsets)
+            if len(new_params):
+                # skip residual onsets that sit on an already-fitted echo of the same channel
+                key = channel * (n_samples + 2 * half) + params[:, 1]
+                order = np.argsort(key)
+                new_key = new_channel * (n_samples + 2 * half) + new_params[:, 1]
+                pos = np.clip(np.searchsorted(key[order], new_key), 1, max(1, len(key) - 1))
+                if len(key):
+                    near = np.minimum(np.abs(key[order][pos - 1] - new_key), np.abs(key[order][np.minimum(pos, len(key) - 1)] - new_key))
+                    fresh = near > 0.5 * half
+                else:
+                    fresh = np.ones(len(new_key), bool)
+                params = np.concatenate([params, new_params[fresh]])
+                channel = np.concatenate([channel, new_channel[fresh]])
+                mu_start = np.concatenate([mu_start, new_params[fresh, 1]])
+        idx, inside, idx_c = window_index(params[:, 1])
+        # the windows move with mu, so each echo's own model is re-evaluated at the new samples
+        own_here = np.zeros(idx.shape)
+        if sweep > 0:
+            own_here[:n_fitted] = np.where(inside[:n_fitted], _memgo_value_and_jacobian(idx[:n_fitted].astype(float), params[:n_fitted])[0], 0.0)
+        target = np.where(inside, residual[idx_c, channel[:, None]], 0.0) + own_here
+        params, cost = fit_memgo_batch(target, idx.astype(float), params, iterations=iterations, bounds=(low, high))
+        drifted = np.abs(params[:, 1] - mu_start) >= half
+        if drifted.any():  # a component that wandered off its echo explains nothing: drop it
+            keep = ~drifted
+            params, channel, mu_start, cost = params[keep], channel[keep], mu_start[keep], cost[keep]
+        params, channel, mu_start, cost = dedupe(params, channel, mu_start, cost)
+    order = np.lexsort((params[:, 1], channel))
+    params, channel, cost = params[order], channel[order], cost[order]
     # keep the amplitude positive: a sign flip is a pi phase shift
     negative = params[:, 0] < 0
     params[negative, 0] *= -1
     params[negative, 5] += np.pi
     toa_samples = phase_precise_delay(params, ref.params)
-    good = np.isfinite(toa_samples) & (cost < max_cost) & (np.abs(params[:, 1] - mu0) < half)
+    good = np.isfinite(toa_samples) & (cost < max_cost) & (params[:, 0] >= 0.5 * threshold / ref.envelope_peak_per_amplitude)
     channel, toa_samples, params, cost = channel[good], toa_samples[good], params[good], cost[good]
     counts = np.bincount(channel, minlength=n_channels)
     width = max(1, int(counts.max()) if counts.size else 1)
