@@ -78,6 +78,7 @@ class CalibrationResult:
     validation_failed_frames: list[int] | None
     in_plane_error_px: dict[str, list[float]]
     seconds: float
+    point_order: str = "right-to-left"
     calibration: SegmentedSweep = field(repr=False, default=None)
     validation: SegmentedSweep | None = field(repr=False, default=None)
 
@@ -88,6 +89,7 @@ class CalibrationResult:
             "phantom_to_reference": np.asarray(self.phantom_to_reference).tolist(),
             "solver": self.solver,
             "detection": self.detection,
+            "point_order": self.point_order,
             "frames_total": self.frames_total,
             "frames_segmented": self.frames_segmented,
             "failed_frames": list(self.failed_frames),
@@ -182,6 +184,38 @@ def _observations(seg: SegmentedSweep, phantom: NWirePhantom):
     return pixels.reshape(-1, 2), points.reshape(-1, 3), poses, idx
 
 
+def mirror_labels(labelled: np.ndarray, n_layers: int) -> np.ndarray:
+    """Swap wires 1 and 3 of every N (the view from the other side of the phantom, where the dots
+    appear left to right instead of PLUS's right to left)."""
+    lab = np.asarray(labelled, float)
+    shape = lab.shape
+    return lab.reshape(shape[:-2] + (n_layers, 3, 2))[..., ::-1, :].reshape(shape)
+
+
+def _median_pre3d(seg: SegmentedSweep, phantom: NWirePhantom, ptr: np.ndarray, image_to_probe=None) -> float:
+    pixels, points, poses, _ = _observations(seg, phantom)
+    probe_points = phantom_points_in_probe(points, poses, ptr)
+    if image_to_probe is None:
+        image_to_probe, _ = solve_plus(pixels, probe_points)
+    return float(np.median(pre3d_errors(image_to_probe, pixels, probe_points)))
+
+
+def choose_point_order(seg: SegmentedSweep, phantom: NWirePhantom, phantom_to_reference: np.ndarray,
+                       image_to_probe: np.ndarray | None = None) -> bool:
+    """Whether the dots of this sweep are mirrored relative to PLUS's right-to-left order.
+
+    A single frame cannot tell a mirrored view apart (the diagonal's position becomes 1 - alpha), but
+    the tracked poses can: only the right order gives phantom points that one calibration maps
+    consistently. Both orders are solved (PLUS's linear solver, or with ``image_to_probe`` when
+    given) and the one with the smaller median PRE3D wins.
+    """
+    n_layers = len(phantom.nwires)
+    plain = _median_pre3d(seg, phantom, phantom_to_reference, image_to_probe)
+    flipped = SegmentedSweep(mirror_labels(seg.labelled, n_layers), seg.segmented, seg.usable,
+                             seg.probe_to_reference, seg.candidates)
+    return _median_pre3d(flipped, phantom, phantom_to_reference, image_to_probe) < plain
+
+
 def calibrate(
     sweep: Sweep,
     phantom: NWirePhantom,
@@ -195,6 +229,7 @@ def calibrate(
     refine_registration: bool = False,
     ransac_iterations: int = 3000,
     ransac_threshold_mm: float = 0.5,
+    point_order: str = "auto",
     progress: Callable[[int], None] | None = None,
     keep_candidates: bool = False,
 ) -> CalibrationResult:
@@ -213,6 +248,8 @@ def calibrate(
     params : PLUS segmentation parameters (``<Segmentation>`` of a device set); PLUS defaults if None.
     detection : ``"hessian"`` or ``"plus"`` (see :func:`~freehand3d.calibration.detect.detect_points`).
     refine_registration : also estimate PhantomToReference (the paper's 14-parameter model).
+    point_order : ``"right-to-left"`` (PLUS: wire 1 is the rightmost dot), ``"left-to-right"``, or
+        ``"auto"``: decided from the tracked poses (:func:`choose_point_order`).
     progress : called with 1 after each segmented frame (calibration then validation).
 
     Returns
@@ -224,6 +261,8 @@ def calibrate(
     CalibrationError
         Fewer than 10 usable frames (segmented, with a valid pose); the message gives the count.
     """
+    if point_order not in ("auto", "right-to-left", "left-to-right"):
+        raise ConfigError(f"unknown point order {point_order!r}; use auto, right-to-left or left-to-right")
     if solver not in SOLVERS:
         raise ConfigError(f"unknown solver {solver!r}; use one of {', '.join(SOLVERS)}")
     started = time.perf_counter()
@@ -237,6 +276,10 @@ def calibrate(
             f"calibration needs at least {MIN_FRAMES}",
             sweep.source,
         )
+    n_layers = len(phantom.nwires)
+    mirrored = point_order == "left-to-right" or (point_order == "auto" and choose_point_order(seg, phantom, ptr))
+    if mirrored:
+        seg.labelled = mirror_labels(seg.labelled, n_layers)
     pixels, points, poses, _ = _observations(seg, phantom)
     probe_points = phantom_points_in_probe(points, poses, ptr)
     ptr_out = ptr
@@ -261,7 +304,11 @@ def calibrate(
     if validation is not None:
         val_seg = segment_sweep(validation, phantom, params, detection, progress=progress,
                                 keep_candidates=keep_candidates)
-        if val_seg.usable.any():
+        if val_seg.usable.sum() >= 3:
+            if point_order == "left-to-right" or (
+                point_order == "auto" and choose_point_order(val_seg, phantom, ptr_out, itp)
+            ):
+                val_seg.labelled = mirror_labels(val_seg.labelled, n_layers)
             vp, vx, vposes, _ = _observations(val_seg, phantom)
             val_mean, val_std = best_fraction_stats(pre3d_errors(itp, vp, phantom_points_in_probe(vx, vposes, ptr_out)))
     return CalibrationResult(
@@ -283,6 +330,7 @@ def calibrate(
         validation_failed_frames=None if val_seg is None else np.flatnonzero(~val_seg.segmented).tolist(),
         in_plane_error_px=in_plane,
         seconds=time.perf_counter() - started,
+        point_order="left-to-right" if mirrored else "right-to-left",
         calibration=seg,
         validation=val_seg,
     )
@@ -323,4 +371,7 @@ def write_overlays(sweep: Sweep, segmented: SegmentedSweep, directory: str | os.
     return paths
 
 
-__all__ = ["SOLVERS", "SegmentedSweep", "CalibrationResult", "segment_sweep", "calibrate", "write_overlays"]
+__all__ = [
+    "SOLVERS", "SegmentedSweep", "CalibrationResult", "segment_sweep", "calibrate", "write_overlays",
+    "mirror_labels", "choose_point_order",
+]
