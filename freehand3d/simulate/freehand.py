@@ -479,6 +479,7 @@ def simulate_freehand(
             "ImageToReference": image_to_reference,
         },
         image_to_probe=image_to_probe,
+        frame_fields={"ImageStatus": ["OK"] * n},
         metadata={
             "UltrasoundImageOrientation": "MF",
             "SimulatedBy": f"freehand3d.simulate.simulate_freehand seed={seed}",

@@ -455,6 +455,7 @@ def simulate_nwire(
     wire_diameter_mm: float = 0.6,
     frame_interval_s: float = 0.08,
     seed: int = 0,
+    progress=None,
 ) -> tuple[Sweep, dict]:
     """Simulate a tracked N-wire calibration recording with exact ground truth.
 
@@ -481,6 +482,7 @@ def simulate_nwire(
     wire_diameter_mm : sets the spacing of the reverberation echoes below each wire.
     frame_interval_s : time between frames.
     seed : everything random derives from it; the same seed gives the same bytes.
+    progress : optional callable ``progress(done, total)`` called as frames are rendered.
 
     Returns
     -------
@@ -566,7 +568,7 @@ def simulate_nwire(
 
     frames = _render_nwire_frames(
         pixels, visible, image_to_phantom, phantom_axes, has_phantom, (height, width), pixel_mm,
-        settings, wall_echoes, wire_diameter_mm, frame_rng,
+        settings, wall_echoes, wire_diameter_mm, frame_rng, progress,
     )
 
     sweep = Sweep(
@@ -575,6 +577,7 @@ def simulate_nwire(
         timestamps=np.arange(n) * float(frame_interval_s),
         transforms={"ProbeToTracker": reported, "ReferenceToTracker": reference_to_tracker},
         image_to_probe=itp,
+        frame_fields={"ImageStatus": ["OK"] * n},
         metadata={
             "UltrasoundImageOrientation": "MF",
             "PhantomToReferenceTransform": " ".join(f"{v:.17g}" for v in ptr.ravel()),
@@ -605,7 +608,7 @@ def simulate_nwire(
 
 def _render_nwire_frames(
     pixels, visible, image_to_phantom, phantom_axes, has_phantom, shape, pixel_mm, settings, wall_echoes,
-    wire_diameter_mm, rng,
+    wire_diameter_mm, rng, progress=None,
 ) -> np.ndarray:
     height, width = shape
     sx, sy = float(pixel_mm[0]), float(pixel_mm[1])
@@ -639,6 +642,8 @@ def _render_nwire_frames(
         envelope *= gain
         envelope += _speckle.electronic_noise((height, width), settings.receiver_noise, rng) * noise_gain
         frames[i] = _speckle.log_compress(envelope, settings.dynamic_range_db, reference=1.0)
+        if progress is not None and (i % 10 == 9 or i == len(pixels) - 1):
+            progress(i + 1, len(pixels))
     return frames
 
 
