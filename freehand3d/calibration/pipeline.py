@@ -373,5 +373,83 @@ def write_overlays(sweep: Sweep, segmented: SegmentedSweep, directory: str | os.
 
 __all__ = [
     "SOLVERS", "SegmentedSweep", "CalibrationResult", "segment_sweep", "calibrate", "write_overlays",
-    "mirror_labels", "choose_point_order",
+    "mirror_labels", "choose_point_order", "calibrate_files",
 ]
+
+
+def calibrate_files(
+    calibration_path: str | os.PathLike,
+    phantom: str | os.PathLike,
+    output: str | os.PathLike,
+    validation_path: str | os.PathLike | None = None,
+    solver: str = "ransac-lm",
+    config: str | os.PathLike | None = None,
+    plus_config: str | os.PathLike | None = None,
+    tfm: str | os.PathLike | None = None,
+    overlay: str | os.PathLike | None = None,
+    detection: str = "hessian",
+    seed: int = 0,
+    progress_factory: Callable[[int], Callable[[int], None]] | None = None,
+) -> CalibrationResult:
+    """File-level calibration (what ``freehand3d calibrate`` runs): read the recordings, phantom and
+    settings, calibrate, write ``result.json`` and the optional PLUS device set, ITK ``.tfm`` and
+    overlay PNGs (all atomically).
+
+    Parameters
+    ----------
+    phantom : shipped phantom name, phantom YAML, or PLUS device-set XML (which also gives the
+        phantom registration and segmentation settings).
+    config : PLUS device set for the segmentation settings and PhantomToReference when ``phantom``
+        is a YAML (and the template of ``plus_config``).
+    progress_factory : called with the number of frames to process; returns the per-frame callback.
+    """
+    import json
+
+    from freehand3d._atomic import write_text_atomic
+    from freehand3d.io import read_sweep
+    from freehand3d.phantoms import load_phantom
+
+    phantom_model = load_phantom(phantom)
+    params = SegmentationParams()
+    device_set_path = None
+    ptr = None
+    for candidate in (phantom, config):
+        if candidate is not None and str(candidate).lower().endswith(".xml") and Path(candidate).exists():
+            from freehand3d.io.plus_config import read_device_set
+
+            device_set = read_device_set(candidate)
+            device_set_path = candidate
+            if isinstance(device_set.segmentation, SegmentationParams):
+                params = device_set.segmentation
+            if "PhantomToReference" in device_set.coordinate_definitions:
+                ptr = device_set.coordinate_definitions["PhantomToReference"].matrix
+    if config is not None and not Path(config).exists():
+        raise ConfigError("device-set file not found", config)
+    sweep = read_sweep(calibration_path)
+    validation = read_sweep(validation_path) if validation_path is not None else None
+    total = len(sweep) + (len(validation) if validation is not None else 0)
+    progress = progress_factory(total) if progress_factory is not None else None
+    result = calibrate(sweep, phantom_model, validation, solver=solver, seed=seed, params=params,
+                       detection=detection, phantom_to_reference=ptr, progress=progress,
+                       keep_candidates=overlay is not None)
+    summary = result.to_dict()
+    summary["calibration_file"] = os.fspath(calibration_path)
+    summary["validation_file"] = None if validation_path is None else os.fspath(validation_path)
+    write_text_atomic(output, json.dumps(summary, indent=2) + "\n")
+    if plus_config is not None:
+        if device_set_path is None:
+            raise ConfigError("--plus-config needs a PLUS device set as --phantom or --config to copy", plus_config)
+        from freehand3d.io.plus_config import write_device_set
+
+        error = result.pre3d_validation_mean_mm if result.pre3d_validation_mean_mm is not None \
+            else result.pre3d_calibration_mean_mm
+        write_device_set(device_set_path, plus_config, transforms={"ImageToProbe": result.image_to_probe}, error=error)
+    if tfm is not None:
+        from freehand3d.io.transforms import write_itk_transform
+
+        write_itk_transform(tfm, result.image_to_probe)
+    if overlay is not None:
+        write_overlays(sweep, result.calibration, Path(overlay), phantom_model, prefix="calibration")
+        if validation is not None and result.validation is not None:
+            write_overlays(validation, result.validation, Path(overlay), phantom_model, prefix="validation")
+    return result
