@@ -1,0 +1,133 @@
+"""CLI: ``track`` (DualTrack inference), ``evaluate`` (tracking metrics), ``train`` (DualTrack training).
+
+Only typer and the standard library are imported here; the library is imported inside each command.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Optional
+
+import typer
+
+STAGES = ("local", "global", "fusion", "finetune")
+
+#: metric key -> (label, unit) in the order the table shows them
+_METRIC_ROWS = (
+    ("GPE", "global pixel error (all pixels)", "mm"),
+    ("LPE", "local pixel error (all pixels)", "mm"),
+    ("GLE", "global landmark error", "mm"),
+    ("LLE", "local landmark error", "mm"),
+    ("GPE_5pt", "global error, 5-point proxy", "mm"),
+    ("LPE_5pt", "local error, 5-point proxy", "mm"),
+    ("FDR_pct", "final drift rate", "%"),
+    ("max_drift_mm", "maximum drift", "mm"),
+    ("avg_drift_rate_pct", "average drift rate", "%"),
+    ("final_drift_mm", "final drift", "mm"),
+)
+
+
+def _metrics_table(metrics: dict, title: str):
+    from rich.table import Table
+
+    table = Table(title=title)
+    table.add_column("metric")
+    table.add_column("value", justify="right")
+    table.add_column("unit")
+    table.add_column("meaning")
+    for key, label, unit in _METRIC_ROWS:
+        if key in metrics:
+            table.add_row(key, f"{metrics[key]:.3f}", unit, label)
+    return table
+
+
+def register(app: typer.Typer) -> None:
+    @app.command("track")
+    def track_command(
+        sweep: Path = typer.Argument(..., help="Input sweep (.igs.mha, .seq.nrrd, TUS-REC or DualTrack .h5)."),
+        checkpoint: Path = typer.Option(..., "--checkpoint", "-c", help="DualTrack checkpoint (.pt, ours or official)."),
+        output: Path = typer.Option(..., "--output", "-o", help="Tracked sweep to write (e.g. tracked.igs.mha)."),
+        preset: Optional[str] = typer.Option(
+            None, "--preset", help="dualtrack-2024 | dualtrack-tusrec2025 | tiny (default: from the checkpoint)."
+        ),
+        device: Optional[str] = typer.Option(None, "--device", help="cpu, cuda, cuda:1 ... (default: cuda if available)."),
+        plot: Optional[Path] = typer.Option(
+            None, "--plot", help="PNG of the predicted trajectory (and the ground truth when the sweep has poses)."
+        ),
+    ) -> None:
+        """Estimate the probe trajectory of a sweep from its frames alone (DualTrack)."""
+        from rich.console import Console
+
+        from freehand3d.tracking.workflows import track_file
+
+        result = track_file(sweep, checkpoint, output, preset=preset, device=device, plot_path=plot)
+        console = Console()
+        console.print(f"tracked {result['n_frames']} frames -> {output}")
+        if "metrics" in result:
+            console.print(_metrics_table(result["metrics"], "against the poses stored in the input"))
+
+    @app.command("evaluate")
+    def evaluate_command(
+        pred: Path = typer.Argument(..., help="Tracked sweep (prediction)."),
+        gt: Path = typer.Argument(..., help="Ground-truth sweep with the same frames."),
+        landmarks: Optional[Path] = typer.Option(
+            None, "--landmarks", help="Landmarks (.npy or CSV rows frame,x,y; 1-based pixels) for GLE/LLE."
+        ),
+        world: Optional[str] = typer.Option(None, "--world", help="World frame name (default: Reference, then Tracker)."),
+        as_json: bool = typer.Option(False, "--json", help="Print the metrics as JSON instead of a table."),
+    ) -> None:
+        """Tracking errors of a predicted trajectory: TUS-REC GPE/LPE, 5-point proxy, drift."""
+        from freehand3d.tracking.workflows import evaluate_sweeps
+
+        metrics = evaluate_sweeps(pred, gt, world=world, landmarks_path=landmarks)
+        if as_json:
+            typer.echo(json.dumps(metrics, indent=1))
+            return
+        from rich.console import Console
+
+        Console().print(_metrics_table(metrics, f"{pred.name} vs {gt.name} ({metrics['n_frames']} frames)"))
+
+    @app.command("train")
+    def train_command(
+        csv: Path = typer.Option(..., "--csv", help="CSV of DualTrack h5 sweeps: sweep_id,path,split."),
+        out: Path = typer.Option(..., "--out", help="Output folder (best.pt, last.pt, history.json)."),
+        stage: str = typer.Option("fusion", "--stage", help="local | global | fusion | finetune."),
+        preset: str = typer.Option("tiny", "--preset", help="Architecture of a fresh model."),
+        init: Optional[Path] = typer.Option(None, "--init", help="Start from this checkpoint (previous stage / finetune)."),
+        epochs: int = typer.Option(10, "--epochs", min=1),
+        batch_size: int = typer.Option(2, "--batch-size", min=1, help="Global batch (all processes)."),
+        window: int = typer.Option(32, "--window", min=2, help="Frames per training window."),
+        lr: Optional[float] = typer.Option(None, "--lr", help="Peak learning rate (default depends on the stage)."),
+        max_steps: Optional[int] = typer.Option(None, "--max-steps", help="Cap on steps per epoch."),
+        seed: int = typer.Option(0, "--seed"),
+        device: Optional[str] = typer.Option(None, "--device"),
+        no_amp: bool = typer.Option(False, "--no-amp", help="Disable mixed precision on CUDA."),
+        resume: bool = typer.Option(False, "--resume", help="Continue from OUT/last.pt."),
+    ) -> None:
+        """Train DualTrack (one stage) on h5 sweeps; multi-GPU with torchrun."""
+        if stage not in STAGES:
+            from freehand3d.errors import ConfigError
+
+            raise ConfigError(f"unknown stage {stage!r}; choose one of {', '.join(STAGES)}", "--stage")
+        from freehand3d.tracking.train import TrainOptions, train
+
+        options = TrainOptions(
+            stage=stage,
+            preset=preset,
+            init=None if init is None else str(init),
+            epochs=epochs,
+            batch_size=batch_size,
+            window=window,
+            lr=lr,
+            max_steps_per_epoch=max_steps,
+            seed=seed,
+            device=device,
+            amp=not no_amp,
+        )
+        result = train(csv, out, options, resume=resume)
+        last = result.history[-1] if result.history else {}
+        typer.echo(
+            f"best epoch {result.best_epoch + 1} (loss {result.best_loss:.4g}) -> {result.best}; "
+            f"last train loss {last.get('train_loss', float('nan')):.4g} -> {result.last}"
+        )
