@@ -140,7 +140,7 @@ def test_server_restart_is_survived_and_gap_reported_as_missed():
     first.wait(10)
     first.close()  # the server goes away after frame 49
     time.sleep(0.5)
-    second = ReplayServer(sweep, port=port, fps=200, start_frame=80, n_frames=40)
+    second = ReplayServer(sweep, port=port, fps=100, start_frame=80, n_frames=40, loop=True)
     second.start()
     consumer.join(20)
     source.close()
@@ -160,3 +160,30 @@ def test_connect_failure_is_a_stream_error():
     sock.close()
     with pytest.raises(StreamError, match="cannot connect"):
         list(IGTLSource(port=port, reconnect=False, connect_timeout=0.3))
+
+
+DATA = __import__("pathlib").Path(__file__).resolve().parents[1] / "freehand3d" / "data" / "plus"
+
+
+def test_fcal_recording_replayed_at_60fps_is_recorded_losslessly(tmp_path):
+    """Acceptance: the 820x616 fCal recording at 60 fps into `freehand3d stream --record`."""
+    from typer.testing import CliRunner
+
+    from freehand3d.cli import app
+    from freehand3d.io import read_sweep
+
+    source = read_sweep(DATA / "fCal_Test_Calibration_3NWires.igs.mha")
+    server = ReplayServer(source, port=0, fps=60).start()
+    out = tmp_path / "rec.igs.mha"
+    result = CliRunner().invoke(app, ["stream", "--port", str(server.port), "--record", str(out),
+                                      "--connect-timeout", "3", "--frames", "188"])
+    server.close()
+    assert result.exit_code == 0, result.output
+    assert "received 188 frames" in result.output and "missed 0, malformed 0" in result.output
+    rec = read_sweep(out)
+    assert np.array_equal(rec.frames, source.frames)
+    np.testing.assert_allclose(rec.timestamps, source.timestamps, atol=1e-6)
+    for name, mats in source.transforms.items():
+        assert np.array_equal(rec.valid[name], source.valid[name])
+        # OpenIGTLink TRANSFORM carries float32
+        np.testing.assert_allclose(rec.transforms[name], mats, atol=1e-4, rtol=1e-6)

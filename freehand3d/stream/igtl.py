@@ -198,6 +198,7 @@ class _Reader(threading.Thread):
                 return
             if not first:
                 self.stats.reconnects += 1
+                self.out.put("reconnected")
             first = False
             self._buf = bytearray()
             in_garbage = False
@@ -261,7 +262,8 @@ class IGTLSource:
     connect_timeout : seconds to keep trying to (re)connect.
 
     Yields :class:`StreamItem`; ``stats`` counts frames, malformed messages, reconnects and frames
-    missed (timestamp gaps larger than 1.5 median frame intervals).
+    missed across reconnections (the time gap between the last frame before and the first frame
+    after a reconnection, in median frame intervals, minus one).
     """
 
     def __init__(self, host: str = "127.0.0.1", port: int = 18944, image_device: str | None = None,
@@ -281,6 +283,7 @@ class IGTLSource:
         self._intervals: collections.deque = collections.deque(maxlen=50)
         self._last_time: float | None = None
         self._started = False
+        self._after_reconnect = False
 
     # -------------------------------------------------------------- lifecycle
     def start(self) -> "IGTLSource":
@@ -343,19 +346,17 @@ class IGTLSource:
             return None
 
     def _emit(self, entry) -> StreamItem:
-        t, device, frame, received, matrix = entry
+        t, device, frame, received, matrix, entry_after_reconnect = entry
         transforms = self._transforms_at(t)
         if self._last_time is not None:
             gap = t - self._last_time
-            if gap > 0:
-                if len(self._intervals) >= 5:
-                    med = float(np.median(self._intervals))
-                    if med > 0 and gap > 1.5 * med:
-                        self.stats.missed += int(round(gap / med)) - 1
-                    else:
-                        self._intervals.append(gap)
-                else:
-                    self._intervals.append(gap)
+            if gap > 0 and entry_after_reconnect and self._intervals:
+                # frames the server sent while we were disconnected: estimate from the time gap
+                med = float(np.median(self._intervals))
+                if med > 0:
+                    self.stats.missed += max(0, int(round(gap / med)) - 1)
+            elif gap > 0:
+                self._intervals.append(gap)
         self._last_time = t
         self.stats.frames += 1
         return StreamItem(frame, self._pose(device, matrix, transforms), t, device, transforms, received)
@@ -376,6 +377,9 @@ class IGTLSource:
                 if self._reader.error is not None:
                     raise self._reader.error
                 return
+            if entry == "reconnected":
+                self._after_reconnect = True
+                continue
             header, msg, received = entry
             if header["message_type"] == "TRANSFORM":
                 self.stats.transforms += 1
@@ -389,7 +393,8 @@ class IGTLSource:
                     continue
                 frame = _to_frame(msg.image)
                 matrix = np.asarray(msg.ijk_to_world_matrix, float)
-                self._pending.append((header["timestamp"], device, frame, received, matrix))
+                self._pending.append((header["timestamp"], device, frame, received, matrix, self._after_reconnect))
+                self._after_reconnect = False
             else:
                 self.stats.other += 1
 
@@ -522,8 +527,15 @@ class ReplayServer:
             conn.close()
         return sent
 
+    def _serve_and_close(self) -> None:
+        try:
+            self.serve_once()
+        finally:
+            self._listener.close()  # a one-shot server goes away when its client is served
+
     def start(self) -> "ReplayServer":
-        self._thread = threading.Thread(target=self.serve_once, daemon=True, name="freehand3d-replay")
+        """Serve one client in a background thread, then stop listening."""
+        self._thread = threading.Thread(target=self._serve_and_close, daemon=True, name="freehand3d-replay")
         self._thread.start()
         return self
 

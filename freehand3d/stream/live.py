@@ -160,6 +160,8 @@ def run_live(
                 break
             if duration is not None and now - t_start >= duration:
                 break
+    except KeyboardInterrupt:
+        pass  # Ctrl-C ends a live session normally: what was received is still written
     finally:
         result.seconds = time.perf_counter() - t_start
         source.close()
