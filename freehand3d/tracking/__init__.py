@@ -3,33 +3,27 @@
 Public API: :class:`DualTrack` (the network), :data:`PRESETS`, :func:`load_dualtrack` /
 :func:`save_checkpoint` (official and own checkpoints), :func:`preprocess` (frames -> model
 inputs), :func:`compose_poses` (relative 6-DoF -> absolute 4x4) and :func:`track` (sweep ->
-sweep with predicted ``ImageToReference``). Heavy modules load lazily so importing the package
-stays cheap.
+sweep with predicted ``ImageToReference``). Importing this package imports torch; the CLI imports
+it inside its commands only.
 """
 
 from __future__ import annotations
 
-import importlib
+from freehand3d.tracking.checkpoint import load_dualtrack, save_checkpoint
+from freehand3d.tracking.infer import compose_poses, predict, track
+from freehand3d.tracking.model.dualtrack import DualTrack
+from freehand3d.tracking.model.presets import PRESETS, DualTrackConfig
+# the function shadows the submodule of the same name on purpose (the public name is the function)
+from freehand3d.tracking.preprocess import preprocess
 
-_EXPORTS = {
-    "DualTrack": "freehand3d.tracking.model.dualtrack",
-    "DualTrackConfig": "freehand3d.tracking.model.presets",
-    "PRESETS": "freehand3d.tracking.model.presets",
-    "load_dualtrack": "freehand3d.tracking.checkpoint",
-    "save_checkpoint": "freehand3d.tracking.checkpoint",
-    "preprocess": "freehand3d.tracking.preprocess",
-    "compose_poses": "freehand3d.tracking.infer",
-    "track": "freehand3d.tracking.infer",
-}
-
-__all__ = sorted(_EXPORTS)
-
-
-def __getattr__(name: str):
-    if name in _EXPORTS:
-        return getattr(importlib.import_module(_EXPORTS[name]), name)
-    raise AttributeError(f"module 'freehand3d.tracking' has no attribute {name!r}")
-
-
-def __dir__():
-    return sorted(set(globals()) | set(__all__))
+__all__ = [
+    "DualTrack",
+    "DualTrackConfig",
+    "PRESETS",
+    "compose_poses",
+    "load_dualtrack",
+    "predict",
+    "preprocess",
+    "save_checkpoint",
+    "track",
+]

@@ -370,8 +370,10 @@ def load_dualtrack(
     default_allow = allow is None
     allow = tuple(DEFAULT_ALLOW if allow is None else allow)
 
-    model = DualTrack(config)
-    target = model.state_dict()
+    # shapes come from a skeleton on the meta device: no memory, no wasted random init
+    with torch.device("meta"):
+        skeleton = DualTrack(config)
+    target = skeleton.state_dict()
     report = LoadReport(layout=layout, preset=config.name)
     incoming: dict[str, tuple[str, torch.Tensor]] = {}  # our key -> (source key, tensor)
     for key, value in state.items():
@@ -425,9 +427,14 @@ def load_dualtrack(
         )
     if not report.ok:
         warnings.warn(f"{path or 'state_dict'}: partial load: {report.summary()}", stacklevel=2)
+    if len(to_load) == len(target):
+        model = skeleton.to_empty(device="cpu")  # every tensor is overwritten below
+    else:
+        model = DualTrack(config)  # tensors not loaded keep a proper initialisation
+    destination = model.state_dict()
     with torch.no_grad():
         for ours, value in to_load.items():
-            target[ours].copy_(value)
+            destination[ours].copy_(value)
     report.loaded = len(to_load)
     model.eval()
     model.load_report = report
