@@ -34,6 +34,7 @@ from freehand3d.ulm.probe import LinearProbe
 __all__ = [
     "memgo",
     "memgo_jacobian",
+    "memgo_components",
     "fit_memgo",
     "fit_memgo_batch",
     "detect_onsets",
@@ -80,6 +81,13 @@ def memgo(t: np.ndarray, params: np.ndarray) -> np.ndarray:
     return out.sum(axis=-1)
 
 
+def memgo_components(t: np.ndarray, params: np.ndarray) -> np.ndarray:
+    """One component per row: t (E, T), params (E, 6) -> (E, T) values (no Jacobian)."""
+    a, mu, s, eta, w, phi = (params[:, i, None] for i in range(N_PARAMS))
+    u = t - mu
+    return a * np.exp(-0.5 * (u / s) ** 2) * (1 + erf(eta * u / (s * _SQRT2))) * np.cos(w * u + phi)
+
+
 def _memgo_value_and_jacobian(t: np.ndarray, p: np.ndarray):
     """Single component: t (..., T), p (..., 6) -> f (..., T), J (..., T, 6)."""
     a, mu, s, eta, w, phi = (p[..., i, None] for i in range(N_PARAMS))
@@ -98,17 +106,13 @@ def _memgo_value_and_jacobian(t: np.ndarray, p: np.ndarray):
     d_skew_du = dskew_dz * eta / (s * _SQRT2)
     d_cos_du = -w * sin_c
     df_du = a * (d_gauss_du * skew * cos_c + gauss * d_skew_du * cos_c + base * d_cos_du)
-    jac = np.stack(
-        [
-            base * cos_c,  # a
-            -df_du,  # mu
-            a * cos_c * (gauss * u**2 / s**3 * skew + gauss * dskew_dz * (-z / s)),  # s
-            a * cos_c * gauss * dskew_dz * u / (s * _SQRT2),  # eta
-            -a * base * sin_c * u,  # w
-            -a * base * sin_c,  # phi
-        ],
-        axis=-1,
-    )
+    jac = np.empty(f.shape + (N_PARAMS,))
+    jac[..., 0] = base * cos_c  # a
+    jac[..., 1] = -df_du  # mu
+    jac[..., 2] = a * cos_c * gauss * (u**2 / s**3 * skew - dskew_dz * z / s)  # s
+    jac[..., 3] = a * cos_c * gauss * dskew_dz * u / (s * _SQRT2)  # eta
+    jac[..., 5] = -a * base * sin_c  # phi
+    jac[..., 4] = jac[..., 5] * u  # w
     return f, jac
 
 
@@ -196,25 +200,27 @@ def fit_memgo_batch(
     cost = np.einsum("et,et->e", res, res)
     eye = np.eye(N_PARAMS)
     for _ in range(iterations):
-        jtj = np.einsum("etp,etq->epq", jac, jac)
-        jtr = np.einsum("etp,et->ep", jac, res)
+        jac_t = jac.transpose(0, 2, 1)
+        jtj = jac_t @ jac  # batched BLAS, faster than einsum for these shapes
+        jtr = (jac_t @ res[..., None])[..., 0]
         diag = np.einsum("epp->ep", jtj)
         system = jtj + damping[:, None, None] * (diag[:, :, None] * eye + 1e-12 * eye)
         try:
             step = np.linalg.solve(system, jtr[..., None])[..., 0]
-        except np.linalg.LinAlgError:
-            step = np.linalg.lstsq(system.reshape(-1, N_PARAMS), jtr.reshape(-1), rcond=None)[0].reshape(n, -1)
+        except np.linalg.LinAlgError:  # a singular system (dead window): no step for anyone hurt
+            step = np.stack([np.linalg.lstsq(a, b, rcond=None)[0] for a, b in zip(system, jtr)])
         trial = params + step
         if bounds is not None:
             trial = np.clip(trial, bounds[0], bounds[1])
-        f_trial, jac_trial = _memgo_value_and_jacobian(t, trial)
-        res_trial = windows - f_trial
+        res_trial = windows - memgo_components(t, trial)
         cost_trial = np.einsum("et,et->e", res_trial, res_trial)
         better = np.isfinite(cost_trial) & (cost_trial < cost)
-        params[better] = trial[better]
-        res[better] = res_trial[better]
-        jac[better] = jac_trial[better]
-        cost[better] = cost_trial[better]
+        if better.any():
+            params[better] = trial[better]
+            res[better] = res_trial[better]
+            cost[better] = cost_trial[better]
+            # the Jacobian is only needed where the parameters moved
+            jac[better] = _memgo_value_and_jacobian(t[better], params[better])[1]
         damping = np.where(better, damping * 0.3, damping * 4.0)
         damping = np.clip(damping, 1e-9, 1e6)
     energy = np.einsum("et,et->e", windows, windows)
@@ -536,7 +542,9 @@ def find_echoes(
         if sweep > 0:
             own_here[:n_fitted] = np.where(inside[:n_fitted], _memgo_value_and_jacobian(idx[:n_fitted].astype(float), params[:n_fitted])[0], 0.0)
         target = np.where(inside, residual[idx_c, channel[:, None]], 0.0) + own_here
-        params, cost = fit_memgo_batch(target, idx.astype(float), params, iterations=iterations, bounds=(low, high))
+        # backfitting passes start from converged fits (new echoes aside): fewer iterations suffice
+        passes = iterations if sweep == 0 else max(4, iterations // 2)
+        params, cost = fit_memgo_batch(target, idx.astype(float), params, iterations=passes, bounds=(low, high))
         drifted = np.abs(params[:, 1] - mu_start) >= half
         if drifted.any():  # a component that wandered off its echo explains nothing: drop it
             keep = ~drifted

@@ -126,7 +126,8 @@ def match_echoes(
         residual = _nearest_residual(paths[ch], predicted)
         votes[rows] += residual <= tolerance
         available[rows] += 1
-    needed = np.minimum(min_votes, np.maximum(available, 1))
+    # pairs with no check channel at all (two-channel use) cannot be checked and are kept
+    needed = np.minimum(min_votes, available)
     return points[votes >= needed]
 
 
@@ -248,7 +249,8 @@ def localize_frame(
     points = match_echoes(paths, element_x, tx_angle=tx_angle, gap=gap, amplitude=echoes.amplitude, tolerance=tolerance)
     n_pairs = max(1, len(chosen) - gap)
     if min_cluster_size is None:
-        min_cluster_size = max(2, int(round(0.1 * n_pairs)))
+        # few pairs (tiny channel counts) cannot outvote anything; many pairs: 10 % must agree
+        min_cluster_size = 1 if n_pairs < 4 else max(2, int(round(0.1 * n_pairs)))
     centres, sizes = mean_shift(points, bandwidth, min_cluster_size=min_cluster_size)
     centres = suppress_ghosts(centres, sizes, merge_radius=lam / 2 if merge_radius is None else merge_radius, ghost_radius=2 * lam if ghost_radius is None else ghost_radius, ghost_ratio=ghost_ratio)
     if refine and len(centres):
@@ -293,7 +295,8 @@ def localize(
     bandwidth : float, optional
         Mean-shift radius (mm); default lambda / 4.
     min_cluster_size : int, optional
-        Intersection points a bubble needs; default 10 % of the channel pairs (at least 2).
+        Intersection points a bubble needs; default 10 % of the channel pairs (at least 2; 1 when
+        fewer than 4 pairs exist).
     gap : int, optional
         Channel-pair separation in selected channels; default the one nearest ``baseline`` mm.
     baseline : float
