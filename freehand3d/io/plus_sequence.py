@@ -257,9 +257,14 @@ def read_plus_header(path: str | os.PathLike) -> SequenceHeader:
     return _parse_header(path, blob)
 
 
-def _read_file(path: Path) -> bytes:
+def _read_file(path: Path) -> bytearray:
+    # a bytearray, so an uncompressed MF file becomes writable frames without another 95 MB copy
     try:
-        return path.read_bytes()
+        with open(path, "rb") as handle:
+            buffer = bytearray(os.fstat(handle.fileno()).st_size)
+            got = handle.readinto(buffer)
+        del buffer[got:]
+        return buffer
     except FileNotFoundError:
         raise InputError("file not found", path) from None
     except IsADirectoryError:
@@ -468,21 +473,15 @@ def _decompress(path: Path, data: bytes, expected: int, gzip: bool) -> bytes:
     return out
 
 
-def _pixel_bytes(header: SequenceHeader, layout: _Layout, blob: bytes) -> bytes:
+def _pixel_bytes(header: SequenceHeader, layout: _Layout, blob: bytearray):
     path = header.path
     if header.data_path != path:
         try:
-            data = header.data_path.read_bytes()
-        except FileNotFoundError:
-            raise InputError(f"pixel data file {header.data_path.name} (named in the header) not found", path) from None
-        except OSError as exc:
-            raise InputError(
-                f"pixel data file {header.data_path.name} (named in the header) cannot be read "
-                f"({exc.strerror or exc})",
-                path,
-            ) from None
+            data = memoryview(_read_file(header.data_path))
+        except InputError as exc:
+            raise InputError(f"pixel data file {header.data_path.name} (named in the header): {exc.problem}", path) from None
     else:
-        data = blob[header.data_offset:]
+        data = memoryview(blob)[header.data_offset:]  # a view: no copy of the pixel bytes
     expected = layout.width * layout.height * layout.n_frames
     if layout.header_skip > 0:
         data = data[layout.header_skip:]
