@@ -407,7 +407,7 @@ class Reconstructor:
     def accumulation(self) -> np.ndarray:
         """(nz, ny, nx) accumulation buffer: PLUS units (256 = one pixel) with ``exact_plus``,
         else the sum of pixel weights. Zero marks a hole."""
-        return self._state.acc.reshape(self.grid.shape).cpu().numpy()
+        return self._state.acc[: self.grid.n_voxels].reshape(self.grid.shape).cpu().numpy()
 
     def volume_array(self, fill_holes=None) -> np.ndarray:
         """(nz, ny, nx) uint8 volume; holes filled with ``fill_holes`` (default: the constructor's)."""
