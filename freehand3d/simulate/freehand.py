@@ -22,6 +22,7 @@ trajectory; the Reference frame is the volume frame (x lateral, y depth, z sweep
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 
 import cv2
@@ -265,18 +266,34 @@ def _freehand_image_to_probe(frame_size, spacing) -> np.ndarray:
     return geometry.compose(geometry.translation([-(width - 1) / 2.0 * sx, 0.0, 0.0]), geometry.scaling([sx, sy, 1.0]))
 
 
-def _speckle_texture(rng: np.random.Generator, voxel_mm, shape_zyx, sigma_mm) -> np.ndarray:
+#: texture voxels (x, y, z) mm: at least 2 voxels per PSF sigma on every axis, otherwise linear
+#: interpolation of the complex field between voxels cuts dark cracks into the speckle
+_TEXTURE_VOXEL_MM = np.array([0.25, 0.14, 0.3])
+_TEXTURE_SHAPE = (112, 224, 144)  # (z, y, x): non-commensurate periods of 31-36 mm
+#: point-spread sigma (x lateral, y axial, z elevation) mm: speckle grains ~1.3 x 0.65 mm,
+#: decorrelating over ~1.5 mm of out-of-plane motion
+_TEXTURE_SIGMA_MM = (0.55, 0.28, 0.7)
+
+
+@functools.lru_cache(maxsize=1)
+def _speckle_texture() -> np.ndarray:
     """Periodic band-limited complex Gaussian field (2, Z+1, Y+1, X+1) float32 with unit-variance
     components; the extra last slice in every axis repeats the first so trilinear sampling wraps
-    without a seam."""
+    without a seam.
+
+    Built once per process from a fixed seed (it takes ~1 s); every sweep slices it at its own
+    random offset, so sweeps still see different speckle."""
     from scipy.ndimage import gaussian_filter
 
-    field = rng.standard_normal((2,) + tuple(shape_zyx), dtype=np.float32)
-    sigma_vox = (np.asarray(sigma_mm, float) / np.broadcast_to(voxel_mm, 3))[::-1]  # (z, y, x)
+    rng = np.random.default_rng(20240917)
+    field = rng.standard_normal((2,) + _TEXTURE_SHAPE, dtype=np.float32)
+    sigma_vox = (np.asarray(_TEXTURE_SIGMA_MM) / _TEXTURE_VOXEL_MM)[::-1]  # (z, y, x)
     for c in range(2):
         field[c] = gaussian_filter(field[c], sigma=sigma_vox, mode="wrap")
     field /= field.std(axis=(1, 2, 3), keepdims=True)
-    return np.pad(field, ((0, 0), (0, 1), (0, 1), (0, 1)), mode="wrap")
+    texture = np.pad(field, ((0, 0), (0, 1), (0, 1), (0, 1)), mode="wrap")
+    texture.setflags(write=False)
+    return texture
 
 
 def _coarse_pixel_grid(height: int, width: int, step: tuple[int, int], device):
@@ -331,7 +348,7 @@ def simulate_freehand(
     noise: float = 0.01,
     seed: int = 0,
     device: str = "cpu",
-    batch_frames: int = 8,
+    batch_frames: int | None = None,
     progress=None,
 ) -> tuple[Sweep, dict]:
     """Simulate a tracked freehand sweep through a tissue-like speckle volume.
@@ -352,7 +369,8 @@ def simulate_freehand(
     noise : receiver noise amplitude relative to average tissue.
     seed : everything random derives from it; the same seed gives the same bytes.
     device : torch device for the slicing ("cpu" or "cuda").
-    batch_frames : frames sliced per ``grid_sample`` call (memory: ~100 bytes per pixel).
+    batch_frames : frames sliced per ``grid_sample`` call; default as many as fit in ~2.5 million
+        pixels (about 250 MB of temporaries at ~100 bytes per pixel).
     progress : optional callable ``progress(done, total)`` called after every batch.
 
     Returns
@@ -405,17 +423,14 @@ def simulate_freehand(
     elif not isinstance(volume, EchoVolume):
         raise ValueError("volume must be an EchoVolume (data, origin, spacing)")
 
-    # speckle: grains ~1 mm lateral, ~0.5 mm axial, decorrelating over ~1.3 mm out of plane
-    # texture voxels (x, y, z) mm: at least 2 voxels per PSF sigma on every axis, otherwise linear
-    # interpolation of the complex field between voxels cuts dark cracks into the speckle
-    texture_voxel = np.array([0.25, 0.14, 0.3])
-    texture_shape = (112, 224, 144)  # (z, y, x): non-commensurate periods of 31-36 mm
-    texture = _speckle_texture(texture_rng, texture_voxel, texture_shape, sigma_mm=(0.55, 0.28, 0.7))
+    texture = _speckle_texture()
+    tex_period = np.array(_TEXTURE_SHAPE[::-1], float)  # (x, y, z) voxels
+    # this sweep's own piece of the (shared) speckle field
+    texture_offset = texture_rng.uniform(0.0, 1.0, 3) * tex_period * _TEXTURE_VOXEL_MM
 
     dev = torch.device(device)
     echo_t = torch.from_numpy(volume.data)[None, None].to(dev)
-    tex_t = torch.from_numpy(texture)[None].to(dev)
-    tex_period = np.array(texture_shape[::-1], float)  # (x, y, z) voxels
+    tex_t = torch.from_numpy(np.array(texture))[None].to(dev)
     # world mm -> grid_sample's [-1, 1] (align_corners=True: -1/+1 are the end voxel centres), as
     # one affine map per field so each frame needs a single small matrix product
     vol_size = np.array(volume.data.shape[::-1], float) - 1
@@ -423,7 +438,7 @@ def simulate_freehand(
         geometry.translation(-np.ones(3)), geometry.scaling(2.0 / (vol_size * volume.spacing)),
         geometry.translation(-volume.origin),
     )
-    world_to_texture = geometry.scaling(1.0 / texture_voxel)
+    world_to_texture = geometry.compose(geometry.scaling(1.0 / _TEXTURE_VOXEL_MM), geometry.translation(texture_offset))
     # Sampling every pixel is the slow part, so each field is sampled only as densely as it varies:
     # echogenicity (smooth, ~0.5 mm voxels) on a grid ~0.5 mm apart, speckle (grains ~1 mm wide,
     # ~0.5 mm high) at every row but every other column, then both are upsampled bilinearly.
@@ -437,7 +452,7 @@ def simulate_freehand(
     reference = 10.0 ** (dynamic_range_db * (1.0 - 100.0 / 255.0) / 20.0)
     noise_gain = (1.0 / gain) ** 0.5
     frames = np.empty((n, height, width), np.uint8)
-    step = max(1, int(batch_frames))
+    step = max(1, int(batch_frames) if batch_frames else 2_500_000 // (height * width))
     for start in range(0, n, step):
         stop = min(start + step, n)
         mats = image_to_reference[start:stop]

@@ -86,10 +86,11 @@ class NoiseSettings:
                 raise ValueError(f"noise level must be a finite number >= 0, got {noise!r}")
         return cls(
             level=level,
-            # geometric steps: each level is ~10 dB brighter speckle relative to the wires
-            background=0.003 * 10.0 ** level,
-            receiver_noise=0.001 * 12.0 ** level,
-            wire_amplitude_spread=0.25 + 0.35 * min(level, 1.0),
+            # geometric steps: each level is ~8 dB brighter speckle relative to the wires; at
+            # "high" the speckle sits ~34 dB below a wire echo, receiver noise ~42 dB
+            background=0.003 * 6.67**level,
+            receiver_noise=0.001 * 8.0**level,
+            wire_amplitude_spread=0.25 + 0.2 * min(level, 1.0),
             blob_texture=0.15 + 0.2 * min(level, 1.0),
             n_random_walls=(int(round(1 * level)), 1 + int(round(2 * level))),
             dynamic_range_db=40.0,
