@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import re
 import subprocess
 import sys
@@ -30,6 +31,7 @@ RECORDINGS = {
 }
 
 
+@functools.lru_cache(maxsize=None)  # several tests look at the same bundled file
 def _info(path: Path) -> str:
     result = runner.invoke(app, ["info", str(path)], terminal_width=200)
     assert result.exit_code == 0, result.output
