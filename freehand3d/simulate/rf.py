@@ -35,6 +35,7 @@ __all__ = [
     "simulate_bubbles",
     "simulate_rf",
     "add_pala_noise",
+    "reference_pulse",
     "simulate_dataset",
     "save_rf",
     "load_rf",
@@ -201,6 +202,34 @@ def _simulate_frame_pymust(points, amps, probe, tx_angle, t0, n_samples):
     chunk = rf[start : start + n_samples]
     out[: len(chunk)] = chunk
     return out
+
+
+def reference_pulse(probe: LinearProbe | None = None, backend: str = "analytic") -> tuple[np.ndarray, np.ndarray]:
+    """Two-way pulse (t seconds, values) of a simulator, envelope maximum at t = 0, peak envelope 1.
+
+    For ``"pymust"`` the pulse is measured: ``simus`` is run for one scatterer on the array axis at
+    16 times the sampling rate and the centre channel's echo is cut out around its envelope maximum.
+    """
+    probe = probe or LinearProbe()
+    if backend == "analytic":
+        return _two_way_pulse_support(probe)
+    if backend != "pymust":
+        raise ValueError(f"unknown backend {backend!r}: use 'analytic' or 'pymust'")
+    import pymust
+    from scipy.signal import hilbert
+
+    upsample = 16
+    param = _pymust_param(probe)
+    param.fs = probe.sampling_frequency * upsample
+    depth = 8.0
+    rf, _ = pymust.simus(np.array([probe.element_x[probe.n_elements // 2] * 1e-3]), np.array([depth * 1e-3]), np.array([1.0]), pymust.txdelay(param, 0.0), param)
+    trace = np.asarray(rf, float)[:, probe.n_elements // 2]
+    envelope = np.abs(hilbert(trace))
+    peak = int(np.argmax(envelope))
+    half = int(2e-6 * param.fs)
+    lo, hi = max(0, peak - half), min(len(trace), peak + half)
+    t = (np.arange(lo, hi) - peak) / param.fs
+    return t, trace[lo:hi] / envelope[peak]
 
 
 def add_pala_noise(
@@ -399,6 +428,7 @@ def simulate_dataset(
     list_pos = simulate_bubbles(n_frames, seed, bubbles_per_frame=bubbles_per_frame)
     rf = simulate_rf(list_pos, probe, tx_angle=tx_angle, clutter_db=clutter_db, seed=seed, backend=backend, progress=progress)
     rf_path, gt_path = out_dir / "rf.npz", out_dir / "gt.npz"
-    save_rf(rf_path, rf, probe, tx_angle=tx_angle, t0=0.0, clutter_db=np.nan if clutter_db is None else clutter_db, seed=seed)
+    pulse_t, pulse = reference_pulse(probe, backend)
+    save_rf(rf_path, rf, probe, tx_angle=tx_angle, t0=0.0, clutter_db=np.nan if clutter_db is None else clutter_db, seed=seed, pulse_t=pulse_t, pulse=pulse)
     save_ground_truth(gt_path, list_pos, probe)
     return rf_path, gt_path

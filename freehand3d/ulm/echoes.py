@@ -305,13 +305,19 @@ _REF_CACHE: dict = {}
 
 
 def reference_fit(probe: LinearProbe, pulse=None) -> ReferenceFit:
-    """Fit MEMGO to the probe's reference two-way pulse (``pulse(t_seconds)``; default the probe's).
+    """Fit MEMGO to the reference two-way pulse: ``pulse`` is a callable of time (s), or a sampled
+    pulse ``(t_seconds, values)`` with its envelope maximum at t = 0; default the probe's own.
 
     The fit fixes the onset offset between the envelope-gradient maximum and ``mu``, the reference
     ``mu``/``phi`` for phase-precise times of arrival, and good starting values for ``s``, ``eta``,
     ``w``.
     """
-    key = (probe, id(pulse) if pulse is not None else None)
+    if isinstance(pulse, tuple):  # sampled pulse (t seconds, values), e.g. stored with the RF data
+        pulse_t, pulse_y = (np.asarray(v, float) for v in pulse)
+        key = (probe, hash(pulse_t.tobytes() + pulse_y.tobytes()))
+        pulse = lambda t: np.interp(t, pulse_t, pulse_y, left=0.0, right=0.0)  # noqa: E731
+    else:
+        key = (probe, id(pulse) if pulse is not None else None)
     if key in _REF_CACHE:
         return _REF_CACHE[key]
     pulse = pulse or probe.two_way_pulse

@@ -93,6 +93,8 @@ def localize_file(
     if method == "gulm":
         from freehand3d.ulm.pipeline import localize
 
+        if "pulse_t" in acq and "pulse" in acq and "pulse" not in kwargs:
+            kwargs["pulse"] = (np.asarray(acq["pulse_t"], float), np.asarray(acq["pulse"], float))
         points = localize(rf, probe, **kwargs)
     else:
         from freehand3d.ulm.baseline import localize_das_wa

@@ -19,7 +19,7 @@ from __future__ import annotations
 import numpy as np
 
 from freehand3d.ulm.cluster import mean_shift
-from freehand3d.ulm.echoes import Echoes, find_echoes
+from freehand3d.ulm.echoes import Echoes, find_echoes, reference_fit
 from freehand3d.ulm.intersect import intersect_plane_wave
 from freehand3d.ulm.probe import LinearProbe
 
@@ -226,6 +226,7 @@ def localize_frame(
     merge_radius: float | None = None,
     ghost_radius: float | None = None,
     ghost_ratio: float = 3.0,
+    pulse=None,
     echoes: Echoes | None = None,
 ) -> np.ndarray:
     """G-ULM on one RF frame (n_samples, n_elements); returns (K, 2) positions (x, z) in mm.
@@ -244,7 +245,8 @@ def localize_frame(
         spacing = np.median(np.diff(element_x)) if len(element_x) > 1 else probe.pitch
         gap = int(max(1, min(len(chosen) // 4 or 1, round(baseline / spacing))))
     if echoes is None:
-        echoes = find_echoes(rf[:, chosen], probe, t0=t0, threshold_db=threshold_db, max_cost=max_cost)
+        reference = reference_fit(probe, pulse)
+        echoes = find_echoes(rf[:, chosen], probe, t0=t0, threshold_db=threshold_db, max_cost=max_cost, reference=reference)
     paths = echo_paths(echoes.toa, probe, tx_angle)
     points = match_echoes(paths, element_x, tx_angle=tx_angle, gap=gap, amplitude=echoes.amplitude, tolerance=tolerance)
     n_pairs = max(1, len(chosen) - gap)
@@ -276,6 +278,7 @@ def localize(
     merge_radius: float | None = None,
     ghost_radius: float | None = None,
     ghost_ratio: float = 3.0,
+    pulse=None,
     progress: bool = False,
 ):
     """Localize microbubbles by geometric ULM.
@@ -311,6 +314,9 @@ def localize(
         Largest relative MEMGO residual of an accepted echo.
     merge_radius, ghost_radius, ghost_ratio
         Satellite-cluster suppression (:func:`suppress_ghosts`); defaults lambda / 2, 2 lambda, 3.
+    pulse : callable or (t, values), optional
+        Two-way pulse of the acquisition (envelope maximum at t = 0), e.g. the one stored in
+        ``rf.npz``; default the probe's analytic pulse. Sets the MEMGO reference and onset offset.
     progress : bool
         Show a progress bar over frames.
 
@@ -320,7 +326,7 @@ def localize(
     """
     probe = probe or LinearProbe()
     rf = np.asarray(rf)
-    kwargs = dict(tx_angle=tx_angle, t0=t0, channels=channels, bandwidth=bandwidth, min_cluster_size=min_cluster_size, gap=gap, baseline=baseline, tolerance=tolerance, refine=refine, threshold_db=threshold_db, max_cost=max_cost, merge_radius=merge_radius, ghost_radius=ghost_radius, ghost_ratio=ghost_ratio)
+    kwargs = dict(tx_angle=tx_angle, t0=t0, channels=channels, bandwidth=bandwidth, min_cluster_size=min_cluster_size, gap=gap, baseline=baseline, tolerance=tolerance, refine=refine, threshold_db=threshold_db, max_cost=max_cost, merge_radius=merge_radius, ghost_radius=ghost_radius, ghost_ratio=ghost_ratio, pulse=pulse)
     if rf.ndim == 2:
         return localize_frame(rf, probe, **kwargs)
     if rf.ndim != 3:
