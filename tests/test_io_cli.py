@@ -140,3 +140,26 @@ def test_bad_file_gives_one_stderr_line_and_exit_code_2(tmp_path):
     assert len(lines) == 1, proc.stderr
     assert lines[0].startswith("freehand3d: error: ") and str(path) in lines[0]
     assert "Traceback" not in proc.stderr
+
+
+@pytest.mark.parametrize("h5_format, word", [("dualtrack", "DualTrack h5"), ("tusrec", "TUS-REC h5")])
+def test_convert_to_h5_and_info_on_it(tmp_path, h5_format, word):
+    """info works for every read_sweep format; the h5 writers need a calibration, so give the spine
+    sweep PLUS's fCal result (ImageToProbe from FreehandCalibration3NWires.results.xml)."""
+    sweep = read_sweep(PLUS / "SpinePhantomFreehand.igs.mha")
+    sweep.image_to_probe = np.array([[0.00183186, 0.0729281, -0.0100928, 11.1551],
+                                     [-0.0777188, 0.00280788, 0.00822424, 45.9713],
+                                     [0.008793, 0.00953226, 0.0747944, -7.35909], [0, 0, 0, 1]])
+    source = tmp_path / "spine.igs.mha"
+    from freehand3d.io import write_sweep
+
+    write_sweep(sweep, source)
+    out = tmp_path / "spine.h5"
+    result = runner.invoke(app, ["convert", str(source), str(out), "--h5-format", h5_format])
+    assert result.exit_code == 0, result.output
+    text = _info(out)
+    assert word in text and re.search(r"frames\s+21[ ]*\n", text) and "820 x 616 px" in text
+    assert _row("ProbeToTracker", 21, 0).search(text)
+    summary = summarize_file(out)
+    np.testing.assert_allclose(summary["calibration_pixel_size"],
+                               np.linalg.norm(sweep.image_to_probe[:3, :2], axis=0), rtol=1e-5)

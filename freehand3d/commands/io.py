@@ -23,7 +23,10 @@ def _print_sweep(console, summary: dict) -> None:
     spacing = summary["spacing"]
     facts.add_row("spacing", "unknown (PLUS keeps it in ImageToProbe)" if spacing is None
                   else f"{spacing[0]:.6g} x {spacing[1]:.6g} mm/px")
-    facts.add_row("orientation", f"{summary['orientation'] or 'MF (not given)'} on disk; frames in memory are MF")
+    if summary["orientation"] is not None:
+        facts.add_row("orientation", f"{summary['orientation']} on disk; frames in memory are MF")
+    else:
+        facts.add_row("orientation", "MF (the format does not record one)")
     t = summary["time"]
     if t["start"] is None:
         facts.add_row("time", "no timestamps")
