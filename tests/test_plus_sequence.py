@@ -520,3 +520,13 @@ def test_fuzzed_sequence_files_raise_only_freehand3d_errors(tmp_path_factory, se
     # success is fine, but then the result must be a consistent sweep
     assert sweep.frames.dtype == np.uint8 and sweep.frames.ndim == 3
     assert len(sweep.timestamps) == len(sweep)
+
+
+def test_header_only_read_matches_the_full_parse_and_rejects_truncated_headers(tmp_path):
+    header = read_plus_header(CALIBRATION)  # reads only the first ~200 kB
+    assert header.data_offset == len(CALIBRATION.read_bytes()) - int(header.fields["CompressedDataSize"])
+    assert len(header.frame_fields["Timestamp"]) == 188 and header.fields["DimSize"] == "820 616 188"
+    cut = tmp_path / "cut.igs.mha"
+    cut.write_bytes(CALIBRATION.read_bytes()[: header.data_offset - 30])
+    with pytest.raises(InputError, match="no ElementDataFile"):
+        read_plus_header(cut)

@@ -253,8 +253,34 @@ def read_plus_header(path: str | os.PathLike) -> SequenceHeader:
         The file is missing, unreadable or its header is malformed.
     """
     path = Path(path)
-    blob = _read_file(path)
-    return _parse_header(path, blob)
+    return _parse_header(path, _read_header_bytes(path))
+
+
+_METAIMAGE_HEADER_END = re.compile(rb"(?:^|\n)[ \t]*ElementDataFile[ \t]*=[^\n]*\n")
+
+
+def _read_header_bytes(path: Path) -> bytes:
+    """The file's first bytes, up to and including the end of its header (or the whole file)."""
+    try:
+        with open(path, "rb") as handle:
+            blob, chunk = b"", 1 << 16
+            while True:
+                more = handle.read(chunk)
+                blob += more
+                if not more:
+                    return blob
+                if blob.startswith(b"NRRD"):
+                    if b"\n\n" in blob or b"\n\r\n" in blob:
+                        return blob
+                elif _METAIMAGE_HEADER_END.search(blob):
+                    return blob
+                chunk *= 2  # doubling keeps the repeated searches linear overall
+    except FileNotFoundError:
+        raise InputError("file not found", path) from None
+    except IsADirectoryError:
+        raise InputError("is a folder, not a sequence file", path) from None
+    except OSError as exc:
+        raise InputError(f"cannot be read ({exc.strerror or exc})", path) from None
 
 
 def _read_file(path: Path) -> bytearray:
