@@ -527,6 +527,10 @@ def test_header_only_read_matches_the_full_parse_and_rejects_truncated_headers(t
     assert header.data_offset == len(CALIBRATION.read_bytes()) - int(header.fields["CompressedDataSize"])
     assert len(header.frame_fields["Timestamp"]) == 188 and header.fields["DimSize"] == "820 616 188"
     cut = tmp_path / "cut.igs.mha"
-    cut.write_bytes(CALIBRATION.read_bytes()[: header.data_offset - 30])
+    blob = CALIBRATION.read_bytes()
+    cut.write_bytes(blob[: header.data_offset - len(b"ElementDataFile = LOCAL\n")])  # a whole-line cut
     with pytest.raises(InputError, match="no ElementDataFile"):
+        read_plus_header(cut)
+    cut.write_bytes(blob[: header.data_offset - 30])  # cut inside the last per-frame line
+    with pytest.raises(InputError, match="not 'Key = Value': 'Seq_Frame0187_ImageStatus'"):
         read_plus_header(cut)
