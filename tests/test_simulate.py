@@ -78,16 +78,18 @@ def test_truth_reprojects_onto_every_wire_within_1e6_mm(phantom, nwire_medium):
     image_to_phantom = _image_to_phantom_from_sweep(sweep)
     checked = 0
     for i in range(len(sweep)):
+        if truth["corrupted"][i]:
+            # a corrupted pose really moves the wire points away from where they are
+            ok = truth["wire_visible"][i]
+            moved = geometry.apply(image_to_phantom[i], truth["wire_pixels"][i, ok]) - truth["wire_points"][i, ok]
+            assert np.linalg.norm(moved, axis=1).max() > 2.0
+            continue
         for k, wire in enumerate(phantom.wires):
             px = truth["wire_pixels"][i, k]
             if not np.isfinite(px).all():
                 continue
-            distance = wire.distance_to(geometry.apply(image_to_phantom[i], px))
-            if truth["corrupted"][i]:
-                assert distance > 0.5  # a corrupted pose really moves the wire away
-            else:
-                assert distance <= 1e-6
-                checked += 1
+            assert wire.distance_to(geometry.apply(image_to_phantom[i], px)) <= 1e-6
+            checked += 1
     assert checked >= 9 * (24 - 3 - 2) - 9  # every wire of (almost) every clean frame
     # the truth 3D points are the mapped pixels
     ok = truth["wire_visible"]
@@ -159,7 +161,7 @@ def test_noise_levels_raise_the_background_and_walls_add_long_echoes(phantom):
     def long_bright(frames):
         longest = 0
         for f in frames:
-            n, _, stats, _ = cv2.connectedComponentsWithStats((f > 120).astype(np.uint8))
+            n, _, stats, _ = cv2.connectedComponentsWithStats((f > 60).astype(np.uint8))
             longest = max([longest] + [max(s[2], s[3]) for s in stats[1:]])
         return longest
 

@@ -117,8 +117,8 @@ def save_nwire_preview(sweep: Sweep, truth: dict, path: str | os.PathLike, n_sho
 
 
 def save_sweep_preview(sweep: Sweep, truth: dict, path: str | os.PathLike, n_show: int = 3) -> None:
-    """PNG of a few frames side by side and a sketch of the trajectory (image outlines in the
-    Reference frame), written atomically."""
+    """PNG of a few frames side by side and a top view of the trajectory (the transducer face of
+    every few frames in the Reference frame), written atomically."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -134,22 +134,21 @@ def save_sweep_preview(sweep: Sweep, truth: dict, path: str | os.PathLike, n_sho
         ax.set_title(f"frame {i}", fontsize=9)
         ax.set_xticks([])
         ax.set_yticks([])
-    ax = fig.add_subplot(1, len(picks) + 1, len(picks) + 1, projection="3d")
+    # top view of the trajectory: the transducer face (top image row) of every few frames
+    ax = fig.add_subplot(1, len(picks) + 1, len(picks) + 1)
     height, width = sweep.frame_shape
-    corners = geometry.frame_corners(height, width)
-    outline = np.vstack([corners, corners[:1]])
     mats = truth["image_to_reference"]
-    for i in _pick_frames(len(mats), 12):
-        pts = geometry.apply(mats[i], outline)
-        ax.plot(pts[:, 0], pts[:, 2], pts[:, 1], color="tab:blue", lw=0.6, alpha=0.7)
+    face = np.array([[0.0, 0.0], [width - 1.0, 0.0]])
+    for i in _pick_frames(len(mats), 25):
+        ends = geometry.apply(mats[i], face)
+        ax.plot(ends[:, 0], ends[:, 2], color="tab:blue", lw=0.8, alpha=0.6)
     centres = geometry.apply(mats, np.array([(width - 1) / 2.0, 0.0]))
-    ax.plot(centres[:, 0], centres[:, 2], centres[:, 1], color="tab:red", lw=1.5, label="transducer centre")
+    ax.plot(centres[:, 0], centres[:, 2], color="tab:red", lw=1.5, label="transducer centre")
+    ax.set_aspect("equal", adjustable="datalim")
     ax.set_xlabel("x (mm)", fontsize=8)
-    ax.set_ylabel("z (mm)", fontsize=8)
-    ax.set_zlabel("depth (mm)", fontsize=8)
-    ax.invert_zaxis()
-    ax.set_title("trajectory (Reference frame)", fontsize=9)
-    ax.legend(fontsize=7, loc="upper left")
+    ax.set_ylabel("z, sweep direction (mm)", fontsize=8)
+    ax.set_title("trajectory, top view (Reference frame)", fontsize=9)
+    ax.legend(fontsize=7, loc="best")
     fig.tight_layout()
     _save_figure(fig, path)
     plt.close(fig)

@@ -190,8 +190,9 @@ def _phantom_frame(phantom: NWirePhantom) -> tuple[np.ndarray, np.ndarray, np.nd
         spread = -depth[2] if abs(depth[2]) > 1e-9 else 1.0
     if spread < 0:
         depth = -depth
-    # image normal (column x row) must point against the wire direction (right-handed, as in fCal)
-    lateral = np.cross(depth, wire_dir)
+    # columns such that the image normal (column x row) points against the wire direction, as in
+    # PLUS's fCal recordings: wire 1 then appears on the right and PLUS labels points right to left
+    lateral = np.cross(wire_dir, depth)
     return centre, wire_dir, lateral, depth
 
 
@@ -663,7 +664,7 @@ def _wall_segments(i, rng, image_to_phantom, phantom_axes, on_phantom, points, s
                 # only part of the plate reflects back towards the probe
                 a, b = sorted(rng.uniform(0.05, 0.95, 2))
                 if (b - a) * length > 40 and _segment_clear_of(points, p0 + a * (p1 - p0), p0 + b * (p1 - p0), clearance_px):
-                    segments.append((p0 + a * (p1 - p0), p0 + b * (p1 - p0), rng.uniform(0.3, 0.9)))
+                    segments.append((p0 + a * (p1 - p0), p0 + b * (p1 - p0), rng.uniform(0.02, 0.4)))
     lo, hi = settings.n_random_walls
     for _ in range(int(rng.integers(lo, hi + 1))):
         for _attempt in range(10):
@@ -674,6 +675,6 @@ def _wall_segments(i, rng, image_to_phantom, phantom_axes, on_phantom, points, s
             d = np.array([np.cos(np.radians(angle)), np.sin(np.radians(angle))]) * length / 2
             p0, p1 = centre - d, centre + d
             if _segment_clear_of(points, p0, p1, clearance_px):
-                segments.append((p0, p1, rng.uniform(0.15, 0.8)))
+                segments.append((p0, p1, rng.uniform(0.02, 0.3)))
                 break
     return segments
