@@ -572,14 +572,15 @@ def _parse_float_token(tok: str) -> float:
         raise
 
 
-def _parse_matrix(path: Path, frame: int, name: str, text: str) -> np.ndarray:
+def _parse_matrix(path: Path, frame: int | None, name: str, text: str) -> np.ndarray:
+    where = "header" if frame is None else f"frame {frame}"
     tokens = text.split()
     try:
         values = [_parse_float_token(tok) for tok in tokens]
     except ValueError:
-        raise InputError(f"frame {frame}: {name} = {text[:60]!r} is not 16 numbers", path) from None
+        raise InputError(f"{where}: {name} = {text[:60]!r} is not 16 numbers", path) from None
     if len(values) != 16:
-        raise InputError(f"frame {frame}: {name} has {len(values)} numbers, a 4x4 matrix needs 16", path)
+        raise InputError(f"{where}: {name} has {len(values)} numbers, a 4x4 matrix needs 16", path)
     return np.array(values, dtype=np.float64).reshape(4, 4)
 
 
@@ -744,7 +745,7 @@ def read_plus_sequence(path: str | os.PathLike) -> Sweep:
     for key, value in header.fields.items():
         low = key.lower()
         if low == "imagetoprobetransform":
-            image_to_probe = _parse_matrix(path, 0, key, value)
+            image_to_probe = _parse_matrix(path, None, key, value)
             if not np.isfinite(image_to_probe).all():
                 raise InputError("ImageToProbeTransform in the header is not finite", path)
             continue
