@@ -274,13 +274,13 @@ def test_torchrun_two_processes_match_one_process(dataset, tmp_path):
     """The real launcher: ``torchrun --nproc_per_node 2`` running ``freehand3d train`` with gloo."""
     common = [
         "--csv", str(dataset), "--stage", "finetune", "--epochs", "1", "--batch-size", "4",
-        "--max-steps", "2", "--window", "8", "--device", "cpu", "--seed", "0", "--lr", "1e-3",
+        "--max-steps", "2", "--window", "8", "--device", "cpu", "--seed", "0", "--lr", "1e-3", "--batchnorm", "frozen",
     ]
     script = (
         "import sys; sys.path.insert(0, %r); import _tracking_synth as s; import freehand3d.tracking.train as t;"
         "from freehand3d.cli import app; import typer;"
         "orig = t.TrainOptions.__init__\n"
-        "def init(self, *a, **k):\n    orig(self, *a, **k); self.preset = s.small_config(); self.batchnorm = 'frozen'\n"
+        "def init(self, *a, **k):\n    orig(self, *a, **k); self.preset = s.small_config()\n"
         "t.TrainOptions.__init__ = init\napp(prog_name='freehand3d')" % str(Path(__file__).parent)
     )
     env = dict(os.environ, OMP_NUM_THREADS="1")

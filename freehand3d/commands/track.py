@@ -98,7 +98,15 @@ def register(app: typer.Typer) -> None:
         epochs: int = typer.Option(10, "--epochs", min=1),
         batch_size: int = typer.Option(2, "--batch-size", min=1, help="Global batch (all processes)."),
         window: int = typer.Option(32, "--window", min=2, help="Frames per training window."),
+        window_stride: Optional[int] = typer.Option(None, "--window-stride", min=1, help="Frames between window starts (default window/2)."),
+        global_window: Optional[int] = typer.Option(
+            None, "--global-window", min=2, help="Window of the global stage (default: the shortest training sweep)."
+        ),
         lr: Optional[float] = typer.Option(None, "--lr", help="Peak learning rate (default depends on the stage)."),
+        warmup_steps: int = typer.Option(0, "--warmup-steps", min=0, help="Linear warm-up steps before the cosine decay."),
+        batchnorm: str = typer.Option(
+            "auto", "--batchnorm", help="auto (trainable BatchNorms use batch statistics) | frozen (running statistics)."
+        ),
         max_steps: Optional[int] = typer.Option(None, "--max-steps", help="Cap on steps per epoch."),
         seed: int = typer.Option(0, "--seed"),
         device: Optional[str] = typer.Option(None, "--device"),
@@ -119,7 +127,11 @@ def register(app: typer.Typer) -> None:
             epochs=epochs,
             batch_size=batch_size,
             window=window,
+            window_stride=window_stride,
+            global_window=global_window,
             lr=lr,
+            warmup_steps=warmup_steps,
+            batchnorm=batchnorm,
             max_steps_per_epoch=max_steps,
             seed=seed,
             device=device,

@@ -469,9 +469,7 @@ def train(
 
             if device.type == "cuda" and options.batchnorm == "auto" and stage != "fusion":
                 stage_model = torch.nn.SyncBatchNorm.convert_sync_batchnorm(stage_model)
-            ddp = DistributedDataParallel(
-                stage_model, device_ids=[device.index] if device.type == "cuda" else None, broadcast_buffers=False
-            )
+            ddp = DistributedDataParallel(stage_model, device_ids=[device.index] if device.type == "cuda" else None)
         else:
             ddp = stage_model
         lr = options.lr if options.lr is not None else DEFAULT_LR[stage]
