@@ -166,7 +166,8 @@ def test_round_trip_is_stable_and_simpleitk_reads_it(calibration_sweep, tmp_path
 def test_full_nrrd_round_trip_read_by_simpleitk(calibration_sweep, tmp_path):
     out = tmp_path / "calib.igs.nrrd"
     write_sweep(calibration_sweep, out)
-    pixels = sitk.GetArrayViewFromImage(sitk.ReadImage(str(out)))
+    image = sitk.ReadImage(str(out))  # keep a reference: the array view does not own the pixels
+    pixels = sitk.GetArrayViewFromImage(image)
     assert all(np.array_equal(pixels[..., k], calibration_sweep.frames[k]) for k in range(len(calibration_sweep)))
 
 
