@@ -216,7 +216,7 @@ def reference_pulse(probe: LinearProbe | None = None, backend: str = "analytic")
     if backend != "pymust":
         raise ValueError(f"unknown backend {backend!r}: use 'analytic' or 'pymust'")
     import pymust
-    from scipy.signal import hilbert
+    from freehand3d.ulm.echoes import analytic_signal
 
     upsample = 16
     param = _pymust_param(probe)
@@ -224,7 +224,7 @@ def reference_pulse(probe: LinearProbe | None = None, backend: str = "analytic")
     depth = 8.0
     rf, _ = pymust.simus(np.array([probe.element_x[probe.n_elements // 2] * 1e-3]), np.array([depth * 1e-3]), np.array([1.0]), pymust.txdelay(param, 0.0), param)
     trace = np.asarray(rf, float)[:, probe.n_elements // 2]
-    envelope = np.abs(hilbert(trace))
+    envelope = np.abs(analytic_signal(trace))
     peak = int(np.argmax(envelope))
     half = int(2e-6 * param.fs)
     lo, hi = max(0, peak - half), min(len(trace), peak + half)

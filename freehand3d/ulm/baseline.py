@@ -11,9 +11,7 @@ from __future__ import annotations
 
 import numpy as np
 from scipy.ndimage import maximum_filter
-from scipy.signal import hilbert
-
-from freehand3d.ulm.echoes import bandpass
+from freehand3d.ulm.echoes import analytic_signal, bandpass
 from freehand3d.ulm.probe import LinearProbe, echo_times
 
 __all__ = ["beamform_das", "weighted_average_localize", "localize_das_wa", "default_grid"]
@@ -59,7 +57,7 @@ def beamform_das(
     n_samples = rf.shape[0]
     chosen = np.arange(probe.n_elements) if channels is None else np.asarray(channels, int)
     t = t0 + np.arange(n_samples) / fs
-    iq = hilbert(rf[:, chosen], axis=0) * np.exp(-2j * np.pi * fc * t)[:, None]
+    iq = analytic_signal(rf[:, chosen], axis=0) * np.exp(-2j * np.pi * fc * t)[:, None]
     elem_x = probe.element_x[chosen]
     image = np.zeros((len(z), len(x)), complex)
     xx = np.broadcast_to(x[None, :], (1, len(x)))

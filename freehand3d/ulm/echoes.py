@@ -26,7 +26,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import numpy as np
-from scipy.signal import find_peaks, hilbert
+from scipy import fft as sp_fft
+from scipy.ndimage import maximum_filter1d
 from scipy.special import erf
 
 from freehand3d.ulm.probe import LinearProbe
@@ -44,11 +45,33 @@ __all__ = [
     "Echoes",
     "find_echoes",
     "bandpass",
+    "analytic_signal",
 ]
 
 N_PARAMS = 6  # a, mu, s, eta, w, phi
 _SQRT2 = np.sqrt(2.0)
 _TWO_OVER_SQRT_PI = 2.0 / np.sqrt(np.pi)
+
+
+def analytic_signal(x: np.ndarray, axis: int = 0) -> np.ndarray:
+    """Analytic signal x + i H{x} along ``axis`` (FFT method; same result as scipy.signal.hilbert).
+
+    Written here so that the ULM path does not import scipy.signal, whose import alone takes
+    seconds on a busy machine.
+    """
+    x = np.asarray(x, float)
+    n = x.shape[axis]
+    spectrum = sp_fft.fft(x, axis=axis)
+    weights = np.zeros(n)
+    weights[0] = 1
+    if n % 2 == 0:
+        weights[n // 2] = 1
+        weights[1 : n // 2] = 2
+    else:
+        weights[1 : (n + 1) // 2] = 2
+    shape = [1] * x.ndim
+    shape[axis] = n
+    return sp_fft.ifft(spectrum * weights.reshape(shape), axis=axis)
 
 
 def memgo(t: np.ndarray, params: np.ndarray) -> np.ndarray:
@@ -252,8 +275,6 @@ def detect_onsets(envelope: np.ndarray, threshold: float | np.ndarray, min_dista
     n_samples, n_channels = envelope.shape
     threshold = np.broadcast_to(np.asarray(threshold, float), (n_channels,))
     # envelope maximum over the following window: echoes whose peak passes the threshold
-    from scipy.ndimage import maximum_filter1d
-
     if peak_delay is None:
         ahead = maximum_filter1d(envelope, size=min_distance, axis=0, origin=-(min_distance // 2))
     else:
@@ -262,12 +283,13 @@ def detect_onsets(envelope: np.ndarray, threshold: float | np.ndarray, min_dista
         ahead[: n_samples - shift] = envelope[shift:]
         # tolerate a sample of misplacement of the gradient maximum
         ahead = maximum_filter1d(ahead, size=3, axis=0)
-    onsets = []
-    for ch in range(n_channels):
-        peaks, _ = find_peaks(gradient[:, ch], distance=min_distance)
-        peaks = peaks[ahead[peaks, ch] >= threshold[ch]]
-        onsets.append(peaks)
-    return onsets
+    # a rising edge is the largest gradient within +-min_distance (non-maximum suppression), rising
+    local_max = (gradient > 0) & (gradient >= maximum_filter1d(gradient, size=2 * min_distance + 1, axis=0, mode="constant", cval=-np.inf))
+    local_max[0] = local_max[-1] = False
+    local_max &= ahead >= threshold[None, :]
+    samples, channels = np.nonzero(local_max.T)[::-1]
+    split = np.searchsorted(channels, np.arange(1, n_channels))
+    return np.split(samples, split)
 
 
 def bandpass(rf: np.ndarray, probe: LinearProbe, *, low: float = 0.35, high: float = 1.65, axis: int = 0) -> np.ndarray:
@@ -326,7 +348,7 @@ def reference_fit(probe: LinearProbe, pulse=None) -> ReferenceFit:
     t_fine = np.arange(-40 * oversample, 40 * oversample + 1) / oversample  # samples
     y_fine = pulse(t_fine / fs)
     w0 = 2 * np.pi * probe.center_frequency / fs
-    env = np.abs(hilbert(y_fine))
+    env = np.abs(analytic_signal(y_fine))
     s0 = np.sqrt(np.sum(env**2 * t_fine**2) / np.sum(env**2) * 2)
     initial = np.array([env.max(), t_fine[np.argmax(env)], s0, 0.0, w0, 0.0])
     best = None
@@ -457,7 +479,7 @@ def find_echoes(
     ref = reference or reference_fit(probe)
     n_samples, n_channels = rf.shape
     fs = probe.sampling_frequency
-    analytic = hilbert(rf, axis=0)
+    analytic = analytic_signal(rf, axis=0)
     envelope = np.abs(analytic)
     noise = np.median(envelope) / np.sqrt(np.log(4.0))  # Rayleigh median -> sigma
     threshold = max(envelope.max() * 10 ** (threshold_db / 20), noise_factor * noise)
@@ -524,7 +546,7 @@ def find_echoes(
             # each echo is then refitted to the data minus all the other echoes' models
             model = synthesize(params, channel)
             residual = rf - model
-            res_analytic = hilbert(residual, axis=0)
+            res_analytic = analytic_signal(residual, axis=0)
             res_env = np.abs(res_analytic)
             new_onsets = detect_onsets(res_env, threshold, min_distance, peak_delay)
             new_params, new_channel = initial_from(res_analytic, res_env, new_onsets)

@@ -226,6 +226,7 @@ def localize_frame(
     merge_radius: float | None = None,
     ghost_radius: float | None = None,
     ghost_ratio: float = 3.0,
+    min_votes: int = 2,
     pulse=None,
     echoes: Echoes | None = None,
 ) -> np.ndarray:
@@ -248,7 +249,7 @@ def localize_frame(
         reference = reference_fit(probe, pulse)
         echoes = find_echoes(rf[:, chosen], probe, t0=t0, threshold_db=threshold_db, max_cost=max_cost, reference=reference)
     paths = echo_paths(echoes.toa, probe, tx_angle)
-    points = match_echoes(paths, element_x, tx_angle=tx_angle, gap=gap, amplitude=echoes.amplitude, tolerance=tolerance)
+    points = match_echoes(paths, element_x, tx_angle=tx_angle, gap=gap, amplitude=echoes.amplitude, tolerance=tolerance, min_votes=min_votes)
     n_pairs = max(1, len(chosen) - gap)
     if min_cluster_size is None:
         # few pairs (tiny channel counts) cannot outvote anything; many pairs: 10 % must agree
@@ -278,6 +279,7 @@ def localize(
     merge_radius: float | None = None,
     ghost_radius: float | None = None,
     ghost_ratio: float = 3.0,
+    min_votes: int = 2,
     pulse=None,
     progress: bool = False,
 ):
@@ -314,6 +316,8 @@ def localize(
         Largest relative MEMGO residual of an accepted echo.
     merge_radius, ghost_radius, ghost_ratio
         Satellite-cluster suppression (:func:`suppress_ghosts`); defaults lambda / 2, 2 lambda, 3.
+    min_votes : int
+        Check channels that must confirm an intersection (:func:`match_echoes`).
     pulse : callable or (t, values), optional
         Two-way pulse of the acquisition (envelope maximum at t = 0), e.g. the one stored in
         ``rf.npz``; default the probe's analytic pulse. Sets the MEMGO reference and onset offset.
@@ -326,7 +330,7 @@ def localize(
     """
     probe = probe or LinearProbe()
     rf = np.asarray(rf)
-    kwargs = dict(tx_angle=tx_angle, t0=t0, channels=channels, bandwidth=bandwidth, min_cluster_size=min_cluster_size, gap=gap, baseline=baseline, tolerance=tolerance, refine=refine, threshold_db=threshold_db, max_cost=max_cost, merge_radius=merge_radius, ghost_radius=ghost_radius, ghost_ratio=ghost_ratio, pulse=pulse)
+    kwargs = dict(tx_angle=tx_angle, t0=t0, channels=channels, bandwidth=bandwidth, min_cluster_size=min_cluster_size, gap=gap, baseline=baseline, tolerance=tolerance, refine=refine, threshold_db=threshold_db, max_cost=max_cost, merge_radius=merge_radius, ghost_radius=ghost_radius, ghost_ratio=ghost_ratio, min_votes=min_votes, pulse=pulse)
     if rf.ndim == 2:
         return localize_frame(rf, probe, **kwargs)
     if rf.ndim != 3:
