@@ -347,6 +347,7 @@ def simulate_freehand(
     dynamic_range_db: float = 45.0,
     noise: float = 0.01,
     seed: int = 0,
+    reference_to_tracker=None,
     device: str = "cpu",
     batch_frames: int | None = None,
     progress=None,
@@ -368,6 +369,8 @@ def simulate_freehand(
     dynamic_range_db : log-compression range (average tissue lands near grey 100).
     noise : receiver noise amplitude relative to average tissue.
     seed : everything random derives from it; the same seed gives the same bytes.
+    reference_to_tracker : (4, 4) rigid placement of the Reference (volume) frame in the tracker
+        frame; default identity, so the tracker frame is the volume frame.
     device : torch device for the slicing ("cpu" or "cuda").
     batch_frames : frames sliced per ``grid_sample`` call; default as many as fit in ~2.5 million
         pixels (about 250 MB of temporaries at ~100 bytes per pixel).
@@ -376,7 +379,7 @@ def simulate_freehand(
     Returns
     -------
     sweep : :class:`~freehand3d.sweep.Sweep` with uint8 frames, ``spacing``, ``image_to_probe``,
-        per-frame ``ProbeToTracker``, ``ReferenceToTracker`` (a fixed placement) and
+        per-frame ``ProbeToTracker``, ``ReferenceToTracker`` (fixed) and
         ``ImageToReference`` (all consistent: ImageToReference = ReferenceToTracker^-1 ·
         ProbeToTracker · ImageToProbe).
     truth : dict of arrays — ``image_to_reference``, ``probe_to_reference``,
@@ -399,9 +402,7 @@ def simulate_freehand(
     if not (sx > 0 and sy > 0):
         raise ValueError(f"spacing must be positive, got {spacing}")
     rng = np.random.default_rng(seed)
-    traj_rng, volume_rng, texture_rng, noise_rng, tracker_rng = (
-        np.random.default_rng(s) for s in rng.integers(0, 2**62, 5)
-    )
+    traj_rng, volume_rng, texture_rng, noise_rng = (np.random.default_rng(s) for s in rng.integers(0, 2**62, 4))
     if trajectory is None or isinstance(trajectory, dict):
         kwargs = {"speed_mm": speed_mm, **(trajectory or {})}
         probe_to_reference = freehand_trajectory(n_frames, seed=traj_rng, **kwargs)
@@ -479,10 +480,13 @@ def simulate_freehand(
         if progress is not None:
             progress(stop, n)
 
-    reference_to_tracker = geometry.rigid(
-        Rotation.from_euler("xyz", tracker_rng.uniform(-180, 180, 3), degrees=True),
-        tracker_rng.uniform([-100, -100, -400], [100, 100, -200]),
-    )
+    if reference_to_tracker is None:
+        # the tracker frame is the volume frame, so formats without a Reference frame (TUS-REC,
+        # DualTrack h5: ProbeToTracker + ImageToProbe only) keep the truth volume's coordinates
+        reference_to_tracker = np.eye(4)
+    reference_to_tracker = geometry.as_matrix_stack(reference_to_tracker, "reference_to_tracker")
+    if reference_to_tracker.shape != (4, 4) or not geometry.is_rigid(reference_to_tracker):
+        raise ValueError("reference_to_tracker must be one rigid 4x4 matrix")
     probe_to_tracker = geometry.compose(reference_to_tracker, probe_to_reference)
     sweep = Sweep(
         frames=frames,
