@@ -91,7 +91,7 @@ class NoiseSettings:
             background=0.003 * 6.67**level,
             receiver_noise=0.001 * 8.0**level,
             wire_amplitude_spread=0.25 + 0.2 * min(level, 1.0),
-            blob_texture=0.15 + 0.2 * min(level, 1.0),
+            blob_texture=0.4 + 0.2 * min(level, 1.0),
             n_random_walls=(int(round(1 * level)), 1 + int(round(2 * level))),
             dynamic_range_db=40.0,
         )
@@ -363,7 +363,7 @@ def _render_wire_echo(
             continue
         ry = dy - np.float32(k * reverb_px)
         main = main + np.float32(gain) * np.exp(
-            -0.5 * (dx / np.float32(0.75 * sigma_lat)) ** 2 - 0.5 * (ry / np.float32(0.9 * sigma_ax)) ** 2
+            -0.5 * (dx / np.float32(1.1 * sigma_lat)) ** 2 - 0.5 * (ry / np.float32(1.2 * sigma_ax)) ** 2
         )
     tex = texture[y0:y1, x0:x1]
     # modulate the echo by the local speckle, but never at its centre, where it would move the peak
@@ -614,11 +614,12 @@ def _render_nwire_frames(
 ) -> np.ndarray:
     height, width = shape
     sx, sy = float(pixel_mm[0]), float(pixel_mm[1])
-    # point-spread function of a ~10 MHz linear array (~0.8 mm lateral, ~0.3 mm axial FWHM); after
-    # 40 dB log compression a wire echo is ~2 mm wide and ~0.8 mm high, as in PLUS's fCal frames
-    sigma_lat, sigma_ax = 0.35 / sx, 0.14 / sy
+    # point-spread function of a ~10 MHz linear array (~0.55 mm lateral, ~0.3 mm axial FWHM); after
+    # 40 dB log compression a wire echo is ~1 mm wide and ~0.6 mm high at half its grey level, as
+    # measured on the wires of PLUS's fCal recording (13 x 8 px median at 0.078 x 0.074 mm/px)
+    sigma_lat, sigma_ax = 0.24 / sx, 0.14 / sy
     reverb_px = 1.3 * wire_diameter_mm / sy
-    grain = (0.3 / sx, 0.12 / sy)
+    grain = (0.26 / sx, 0.12 / sy)
     gain = _speckle.depth_gain(height, height * sy, attenuation_db_per_mm=0.5, tgc_compensation=0.85)
     # receiver noise is amplified by the TGC, so it grows with depth
     noise_gain = (1.0 / gain) ** 0.5
