@@ -150,6 +150,33 @@ def test_wire_echoes_peak_at_the_true_pixel_on_low_noise(phantom):
     assert max(shifted) > 1.0
 
 
+def _half_max_sizes(frame: np.ndarray, points: np.ndarray) -> np.ndarray:
+    """Median (lateral, axial) extent in pixels of the wire echoes at half their peak grey level."""
+    sizes = []
+    for x, y in points:
+        if not np.isfinite([x, y]).all():
+            continue
+        xi, yi = int(round(x)), int(round(y))
+        window = frame[yi - 15 : yi + 16, xi - 25 : xi + 26].astype(float)
+        row, col = np.unravel_index(window.argmax(), window.shape)
+        half = window.max() / 2
+        sizes.append(((window[row] >= half).sum(), (window[:, col] >= half).sum()))
+    return np.median(np.array(sizes), axis=0)
+
+
+def test_wire_echoes_are_as_large_as_on_the_real_fcal_recording(phantom):
+    import SimpleITK as sitk
+
+    real = sitk.GetArrayFromImage(sitk.ReadImage(str(PLUS / "fCal_Test_Calibration_3NWires.igs.mha")))
+    section = read_plus_calibration_results(PLUS / "FreehandCalibration3NWires.results.xml").calibration
+    picks = range(0, len(section.index), 20)
+    real_size = np.median([_half_max_sizes(real[section.index[i]], section.points[i]) for i in picks], axis=0)
+    sweep, truth = simulate_nwire(phantom, n_frames=8, noise="low", seed=3)
+    sim_size = np.median([_half_max_sizes(sweep.frames[i], truth["wire_pixels"][i]) for i in range(8)], axis=0)
+    assert real_size[0] > real_size[1]  # wider than high, on both
+    np.testing.assert_allclose(sim_size, real_size, rtol=0.3)
+
+
 def test_noise_levels_raise_the_background_and_walls_add_long_echoes(phantom):
     means = []
     for level in ("low", "medium", "high"):
