@@ -124,3 +124,27 @@ def test_pymust_simulation_localizes_with_its_measured_pulse():
     # ghost about 0.7 lambda shallower, see docs/ulm.md)
     for t in truth:
         assert np.min(np.linalg.norm(found - t, axis=1)) < 0.01 * LAMBDA
+
+
+def test_refine_positions_multilaterates_from_all_channels():
+    from freehand3d.ulm.intersect import plane_wave_path
+    from freehand3d.ulm.pipeline import refine_positions
+
+    truth = np.array([[0.4, 7.2], [-2.0, 9.0]])
+    element_x = PROBE.element_x[::8]
+    elements = np.stack([element_x, np.zeros_like(element_x)], axis=1)
+    paths = np.stack([plane_wave_path(t, elements, np.array([0.0, 1.0])) for t in truth], axis=1)  # (M, 2)
+    start = truth + np.array([[0.004, -0.003], [-0.003, 0.002]])
+    refined = refine_positions(start, paths, element_x, tolerance=0.02)
+    np.testing.assert_allclose(refined, truth, atol=1e-9)
+
+
+def test_suppress_ghosts_drops_merged_and_satellite_clusters_only():
+    from freehand3d.ulm.pipeline import suppress_ghosts
+
+    centres = np.array([[0.0, 5.0], [0.03, 5.0], [0.2, 5.05], [0.1, 5.0], [0.0, 6.0]])
+    sizes = np.array([40, 30, 5, 30, 35])
+    kept = suppress_ghosts(centres, sizes, merge_radius=LAMBDA / 2, ghost_radius=2 * LAMBDA, ghost_ratio=3.0)
+    # [0.03, 5] lies within lambda/2 of a stronger centre; [0.2, 5.05] is a weak satellite within
+    # 2 lambda; [0.1, 5] is 1 lambda from [0, 5] with similar support: a second bubble, kept
+    np.testing.assert_allclose(kept, centres[[0, 3, 4]])
