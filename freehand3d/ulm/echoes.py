@@ -257,7 +257,7 @@ def detect_onsets(envelope: np.ndarray, threshold: float | np.ndarray, min_dista
     ----------
     envelope : array (n_samples, n_channels)
         Hilbert envelope.
-    threshold : float or array (n_channels,)
+    threshold : float or array (n_channels,) or (n_samples, n_channels)
         An onset counts when the envelope reaches this value within ``min_distance`` samples after it.
     min_distance : int
         Minimum spacing of onsets in samples (about one pulse length).
@@ -273,7 +273,8 @@ def detect_onsets(envelope: np.ndarray, threshold: float | np.ndarray, min_dista
     """
     gradient = np.gradient(envelope, axis=0)
     n_samples, n_channels = envelope.shape
-    threshold = np.broadcast_to(np.asarray(threshold, float), (n_channels,))
+    threshold = np.asarray(threshold, float)
+    threshold = np.broadcast_to(threshold[None, :] if threshold.ndim == 1 else threshold, (n_samples, n_channels))
     # envelope maximum over the following window: echoes whose peak passes the threshold
     if peak_delay is None:
         ahead = maximum_filter1d(envelope, size=min_distance, axis=0, origin=-(min_distance // 2))
@@ -286,7 +287,7 @@ def detect_onsets(envelope: np.ndarray, threshold: float | np.ndarray, min_dista
     # a rising edge is the largest gradient within +-min_distance (non-maximum suppression), rising
     local_max = (gradient > 0) & (gradient >= maximum_filter1d(gradient, size=2 * min_distance + 1, axis=0, mode="constant", cval=-np.inf))
     local_max[0] = local_max[-1] = False
-    local_max &= ahead >= threshold[None, :]
+    local_max &= ahead >= threshold
     samples, channels = np.nonzero(local_max.T)[::-1]
     split = np.searchsorted(channels, np.arange(1, n_channels))
     return np.split(samples, split)
@@ -321,6 +322,7 @@ class ReferenceFit:
     onset_to_mu: float  # samples from the envelope-gradient maximum to mu
     half_window: int  # samples each side of mu that hold the pulse
     envelope_peak_per_amplitude: float  # envelope max / a
+    residual_level: float = 0.0  # envelope of (pulse - its MEMGO fit), relative to the pulse envelope
 
 
 _REF_CACHE: dict = {}
@@ -366,7 +368,10 @@ def reference_fit(probe: LinearProbe, pulse=None) -> ReferenceFit:
     onset = t_fine[np.argmax(grad)]
     support = t_fine[env > 0.02 * env.max()]
     half = int(np.ceil(max(abs(support[0] - params[1]), abs(support[-1] - params[1]))))
-    fit = ReferenceFit(params=params, onset_to_mu=float(params[1] - onset), half_window=half, envelope_peak_per_amplitude=float(env.max() / params[0]))
+    # what one MEMGO component cannot model (e.g. side lobes of a windowed pulse) stays in the
+    # residual of every echo; backfitting must not take it for echoes of its own
+    leftover = np.abs(analytic_signal(y_fine - memgo(t_fine, params))).max() / env.max()
+    fit = ReferenceFit(params=params, onset_to_mu=float(params[1] - onset), half_window=half, envelope_peak_per_amplitude=float(env.max() / params[0]), residual_level=float(leftover))
     _REF_CACHE[key] = fit
     return fit
 
@@ -548,7 +553,9 @@ def find_echoes(
             residual = rf - model
             res_analytic = analytic_signal(residual, axis=0)
             res_env = np.abs(res_analytic)
-            new_onsets = detect_onsets(res_env, threshold, min_distance, peak_delay)
+            model_env = maximum_filter1d(np.abs(analytic_signal(model, axis=0)), size=4 * half + 1, axis=0)
+            res_threshold = np.maximum(threshold, 2.0 * ref.residual_level * model_env)
+            new_onsets = detect_onsets(res_env, res_threshold, min_distance, peak_delay)
             new_params, new_channel = initial_from(res_analytic, res_env, new_onsets)
             if len(new_params):
                 # skip residual onsets that sit on an already-fitted echo of the same channel
