@@ -50,6 +50,7 @@ def test_gulm_on_simulated_frames_finds_bubbles_precisely(few_frames):
 
 def test_gulm_beats_das_wa_error_on_the_same_frames(few_frames):
     list_pos, rf = few_frames
+    list_pos, rf = list_pos[:, :, :2], rf[:2]  # two frames keep the beamformer affordable here
     gulm = evaluate(localize(rf, PROBE, channels=32), list_pos, LAMBDA, ssim=False)
     depths = list_pos[:, 1, :][np.isfinite(list_pos[:, 1, :])]
     das = evaluate(localize_das_wa(rf, PROBE, z_range=(depths.min() - 0.5, depths.max() + 0.5)), list_pos, LAMBDA, ssim=False)

@@ -385,7 +385,6 @@ def envelope_peak(params: np.ndarray) -> np.ndarray:
     params = np.asarray(params, float)
     mu, s, eta = params[..., 1:2], params[..., 2:3], params[..., 3:4]
     grid = np.linspace(-2.5, 2.5, 101)
-    u = grid * s
     env = np.exp(-0.5 * grid**2) * (1 + erf(eta * grid / _SQRT2))
     k = np.clip(np.argmax(env, axis=-1), 1, len(grid) - 2)
     take = lambda off: np.take_along_axis(env, (k + off)[..., None], axis=-1)[..., 0]  # noqa: E731
