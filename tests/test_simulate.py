@@ -12,7 +12,7 @@ from typer.testing import CliRunner
 import freehand3d
 from freehand3d import geometry
 from freehand3d.cli import app
-from freehand3d.errors import ConfigError
+from freehand3d.errors import ConfigError, InputError
 from freehand3d.io import read_sweep
 from freehand3d.io.plus_config import read_plus_calibration_results
 from freehand3d.phantoms import load_phantom
@@ -328,6 +328,8 @@ def test_cli_simulate_bad_options_are_config_errors(tmp_path):
     assert isinstance(result.exception, ConfigError) and "--noise" in str(result.exception)
     result = runner.invoke(app, ["simulate", "sweep", "-o", str(tmp_path / "x.igs.mha"), "--size", "big"])
     assert isinstance(result.exception, ConfigError)
+    result = runner.invoke(app, ["simulate", "sweep", "-o", str(tmp_path / "x.png")])
+    assert isinstance(result.exception, InputError) and "format" in str(result.exception)
     assert not list(tmp_path.iterdir())  # nothing half-written
 
 

@@ -15,6 +15,15 @@ from freehand3d.simulate._truth import save_truth, truth_path_for
 from freehand3d.sweep import Sweep
 
 
+def _check_output(output) -> None:
+    """Fail before the (slow) simulation when the output name has no known sweep format."""
+    from freehand3d.errors import InputError
+    from freehand3d.io import SEQUENCE_SUFFIXES
+
+    if not Path(output).name.lower().endswith(SEQUENCE_SUFFIXES + (".h5", ".hdf5")):
+        raise InputError("unknown sweep format (use .igs.mha, .igs.nrrd, .seq.mha, .mha, .nrrd or .h5)", output)
+
+
 def simulate_nwire_to_file(
     output: str | os.PathLike,
     phantom: str | os.PathLike = "fcal-1.2",
@@ -38,6 +47,7 @@ def simulate_nwire_to_file(
     from freehand3d.phantoms import load_phantom
     from freehand3d.simulate.nwire import simulate_nwire
 
+    _check_output(output)
     model = load_phantom(phantom)
     sweep, truth = simulate_nwire(
         model, n_frames=n_frames, noise=noise, wall_echoes=wall_echoes,
@@ -71,6 +81,7 @@ def simulate_sweep_to_file(
     from freehand3d.io import write_sweep
     from freehand3d.simulate.freehand import simulate_freehand
 
+    _check_output(output)
     sweep, truth = simulate_freehand(n_frames=n_frames, frame_size=frame_size, seed=seed, device=device,
                                      progress=progress)
     truth_file = truth_path_for(output)
