@@ -345,3 +345,13 @@ def test_freehand_sweep_round_trips_through_h5_in_volume_coordinates(tmp_path, f
     back = read_sweep(path)
     np.testing.assert_array_equal(back.frames, sweep.frames)
     np.testing.assert_allclose(back.image_to("Tracker"), truth["image_to_reference"], atol=1e-5)
+
+
+@pytest.mark.parametrize("name", ["fcal-2.0", "fcal-3.0"])
+def test_other_shipped_phantoms_simulate_with_exact_truth(name):
+    other = load_phantom(name)
+    sweep, truth = simulate_nwire(other, n_frames=3, noise="medium", seed=1)
+    assert truth["wire_visible"].all()
+    image_to_phantom = _image_to_phantom_from_sweep(sweep)
+    for k, wire in enumerate(other.wires):
+        assert wire.distance_to(geometry.apply(image_to_phantom, truth["wire_pixels"][:, k])).max() <= 1e-6
