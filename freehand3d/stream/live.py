@@ -81,16 +81,14 @@ class Recorder:
 
 
 def _grid_from_items(items: list[StreamItem], spacing: float, margin_mm: float):
-    from freehand3d.compound import grid_from_corners
+    """PLUS's extent rule on the first frames, grown by ``margin_mm`` on every side (the probe moves on)."""
+    from freehand3d.compound import OutputGrid, grid_from_frames
 
-    corners = []
-    for it in items:
-        h, w = it.frame.shape
-        px = np.array([[0, 0], [w - 1, 0], [0, h - 1], [w - 1, h - 1]], float)
-        pts = np.c_[px, np.zeros(4), np.ones(4)] @ it.pose.T
-        corners.append(pts[:, :3])
-    pts = np.concatenate(corners)
-    return grid_from_corners(pts, spacing=spacing, margin_mm=margin_mm)
+    poses = np.stack([it.pose for it in items])
+    grid = grid_from_frames(poses, items[0].frame.shape, spacing)
+    pad = int(np.ceil(margin_mm / spacing))
+    origin = np.asarray(grid.origin) - pad * np.asarray(grid.spacing)
+    return OutputGrid(tuple(origin), grid.spacing, tuple(int(n) + 2 * pad for n in grid.size))
 
 
 def run_live(
