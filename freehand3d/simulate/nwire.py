@@ -354,8 +354,9 @@ def _render_wire_echo(
         return
     dx = (np.arange(x0, x1, dtype=np.float32) - np.float32(x))[None, :]
     dy = (np.arange(y0, y1, dtype=np.float32) - np.float32(y))[:, None]
-    # lateral width varies with depth but symmetrically in |dy|-odd fashion around the centre row only
-    # through tanh, which keeps the row of maximum response at dy = 0
+    # the lateral width shrinks with depth through the echo (the flat top, pointed bottom); the
+    # peak of every row stays at dx = 0 and its height exp(-dy^2/2) does not depend on the width,
+    # so the brightest pixel is still the true centre
     lat = np.float32(sigma_lat) * (1.0 - np.float32(0.3) * np.tanh(dy / np.float32(2.0 * sigma_ax)))
     main = np.exp(-0.5 * (dx / lat) ** 2 - 0.5 * (dy / np.float32(sigma_ax)) ** 2)
     for k, gain in enumerate(reverb_gain, start=1):
@@ -654,9 +655,8 @@ def _wall_segments(i, rng, image_to_phantom, phantom_axes, on_phantom, points, s
     height, width = shape
     segments = []
     if on_phantom:
-        # the bottom plate of the phantom, a few mm below the deepest wires
-        fronts_depth = 1.0
-        line = _plate_line(phantom_axes, image_to_phantom, offset_mm=rng.uniform(9.0, 11.0) * fronts_depth)
+        # the bottom plate of the phantom, ~10 mm below the centre of the wire pattern
+        line = _plate_line(phantom_axes, image_to_phantom, offset_mm=rng.uniform(9.0, 11.0))
         if line is not None:
             clipped = _clip_line_to_frame(line[0], line[1], width, height)
             if clipped is not None:
