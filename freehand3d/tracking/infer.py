@@ -113,6 +113,7 @@ def predict(
     global_norm=None,
     cnn_tile: int | None = None,
     progress: bool = False,
+    channels_last: bool = True,
 ) -> dict[str, np.ndarray]:
     """Run the model on raw frames with bounded memory.
 
@@ -131,6 +132,8 @@ def predict(
         :func:`~freehand3d.tracking.preprocess`).
     cnn_tile : output frames per local-CNN run (memory knob; the result does not depend on it).
     progress : show a progress bar.
+    channels_last : store the CNN weights channels-last (faster convolutions on CPU and GPU;
+        numerically equivalent).
 
     Returns
     -------
@@ -147,6 +150,9 @@ def predict(
     device = params.device if device is None else torch.device(device)
     dtype = params.dtype if dtype is None else dtype
     model.to(device=device, dtype=dtype).eval()
+    if channels_last:
+        model.local_encoder.cnn.to(memory_format=torch.channels_last_3d)
+        model.global_encoder.cnn.to(memory_format=torch.channels_last)
     variant = cfg.global_variant if global_variant is None else global_variant
     norm = cfg.global_norm if global_norm is None else global_norm
 
