@@ -8,7 +8,7 @@ and the ratios to DAS+WA measured in the same run. Table 2: the same at clutter 
 Data are simulated once per (backend, frames, seed, clutter) and cached outside git
 (default ~/.cache/freehand3d/ulm, or --cache DIR).
 
-    python benchmarks/bench_ulm.py                     # both tables, 30 frames, analytic simulator
+    python benchmarks/bench_ulm.py                     # both tables + timing, 30 frames, analytic simulator
     python benchmarks/bench_ulm.py --backend pymust    # PyMUST simus data (pip install pymust)
     python benchmarks/bench_ulm.py --frames 100 --json results.json
 """
@@ -80,7 +80,7 @@ def main() -> None:
     parser.add_argument("--bubbles", type=float, default=12.0, help="mean bubbles per frame")
     parser.add_argument("--backend", choices=("analytic", "pymust"), default="analytic")
     parser.add_argument("--cache", type=Path, default=Path.home() / ".cache" / "freehand3d" / "ulm")
-    parser.add_argument("--tables", default="1,2", help="which tables: 1, 2 or 1,2")
+    parser.add_argument("--tables", default="1,2,t", help="which tables: 1, 2, t (per-frame timing of G-ULM 128), comma separated")
     parser.add_argument("--json", type=Path, default=None, help="also write all rows as JSON")
     args = parser.parse_args()
     args.cache.mkdir(parents=True, exist_ok=True)
@@ -94,6 +94,24 @@ def main() -> None:
         rows = [run("G-ULM", rf, list_pos, pulse, ch) for ch in (8, 16, 32, 64, 128)] + [das]
         print_table("Table 1 - clutter -20 dB (ratios: row / DAS+WA 128 in this run)", rows, das)
         out["table1"] = rows
+
+    if "t" in tables:
+        # per-frame wall times of G-ULM with 128 channels; on a shared machine the minimum over
+        # frames and repeats is the best estimate of the uncontended time (as timeit reports)
+        from freehand3d.ulm.pipeline import localize_frame
+
+        rf, list_pos, pulse = dataset(args.cache, args.backend, args.frames, args.seed, -20.0, args.bubbles)
+        probe = LinearProbe()
+        localize_frame(rf[0], probe, pulse=pulse)  # warm-up: reference fit, caches
+        times = []
+        for _ in range(3):
+            for frame in rf:
+                start = time.perf_counter()
+                localize_frame(frame, probe, channels=128, pulse=pulse)
+                times.append(time.perf_counter() - start)
+        times = np.asarray(times)
+        print(f"\nG-ULM 128 channels, wall s/frame over {len(times)} runs: median {np.median(times):.3f}, min {times.min():.3f}, 90th pct {np.percentile(times, 90):.3f}")
+        out["timing"] = {"median": float(np.median(times)), "min": float(times.min()), "p90": float(np.percentile(times, 90))}
 
     if "2" in tables:
         rows = []
