@@ -233,7 +233,13 @@ def test_freehand_frames_show_the_truth_volume(small_sweep):
     sweep, truth = small_sweep
     from freehand3d.simulate import EchoVolume
 
-    volume = EchoVolume(truth["volume"], truth["volume_origin"], truth["volume_spacing"])
+    volume = EchoVolume.from_truth(truth)
+    # SimpleITK's physical point of a voxel index is the truth's world position of that voxel
+    image = volume.to_image()
+    index = (3, 5, 7)  # (x, y, z)
+    np.testing.assert_allclose(image.TransformIndexToPhysicalPoint(index),
+                               truth["volume_origin"] + np.array(index) * truth["volume_spacing"])
+    assert image.GetPixel(index) == truth["volume"][7, 5, 3]
     height, width = SMALL
     pixels = geometry.pixel_grid(height, width, step=2)
     corr, control = [], []

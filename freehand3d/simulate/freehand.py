@@ -67,6 +67,21 @@ class EchoVolume:
         size = np.array(self.data.shape[::-1], float) - 1
         return self.origin, self.origin + size * self.spacing
 
+    def to_image(self):
+        """The volume as a SimpleITK image (origin, spacing set; identity direction), e.g. to write
+        it with ``SimpleITK.WriteImage`` and compare a reconstruction against it."""
+        import SimpleITK as sitk
+
+        image = sitk.GetImageFromArray(self.data)
+        image.SetOrigin(tuple(float(v) for v in self.origin))
+        image.SetSpacing(tuple(float(v) for v in self.spacing))
+        return image
+
+    @classmethod
+    def from_truth(cls, truth: dict) -> "EchoVolume":
+        """Rebuild the volume from a :func:`simulate_freehand` truth dict (or its ``.truth.npz``)."""
+        return cls(truth["volume"], truth["volume_origin"], truth["volume_spacing"])
+
     def sample(self, points) -> np.ndarray:
         """Trilinear echogenicity at world points (..., 3) mm (0 outside the volume)."""
         from scipy.ndimage import map_coordinates
