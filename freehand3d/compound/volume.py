@@ -330,6 +330,9 @@ class Reconstructor:
             voxel_positions_float,
         )
 
+        if not self.exact_plus and self._pixel_importance is None:
+            self._paste_fast(frames, pix_to_vox)
+            return
         batch = frames.shape[0]
         values = frames.reshape(batch, -1)[:, self._pixel_flat].to(torch.int32)  # (B, P)
         keep = torch.ones_like(values, dtype=torch.bool)
@@ -402,6 +405,81 @@ class Reconstructor:
         corners = torch.stack([y0z0 + x0, y0z1 + x0, y1z0 + x0, y1z1 + x0, y0z0 + x1, y0z1 + x1, y1z0 + x1, y1z1 + x1], dim=1)
         corners = torch.where(keep, corners, dump)
         self._state.paste_linear(corners, values, weights, importance)
+
+    def _paste_fast(self, frames, pix_to_vox: np.ndarray) -> None:
+        """The fast path (float32 positions, no PLUS integer emulation) with as few full-size
+        passes as possible: the flat voxel index comes from one float64 matmul of the rounded
+        coordinates, and trilinear splatting runs corner by corner instead of building (M, 8)
+        stacks."""
+        import torch
+
+        from freehand3d.compound.insert import MIN_SPLAT_WEIGHT, voxel_positions_float
+
+        state = self._state
+        batch = frames.shape[0]
+        values = frames.reshape(batch, -1).index_select(1, self._pixel_flat).reshape(-1)  # uint8 (B*P)
+        pos = voxel_positions_float(self._pixel_xy, pix_to_vox, torch.float32, self.device).reshape(-1, 3)
+        nx, ny, nz = self.grid.size
+        upper = torch.tensor([nx - 1, ny - 1, nz - 1], dtype=torch.float32, device=self.device)
+        strides = torch.tensor([1.0, nx, nx * ny], dtype=torch.float64, device=self.device)
+        dump = self.grid.n_voxels
+        reject = None
+        if self.pixel_rejection_threshold is not None:
+            reject = values.to(torch.float32) < float(self.pixel_rejection_threshold)
+        if self.method == "nearest":
+            rounded = pos.add_(0.5).floor_()
+            inside = (rounded == torch.minimum(torch.clamp_min(rounded, 0), upper)).all(dim=1)
+            if reject is not None:
+                inside &= ~reject
+            flat = (rounded.double() @ strides).long().masked_fill_(~inside, dump)
+            state.paste_nearest(flat, values.to(torch.int32))
+            return
+        low = torch.floor(pos)
+        frac = pos.sub_(low)  # in place: pos is not needed any more
+        # the +1 corners must exist too (PLUS drops a pixel whose 8 corners are not all inside)
+        inside = ((low >= 0) & (low < upper)).all(dim=1)
+        if reject is not None:
+            inside &= ~reject
+        base = (low.double() @ strides).long().masked_fill_(~inside, dump)
+        fx, fy, fz = frac.unbind(1)
+        rx, ry, rz = 1.0 - fx, 1.0 - fy, 1.0 - fz
+        value_f = values.to(torch.float32)
+        corners = []
+        for dx, wx in ((0, rx), (1, fx)):
+            for dy, wy in ((0, ry), (1, fy)):
+                for dz, wz in ((0, rz), (1, fz)):
+                    offset = dx + nx * dy + nx * ny * dz
+                    index = torch.where(inside, base + offset, base) if offset else base
+                    corners.append((index, wx * wy * wz))
+        if self.compounding in ("mean", "importance"):
+            for index, weight in corners:
+                state.value.index_add_(0, index, weight * value_f)
+                state.acc.index_add_(0, index, weight)
+        elif self.compounding == "max":
+            value_i = values.to(torch.int32)
+            lit = values > 0  # PLUS counts a voxel as filled only once a brighter pixel raised it
+            for index, weight in corners:
+                eligible = weight >= MIN_SPLAT_WEIGHT
+                state.value.scatter_reduce_(0, index.masked_fill(~eligible, dump), value_i, reduce="amax")
+                state.acc.index_fill_(0, index.masked_fill(~(eligible & lit), dump), 1.0)
+        else:  # latest: last (pixel, then PLUS's corner order 7..0) eligible writer wins
+            order = state._scratch()
+            n = values.numel()
+            start = state._next_order
+            state._next_order += 8 * n
+            pixel_rank = torch.arange(start, start + 8 * n, 8, device=self.device, dtype=torch.int64)
+            targets = []
+            for c, (index, weight) in enumerate(corners):
+                target = index.masked_fill(weight < MIN_SPLAT_WEIGHT, dump)
+                rank = pixel_rank + (7 - c)
+                order.scatter_reduce_(0, target, rank, reduce="amax")
+                targets.append((target, rank, weight))
+            value_i = values.to(torch.int32)
+            for target, rank, weight in targets:
+                winner = target.masked_fill(order.index_select(0, target) != rank, dump)
+                state.value.scatter_(0, winner, value_i)
+                state.acc.scatter_(0, winner, weight)
+        state._clear_dump()
 
     # ------------------------------------------------------------------ results
     def accumulation(self) -> np.ndarray:
