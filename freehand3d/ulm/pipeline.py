@@ -7,7 +7,8 @@ Stages (each importable and testable on its own):
    geometry allows, intersect their conics (:mod:`freehand3d.ulm.intersect`) and keep the points
    whose predicted echo paths in further channels (``i - gap``, ``i + 2 gap`` and the channel half way)
    are found within a tolerance ("re-projection" check).
-3. :func:`freehand3d.ulm.cluster.mean_shift` — one bubble per cluster of intersection points.
+3. :func:`freehand3d.ulm.cluster.mean_shift` — one bubble per cluster of intersection points;
+   :func:`suppress_ghosts` drops satellite clusters next to much better-supported ones.
 4. optional :func:`refine_positions` — least-squares multilateration of each cluster centre from
    the echoes of all selected channels that it explains (Gauss-Newton, a few steps).
 
