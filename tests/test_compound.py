@@ -462,3 +462,20 @@ def test_cli_errors_exit_2(tmp_path, monkeypatch, capsys):
     err = capsys.readouterr().err
     assert "OutputSpacing" in err and "Traceback" not in err
     assert not (tmp_path / "v.nrrd").exists()
+
+
+def test_stick_slabs_do_not_change_the_result():
+    import torch
+
+    from freehand3d.compound.holes import _stick_kernel
+
+    rng = np.random.default_rng(4)
+    values = rng.integers(1, 256, (20, 6, 7)).astype(np.float64)
+    known = rng.random(values.shape) < 0.25
+    values[~known] = 0
+    kernel = HoleFillingElement("STICK", stick_length_limit=7, number_of_sticks_to_use=2)
+    args = (torch.as_tensor(values), torch.as_tensor(known, dtype=torch.float64), kernel)
+    whole_est, whole_ok = _stick_kernel(*args, slab=64)
+    slab_est, slab_ok = _stick_kernel(*args, slab=3)
+    assert int(whole_ok.sum()) > 100
+    assert torch.equal(whole_ok, slab_ok) and torch.equal(whole_est, slab_est)

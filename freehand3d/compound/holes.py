@@ -189,49 +189,67 @@ def _shift(volume: torch.Tensor, step, fill) -> torch.Tensor:
     return out
 
 
-def _stick_kernel(values, known, element: HoleFillingElement):
+def _stick_kernel(values, known, element: HoleFillingElement, slab: int = 32):
+    """STICK on z-slabs (with a halo of the stick length) to bound memory: 13 sticks per voxel."""
     limit = int(element.stick_length_limit)
-    n_use = int(element.number_of_sticks_to_use)
+    halo = max(limit - 1, 0)
+    nz = values.shape[0]
+    estimate = torch.zeros_like(values)
+    ok = torch.zeros_like(values, dtype=torch.bool)
+    small_values = values.to(torch.int16)
+    small_known = known > 0
+    for z0 in range(0, nz, slab):
+        lo, hi = max(z0 - halo, 0), min(z0 + slab + halo, nz)
+        est, good = _stick_block(small_values[lo:hi], small_known[lo:hi], limit, int(element.number_of_sticks_to_use))
+        keep = slice(z0 - lo, z0 - lo + min(slab, nz - z0))
+        estimate[z0 : z0 + slab] = est[keep].to(values.dtype)
+        ok[z0 : z0 + slab] = good[keep]
+    return estimate, ok
+
+
+def _stick_block(values, known, limit: int, n_use: int):
     n_dirs = len(STICK_DIRECTIONS)
-    weights = torch.zeros((n_dirs,) + values.shape, dtype=torch.float64, device=values.device)
-    stick_values = torch.zeros_like(weights)
+    # a stick's score is 1 / (length * |direction|): keep the length key (smaller = better)
+    keys = torch.full((n_dirs,) + values.shape, math.inf, dtype=torch.float64, device=values.device)
+    stick_values = torch.zeros((n_dirs,) + values.shape, dtype=torch.int16, device=values.device)
+
+    def nearest(direction):
+        # steps to the nearest known voxel along direction within limit-1 steps (0: none), its value
+        dist = torch.zeros(values.shape, dtype=torch.int16, device=values.device)
+        val = torch.zeros_like(values)
+        for j in range(1, limit):
+            step = tuple(c * j for c in direction)
+            new = _shift(known, step, False) & (dist == 0)
+            dist.masked_fill_(new, j)
+            val = torch.where(new, _shift(values, step, 0), val)
+        return dist, val
+
     for d, direction in enumerate(STICK_DIRECTIONS):
-        reverse = tuple(-c for c in direction)
-
-        def nearest(dirn):
-            # distance (steps) to the nearest known voxel along dirn within limit-1 steps, and its value
-            dist = torch.zeros_like(values, dtype=torch.int64)
-            val = torch.zeros_like(values)
-            for j in range(1, limit):
-                step = tuple(c * j for c in dirn)
-                hit = _shift(known, step, 0.0) > 0
-                new = hit & (dist == 0)
-                dist = torch.where(new, torch.full_like(dist, j), dist)
-                val = torch.where(new, _shift(values, step, 0.0), val)
-            return dist, val
-
         fwd, fwd_val = nearest(direction)
-        rvs, rvs_val = nearest(reverse)
+        rvs, rvs_val = nearest(tuple(-c for c in direction))
         valid = (fwd > 0) & (rvs > 0) & (rvs + fwd + 1 <= limit)
         total = (fwd + rvs + 1).to(torch.float64)
         weight_fwd = (rvs + 1).to(torch.float64) / total
         weight_rvs = 1.0 - weight_fwd
         length = total * math.sqrt(float(sum(c * c for c in direction)))
-        weights[d] = torch.where(valid, 1.0 / length, torch.zeros_like(length))
+        keys[d] = torch.where(valid, length, torch.full_like(length, math.inf))
         # the per-stick value is stored in the output type (truncation)
-        stick_values[d] = torch.trunc(weight_rvs * rvs_val + weight_fwd * fwd_val)
-    used = torch.zeros_like(values, dtype=torch.int64)
-    sum_weighted = torch.zeros_like(values)
-    sum_weights = torch.zeros_like(values)
+        stick_values[d] = torch.trunc(weight_rvs * rvs_val + weight_fwd * fwd_val).to(torch.int16)
+    # PLUS compares the scores 1/length; equal lengths give bit-identical scores
+    weights = torch.where(torch.isfinite(keys), 1.0 / keys, torch.zeros_like(keys))
+    del keys
+    used = torch.zeros(values.shape, dtype=torch.int64, device=values.device)
+    sum_weighted = torch.zeros(values.shape, dtype=torch.float64, device=values.device)
+    sum_weights = torch.zeros_like(sum_weighted)
     for _ in range(max(n_use, 0)):
-        active = used < n_use
         best = weights.max(dim=0).values
-        active &= best > 0
+        active = (used < n_use) & (best > 0)
         if not bool(active.any()):
             break
         chosen = (weights == best) & active & (weights > 0)
-        sum_weighted += torch.where(chosen, stick_values * weights, torch.zeros_like(weights)).sum(0)
-        sum_weights += torch.where(chosen, weights, torch.zeros_like(weights)).sum(0)
+        picked = torch.where(chosen, weights, torch.zeros_like(weights))
+        sum_weighted += (picked * stick_values).sum(0)
+        sum_weights += picked.sum(0)
         used += chosen.sum(0)
         weights = torch.where(chosen, torch.zeros_like(weights), weights)
     ok = sum_weights != 0
