@@ -27,7 +27,7 @@ distributed = pytest.importorskip("distributed")
 
 REPO = Path(__file__).resolve().parents[1]
 SHIPPED_CHECKPOINT = REPO / "freehand3d" / "data" / "dualtrack-tiny.pt"
-runner = CliRunner()
+runner = CliRunner(env={"COLUMNS": "250"})  # rich tables unwrapped
 
 
 @pytest.fixture(scope="module")

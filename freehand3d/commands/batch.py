@@ -83,7 +83,8 @@ def _print_report(console, report) -> None:
     where = report.scheduler if report.n_workers is None else f"{report.scheduler}, {report.n_workers} workers"
     console.print(
         f"{len(rows)} sweeps: {report.n_done} done, {report.n_skipped} skipped (output existed), "
-        f"{report.n_failed} failed in {report.seconds:.1f} s ({where}); report: {json_path}, {csv_path}"
+        f"{report.n_failed} failed in {report.seconds:.1f} s ({where}); report: {json_path}, {csv_path}",
+        soft_wrap=True,
     )
 
 
