@@ -68,3 +68,11 @@ def test_user_errors_exit_2_with_one_line(tmp_path):
 
     result = runner.invoke(app, ["ulm", "localize", str(tmp_path / "missing.npz"), "-o", str(tmp_path / "p.csv")])
     assert isinstance(result.exception, InputError) and "missing.npz" in str(result.exception)
+
+
+def test_demo_step_reports_scores_and_images(tmp_path):
+    from freehand3d.ulm.demo import run_ulm_demo
+
+    numbers, pngs = run_ulm_demo(tmp_path, frames=1, backend="analytic")
+    assert 0 < numbers["G-ULM 128 ch Jaccard"] <= 1 and 0 < numbers["DAS+WA 128 ch Jaccard"] <= 1
+    assert len(pngs) == 3 and all(p.stat().st_size > 0 for p in pngs)

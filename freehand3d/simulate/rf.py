@@ -70,7 +70,7 @@ def simulate_bubbles(
     n_vessels: int = 6,
     x_range: tuple[float, float] = (-5.0, 5.0),
     z_range: tuple[float, float] = (4.0, 10.0),
-    frame_rate: float = 1000.0,
+    frame_rate: float = 100.0,
     speed_range: tuple[float, float] = (5.0, 30.0),
     vessel_radius: float = 0.15,
 ) -> np.ndarray:
