@@ -101,10 +101,9 @@ class PasteState:
         rank = torch.arange(self._next_order, self._next_order + idx.numel(), device=idx.device, dtype=torch.int64)
         self._next_order += idx.numel()
         if eligible is not None:
-            idx = torch.where(eligible, idx, torch.full_like(idx, self.dump))
+            idx = idx.masked_fill(~eligible, self.dump)
         order.scatter_reduce_(0, idx, rank, reduce="amax", include_self=True)
-        winner = order.index_select(0, idx) == rank
-        return torch.where(winner, idx, torch.full_like(idx, self.dump))
+        return idx.masked_fill(order.index_select(0, idx) != rank, self.dump)
 
     def _first_writer(self, idx: torch.Tensor, eligible: torch.Tensor) -> torch.Tensor:
         """Voxel index of the first eligible contribution of each voxel, others sent to the dump."""
@@ -127,10 +126,10 @@ class PasteState:
         if mode == "latest":
             target = self._last_writer(idx)
             self.value.scatter_(0, target, typed)
-            self.acc.scatter_(0, target, torch.full_like(self.acc[:1], ACC_UNIT if self.exact_plus else 1).expand_as(target).contiguous())
+            self.acc.scatter_(0, target, ACC_UNIT if self.exact_plus else 1.0)
         elif mode == "max":
             self.value.scatter_reduce_(0, idx, typed, reduce="amax", include_self=True)
-            self.acc.scatter_(0, idx, torch.full_like(self.acc[:1], ACC_UNIT if self.exact_plus else 1).expand_as(idx).contiguous())
+            self.acc.scatter_(0, idx, ACC_UNIT if self.exact_plus else 1.0)
         elif self.exact_plus:
             _replay_nearest_mean(self, idx, values, None if mode != "importance" else weights.to(torch.int64))
         else:

@@ -279,6 +279,19 @@ class Reconstructor:
         rows, cols = np.nonzero(mask)  # row-major: PLUS's pixel order within a frame
         self._pixel_flat = torch.as_tensor(rows * frame_shape[1] + cols, dtype=torch.int64, device=self.device)
         self._pixel_xy = torch.as_tensor(np.stack([cols, rows], 1), dtype=torch.int64, device=self.device)
+        self._pixel_xy_float = None
+        self._full_mask = bool(mask.all())
+        if len(cols):
+            bx, by = int(cols.min()), int(rows.min())
+            bw, bh = int(cols.max()) - bx + 1, int(rows.max()) - by + 1
+        else:
+            bx = by = 0
+            bw = bh = 1
+        self._box = (bx, by, bw, bh)
+        self._pixel_in_box = torch.as_tensor((rows - by) * bw + (cols - bx), dtype=torch.int64, device=self.device)
+        x0, x1, y0, y1 = (cols.min(), cols.max(), rows.min(), rows.max()) if len(cols) else (0, 0, 0, 0)
+        # homogeneous (x, y, 0, 1) corners of the pasted pixels' bounding box
+        self._corner_xy1 = np.array([[x0, y0, 0, 1], [x1, y0, 0, 1], [x0, y1, 0, 1], [x1, y1, 0, 1]], float)
         self._pixel_importance = (
             None
             if self._importance is None
@@ -417,21 +430,48 @@ class Reconstructor:
 
         state = self._state
         batch = frames.shape[0]
-        values = frames.reshape(batch, -1).index_select(1, self._pixel_flat).reshape(-1)  # uint8 (B*P)
-        pos = voxel_positions_float(self._pixel_xy, pix_to_vox, torch.float32, self.device).reshape(-1, 3)
+        if self._full_mask:
+            values = frames.reshape(-1)  # every pixel is pasted: no gather needed
+        else:
+            values = frames.reshape(batch, -1).index_select(1, self._pixel_flat).reshape(-1)  # uint8 (B*P)
+        # voxel coordinates are affine in (column, row): a row term plus a column term, added with
+        # one broadcast over the bounding box of the pasted pixels (then the pasted ones gathered)
+        x0, y0, width, height = self._box
+        m = torch.as_tensor(pix_to_vox, dtype=torch.float32, device=self.device)
+        cols = torch.arange(x0, x0 + width, dtype=torch.float32, device=self.device)
+        rows = torch.arange(y0, y0 + height, dtype=torch.float32, device=self.device)
+        row_term = m[:, None, :3, 3] + rows[None, :, None] * m[:, None, :3, 1]  # (B, Hb, 3)
+        col_term = cols[None, :, None] * m[:, None, :3, 0]  # (B, Wb, 3)
+        pos = (row_term[:, :, None, :] + col_term[:, None, :, :]).reshape(batch, -1, 3)
+        if not self._full_mask:
+            pos = pos.index_select(1, self._pixel_in_box)
+        pos = pos.reshape(-1, 3)
         nx, ny, nz = self.grid.size
         upper = torch.tensor([nx - 1, ny - 1, nz - 1], dtype=torch.float32, device=self.device)
-        strides = torch.tensor([1.0, nx, nx * ny], dtype=torch.float64, device=self.device)
+        # flat indices stay exact in float32 below 2**24 voxels; beyond, the matmul runs in float64
+        flat_dtype = torch.float32 if self.grid.n_voxels < 2**24 else torch.float64
+        strides = torch.tensor([1.0, nx, nx * ny], dtype=flat_dtype, device=self.device)
         dump = self.grid.n_voxels
         reject = None
         if self.pixel_rejection_threshold is not None:
             reject = values.to(torch.float32) < float(self.pixel_rejection_threshold)
+        # an affine map reaches its extremes at the corners of the pasted pixels' bounding box: when
+        # every corner is inside the grid, so is every pixel and the per-pixel bounds test is skipped
+        corners = np.einsum("bij,cj->bci", pix_to_vox[:, :3, :], self._corner_xy1)
+        lowest = corners.min(axis=(0, 1))
+        highest = corners.max(axis=(0, 1))
         if self.method == "nearest":
             rounded = pos.add_(0.5).floor_()
-            inside = (rounded == torch.minimum(torch.clamp_min(rounded, 0), upper)).all(dim=1)
+            # a margin of 1e-3 voxel covers float32 rounding of the per-pixel positions
+            if (lowest >= -0.5 + 1e-3).all() and (highest <= np.array(self.grid.size) - 0.5 - 1e-3).all():
+                inside = None
+            else:
+                inside = (rounded == torch.minimum(torch.clamp_min(rounded, 0), upper)).all(dim=1)
             if reject is not None:
-                inside &= ~reject
-            flat = (rounded.double() @ strides).long().masked_fill_(~inside, dump)
+                inside = ~reject if inside is None else inside & ~reject
+            flat = (rounded.to(flat_dtype) @ strides).long()
+            if inside is not None:
+                flat.masked_fill_(~inside, dump)
             state.paste_nearest(flat, values.to(torch.int32))
             return
         low = torch.floor(pos)
@@ -440,7 +480,7 @@ class Reconstructor:
         inside = ((low >= 0) & (low < upper)).all(dim=1)
         if reject is not None:
             inside &= ~reject
-        base = (low.double() @ strides).long().masked_fill_(~inside, dump)
+        base = (low.to(flat_dtype) @ strides).long().masked_fill_(~inside, dump)
         fx, fy, fz = frac.unbind(1)
         rx, ry, rz = 1.0 - fx, 1.0 - fy, 1.0 - fz
         value_f = values.to(torch.float32)
