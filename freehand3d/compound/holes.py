@@ -102,30 +102,28 @@ def _conv(volume: torch.Tensor, kernel: torch.Tensor) -> torch.Tensor:
     return out[0, 0]
 
 
-def _box(volume: torch.Tensor, radius: int) -> torch.Tensor:
-    """Sum over a (2r+1)^3 cube, separable, zero outside."""
+def _separable(volume: torch.Tensor, kernel_1d) -> torch.Tensor:
+    """Zero-padded 'same' correlation with the outer product of a symmetric 1D kernel along all
+    three axes, as shifted multiply-adds (cheaper than conv3d for small kernels, exact order)."""
+    radius = len(kernel_1d) // 2
     out = volume
-    if radius <= 0:
-        return out.clone()
-    ones = torch.ones(2 * radius + 1, dtype=volume.dtype, device=volume.device)
     for axis in range(3):
-        shape = [1, 1, 1]
-        shape[axis] = 2 * radius + 1
-        padding = [0, 0, 0]
-        padding[axis] = radius
-        out = F.conv3d(out[None, None], ones.view(1, 1, *shape), padding=tuple(padding))[0, 0]
+        n = out.shape[axis]
+        acc = out * float(kernel_1d[radius])
+        for k in range(1, radius + 1):
+            if k >= n:
+                break
+            weight = float(kernel_1d[radius + k])
+            # out[i] += w * (v[i + k] + v[i - k]) (symmetric kernel)
+            acc.narrow(axis, 0, n - k).add_(out.narrow(axis, k, n - k), alpha=weight)
+            acc.narrow(axis, k, n - k).add_(out.narrow(axis, 0, n - k), alpha=weight)
+        out = acc
     return out
 
 
-def _gaussian_kernel(size: int, stdev: float) -> torch.Tensor:
-    # PLUS builds the kernel in float from double terms
-    half = (size - 1) / 2.0
-    grid = np.arange(size, dtype=np.float64) - half
-    zz, yy, xx = np.meshgrid(grid, grid, grid, indexing="ij")
-    divisor = np.float32(stdev * stdev * 2.0)
-    term = np.float32((2 * math.pi) ** 1.5 * stdev**3)
-    kernel = (np.float32(1.0) / term) * np.exp(-(xx**2 / divisor + yy**2 / divisor + zz**2 / divisor))
-    return torch.as_tensor(kernel.astype(np.float32).astype(np.float64))
+def _box(volume: torch.Tensor, radius: int) -> torch.Tensor:
+    """Sum over a (2r+1)^3 cube, zero outside."""
+    return _separable(volume, [1.0] * (2 * radius + 1))
 
 
 def _inverse_distance_kernel(size: int) -> torch.Tensor:
@@ -142,13 +140,19 @@ def _weighted_kernel(values, known, acc, element: HoleFillingElement):
     size = int(element.size)
     if size % 2 == 0:
         raise ConfigError(f"hole filling {element.type} Size must be odd, got {size}", "fill-holes")
+    weight_field = known if element.type != "GAUSSIAN_ACCUMULATION" else known * acc
     if element.type == "DISTANCE_WEIGHT_INVERSE":
         kernel = _inverse_distance_kernel(size).to(values.device)
+        sum_weights = _conv(weight_field, kernel)
+        sum_values = _conv(weight_field * values, kernel)
     else:
-        kernel = _gaussian_kernel(size, element.stdev).to(values.device)
-    weight_field = known if element.type != "GAUSSIAN_ACCUMULATION" else known * acc
-    sum_weights = _conv(weight_field, kernel)
-    sum_values = _conv(weight_field * values, kernel)
+        # PLUS's 3D Gaussian is exp(-(x^2+y^2+z^2)/(2 s^2)) up to a constant that cancels in the
+        # weighted mean: three 1D passes
+        half = (size - 1) / 2.0
+        offsets = np.arange(size) - half
+        kernel_1d = np.exp(-(offsets**2) / (2.0 * float(element.stdev) ** 2))
+        sum_weights = _separable(weight_field, kernel_1d)
+        sum_values = _separable(weight_field * values, kernel_1d)
     n_known = _box(known, size // 2)
     ok = (sum_weights != 0) & (n_known / float(size**3) > element.minimum_known_voxels_ratio)
     estimate = torch.trunc(sum_values / torch.where(sum_weights != 0, sum_weights, torch.ones_like(sum_weights)))
