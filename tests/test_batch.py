@@ -178,11 +178,12 @@ def test_reconstruct_batch_equals_one_by_one_and_resumes(cluster, recon_data, tm
 
 def test_in_process_runner_gives_the_same_bytes(cluster, recon_data, tmp_path):
     dask_out, local_out = tmp_path / "dask", tmp_path / "none"
-    run_batch("reconstruct", recon_data, dask_out, scheduler=cluster, split="train", method="linear", spacing=0.5)
+    remote = run_batch("reconstruct", recon_data, dask_out, scheduler=cluster, split="train", method="linear", spacing=0.5)
     report = run_batch("reconstruct", recon_data, local_out, scheduler="none", split="train", method="linear", spacing=0.5)
-    assert [r.status for r in report.results] == ["done", "done"]
+    assert [r.status for r in remote.results] == ["done", "done"], remote.results
+    assert [r.status for r in report.results] == ["done", "done"], report.results
     for k in range(2):
-        assert (dask_out / f"s{k}.nrrd").read_bytes() == (local_out / f"s{k}.nrrd").read_bytes()
+        assert (dask_out / f"s{k}.nrrd").read_bytes() == (local_out / f"s{k}.nrrd").read_bytes(), k
 
 
 # ------------------------------------------------------------------------------ track, evaluate
