@@ -177,3 +177,23 @@ def test_bad_inputs_raise_clear_errors():
         metrics.tusrec(eye, eye, eye, eye, S, landmarks=np.array([[0, 1, 1]]))
     with pytest.raises(ValueError, match="not moved"):
         metrics.drift(_eye(3), _eye(3))
+
+
+def test_all_pixel_errors_stay_within_the_chunk_memory():
+    """64 transforms x 307,200 pixels would need 472 MB of float64 DDFs at once; the chunked
+    computation peaks at a few chunks of ``chunk_points`` (frame, pixel) pairs."""
+    import tracemalloc
+
+    n_tf = 64
+    gt = _eye(n_tf)
+    gt[:, :3, 3] = [1.0, 2.0, 2.0]  # norm 3
+    pred = _eye(n_tf)
+    tracemalloc.start()
+    try:
+        out = metrics.tusrec(pred, pred, gt, gt, S, chunk_points=400_000)
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert out["GPE"] == pytest.approx(3.0, rel=1e-12)
+    full = n_tf * 3 * 307_200 * 8
+    assert peak < full / 8, f"peak {peak / 2**20:.0f} MB"
