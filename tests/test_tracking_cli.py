@@ -61,15 +61,19 @@ def small_checkpoint(tmp_path_factory):
     return path
 
 
-def test_evaluate_hand_computed_zero_motion(sweeps):
+def test_evaluate_hand_computed_zero_motion(sweeps, tmp_path):
     gt, zero = sweeps
-    result = runner.invoke(app, ["evaluate", str(zero), str(gt), "--json"])
+    landmarks = tmp_path / "landmarks.csv"
+    landmarks.write_text("3,100,200\n7,640,480\n")  # frame (>= 1), x, y (1-based pixels)
+    result = runner.invoke(app, ["evaluate", str(zero), str(gt), "--json", "--landmarks", str(landmarks)])
     assert result.exit_code == 0, result.output
     metrics = json.loads(result.output)
     # frame k is off by a pure translation of 0.6 k mm at every pixel: GPE = mean_k=1..7 0.6 k = 0.6 * 4
     assert metrics["GPE"] == pytest.approx(0.6 * 4, rel=1e-6)
     assert metrics["GPE_5pt"] == pytest.approx(0.6 * 4, rel=1e-6)
     assert metrics["LPE"] == pytest.approx(0.6, rel=1e-6)
+    assert metrics["GLE"] == pytest.approx((0.6 * 3 + 0.6 * 7) / 2, rel=1e-6)
+    assert metrics["LLE"] == pytest.approx(0.6, rel=1e-6)
     assert metrics["FDR_pct"] == pytest.approx(100.0)
     assert metrics["max_drift_mm"] == pytest.approx(0.6 * 7, rel=1e-6)
     assert metrics["n_frames"] == 8
