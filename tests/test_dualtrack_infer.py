@@ -154,15 +154,15 @@ def test_track_returns_image_to_reference_in_the_centred_dualtrack_frame(small_m
 
 
 def test_track_is_independent_of_cnn_tiling_and_dtype_flows(small_model, frames40):
-    frames = frames40[:30]
-    whole = predict(frames, small_model, dtype=torch.float64, cnn_tile=0)
-    tiled = predict(frames, small_model, dtype=torch.float64, cnn_tile=4)
-    np.testing.assert_allclose(tiled["head_output"], whole["head_output"], atol=1e-12, rtol=0)
-    small_model.float()
-    single = predict(frames, small_model)
-    np.testing.assert_allclose(single["head_output"], whole["head_output"], atol=1e-4, rtol=0)
-    bf16 = predict(frames, small_model, amp=True)  # bfloat16 autocast on CPU
-    assert np.isfinite(bf16["head_output"]).all()
+    frames = frames40[:24]
+    whole = predict(frames, small_model, cnn_tile=0)
+    tiled = predict(frames, small_model, cnn_tile=4)  # 6 tiles, each reading up to 4 + 2 * 17 frames
+    np.testing.assert_allclose(tiled["head_output"], whole["head_output"], atol=1e-5, rtol=0)
+    assert np.abs(whole["head_output"]).max() > 1e-2
+    double = predict(frames[:6], small_model, dtype=torch.float64)
+    assert next(small_model.parameters()).dtype == torch.float64
+    single = predict(frames[:6], small_model, dtype=torch.float32)
+    np.testing.assert_allclose(single["head_output"], double["head_output"], atol=1e-4, rtol=0)
 
 
 def test_track_raw_frames_uses_the_tusrec_spacing(small_model, frames40):

@@ -35,7 +35,8 @@ def _n_params(model):
     "preset, n_params", [("dualtrack-2024", 101_853_702), ("dualtrack-tusrec2025", 108_538_374)]
 )
 def test_official_presets_have_the_published_sizes(preset, n_params):
-    model = DualTrack(preset)
+    with torch.device("meta"):  # sizes only: no memory, no initialisation
+        model = DualTrack(preset)
     assert _n_params(model) == n_params  # SPEC §1
     assert len(model.state_dict()) == 854
 
@@ -44,12 +45,12 @@ def test_tiny_preset_is_small_and_accepts_the_official_input_sizes():
     model = DualTrack("tiny").eval()
     assert _n_params(model) * 4 < 20e6  # float32 checkpoint <= 20 MB
     with torch.inference_mode():
-        out = model(torch.rand(1, 5, 1, 256, 256), torch.rand(1, 5, 1, 224, 224), return_features=True)
+        out = model(torch.rand(1, 3, 1, 256, 256), torch.rand(1, 3, 1, 224, 224), return_features=True)
     d = PRESETS["tiny"].feature_dim
-    assert out["local_features"].shape == (1, 5, d)
+    assert out["local_features"].shape == (1, 3, d)
     assert out["global_features"].shape == (1, 1, d)  # frame 0 only
-    assert out["decoder_output"].shape == (1, 5, d)
-    assert out["head_output"].shape == (1, 4, 6)
+    assert out["decoder_output"].shape == (1, 3, d)
+    assert out["head_output"].shape == (1, 2, 6)
     assert torch.isfinite(out["head_output"]).all()
 
 
@@ -108,13 +109,14 @@ def test_cnn_chunks_follow_torch_chunk(n, expected):
 
 
 def _small_model(**changes):
-    return refs.randomize(DualTrack(refs.small_config(**changes)).double(), seed=11)
+    # float32: these tests are about which frames feed which outputs, not about rounding
+    return refs.randomize(DualTrack(refs.small_config(**changes)), seed=11)
 
 
 def test_cnn_tiling_with_halo_equals_one_run():
     model = _small_model()
     gen = torch.Generator().manual_seed(1)
-    crops = torch.rand(1, 45, 1, 16, 16, generator=gen, dtype=torch.float64)
+    crops = torch.rand(1, 45, 1, 16, 16, generator=gen)
     enc = model.local_encoder
     assert model.config.temporal_halo == 17
     with torch.inference_mode():
@@ -122,8 +124,8 @@ def test_cnn_tiling_with_halo_equals_one_run():
         tiled = enc.frame_tokens(lambda lo, hi: crops[:, lo:hi], 45, tile=4)
         # a tile without halo differs: the zero padding at its borders reaches the outputs
         cut = torch.cat([enc._cnn_tokens(crops[:, lo : lo + 15]) for lo in range(0, 45, 15)], dim=1)
-    assert torch.allclose(tiled, whole, atol=1e-12, rtol=0)
-    assert (cut - whole).abs().max() > 1e-3
+    assert torch.allclose(tiled, whole, atol=1e-5, rtol=0)
+    assert (cut - whole).abs().max() > 1e-2
 
 
 def test_chunking_rule_of_the_2025_preset_is_applied_for_long_sweeps():
@@ -131,8 +133,8 @@ def test_chunking_rule_of_the_2025_preset_is_applied_for_long_sweeps():
     model = _small_model(max_positions=4096, cnn_chunk_threshold=1024)
     n = 1030
     gen = torch.Generator().manual_seed(2)
-    crops = torch.rand(1, n, 1, 16, 16, generator=gen, dtype=torch.float64)
-    glob = torch.rand(1, 65, 1, 16, 16, generator=gen, dtype=torch.float64)
+    crops = torch.rand(1, n, 1, 16, 16, generator=gen)
+    glob = torch.rand(1, 65, 1, 16, 16, generator=gen)
     enc = model.local_encoder
     enc.cnn_tile = 400  # tiles inside each chunk must not blur the chunk border
     with torch.inference_mode():
@@ -143,11 +145,12 @@ def test_chunking_rule_of_the_2025_preset_is_applied_for_long_sweeps():
         # without chunking (2024 rule), frames near the border see across it: frames 470..559
         # give exact unchunked tokens for frames 487..542
         window = enc._cnn_tokens(crops[:, 470:560])[:, 17:-17]
-    assert torch.allclose(out["local_features"], expected_local, atol=1e-12, rtol=0)
+    assert torch.allclose(out["local_features"], expected_local, atol=1e-5, rtol=0)
     diff = (expected_tokens[:, 487:543] - window).abs().amax(dim=(0, 2))
     border = 515 - 487
-    assert diff[border - 17 : border + 17].min() > 0 and diff[: border - 17].max() < 1e-12
-    assert diff[border - 1] > 1e-3 and diff[border + 17 :].max() < 1e-12
+    # frames within the CNN's reach (17) of the chunk border change, the others do not
+    assert diff[border - 1] > 1e-2 and diff[border] > 1e-2
+    assert diff[: border - 17].max() < 1e-5 and diff[border + 17 :].max() < 1e-5
     assert out["head_output"].shape == (1, n - 1, 6)
     assert out["global_features"].shape == (1, 65, 16)
 

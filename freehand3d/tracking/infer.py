@@ -96,9 +96,20 @@ def _sweep_spacing(sweep: Sweep | None, spacing):
     return TUSREC_SPACING, "TUS-REC default"
 
 
+def cpu_has_fast_bf16() -> bool:
+    """True when oneDNN has native bfloat16 kernels on this CPU (AVX512-BF16 / AMX). Without them,
+    bf16 convolutions fall back to reference code that is ~50x slower than float32."""
+    try:
+        return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
+    except (AttributeError, RuntimeError):
+        return False
+
+
 def _autocast(device: torch.device, amp: bool):
     if not amp:
         return contextlib.nullcontext()
+    if device.type == "cpu" and not cpu_has_fast_bf16():
+        warnings.warn("this CPU has no native bfloat16 support; amp=True will be much slower than float32", stacklevel=3)
     dtype = torch.float16 if device.type == "cuda" else torch.bfloat16
     return torch.autocast(device.type, dtype=dtype)
 
@@ -127,7 +138,8 @@ def predict(
     model : :class:`~freehand3d.tracking.DualTrack` (moved to ``device``/``dtype`` in place).
     device : "cpu", "cuda", ... (default: where the model is).
     dtype : parameter/compute dtype, e.g. torch.float64 for reference runs (default: the model's).
-    amp : autocast (float16 on CUDA, bfloat16 on CPU) for speed.
+    amp : autocast (float16 on CUDA, bfloat16 on CPU) for speed; on CPUs without native bf16
+        (see :func:`cpu_has_fast_bf16`) it is much slower, and a warning says so.
     global_variant, global_norm : global preprocessing (default: the preset's, see
         :func:`~freehand3d.tracking.preprocess`).
     cnn_tile : output frames per local-CNN run (memory knob; the result does not depend on it).
