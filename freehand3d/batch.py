@@ -342,7 +342,7 @@ def prediction_path(entry: SweepEntry, options: dict) -> tuple[str, str]:
         pred = output_path(predictions, "track", entry.sweep_id, options.get("prediction_suffix"))
         return os.fspath(pred), entry.gt or entry.path
     if entry.gt is None:
-        raise ConfigError(f"sweep {entry.sweep_id!r} has no gt column value (or pass predictions=)", "gt")
+        raise ConfigError("no ground truth for this sweep: fill its gt column or pass --predictions", entry.path)
     return entry.path, entry.gt
 
 
