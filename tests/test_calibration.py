@@ -180,7 +180,7 @@ def test_simulated_recording_with_corrupted_poses():
     result = calibrate(sweep, phantom, solver="ransac-lm", phantom_to_reference=truth["phantom_to_reference"])
     assert result.frames_segmented == 30
     err_px = np.linalg.norm(result.calibration.labelled - truth["wire_pixels"], axis=2)
-    assert err_px.max() < 2.0
+    assert err_px.max() < 3.0
     ransac_err = calibration_error(result.image_to_probe, truth["image_to_probe"], sweep.frame_shape)
     assert ransac_err < 0.3
     plain = calibrate(sweep, phantom, solver="lm", phantom_to_reference=truth["phantom_to_reference"])

@@ -8,7 +8,10 @@ Geometric priors (Liu et al. 2025, section 2.3; PLUS ``PlusFidLineFinder``/``Plu
 * inter-layer parallelism: the layers are parallel planes, so their lines are parallel;
 * distance consistency: line-to-line distances are proportional to the distances between the layer
   planes, and the length of each N (side wire to side wire) is proportional to the side-wire spacing
-  of its layer, with the same factor for every layer.
+  of its layer, with the same factor for every layer;
+* rigidity (freehand3d's addition): the distances between the diagonal-wire dots of different layers
+  in the image equal the distances between their similar-triangles positions in the phantom (within
+  ``distance_tolerance_percent`` + 1 mm), since the image plane is rigid.
 
 Tolerances are in mm (converted with the pixel size) and degrees, so they do not depend on the
 image resolution. The paper's pixel/slope values at its 0.078-ish mm/px are about: collinearity
@@ -20,7 +23,6 @@ bottom, and inside one N the points from right to left (wire 1, diagonal wire 2,
 
 from __future__ import annotations
 
-import itertools
 import math
 
 import numpy as np
@@ -149,7 +151,8 @@ def find_nwires(
 
     Parameters
     ----------
-    points : (K, 2) candidate dots (x, y) pixels (e.g. from :func:`~.detect.detect_points`).
+    points : (K, 2) candidate dots (x, y) pixels, strongest first (as
+        :func:`~.detect.detect_points` returns them; the order breaks ties between geometries).
     phantom : the N-wire phantom (layers in definition order).
     spacing_mm : pixel size; default ``params.approximate_spacing_mm_per_pixel``.
     params : PLUS segmentation parameters (tolerances); PLUS defaults when None.
@@ -196,72 +199,123 @@ def find_nwires(
         if len(triples) < n_layers:
             return fail
 
-    best, best_cost = None, math.inf
-    for combo in itertools.combinations(range(len(triples)), n_layers):
-        idx = triples[list(combo)]
-        if len(np.unique(idx)) != idx.size:
-            continue  # a dot belongs to one wire only
-        combo = np.array(combo)
-        # layers from the top of the image (smallest y) down
-        combo = combo[np.argsort(centre[combo, 1])]
-        cost = float(residual[combo].sum() / tol_line)
-        if use_constraints and n_layers > 1:
-            dirs = u[combo]
-            cosines = np.clip(np.abs(dirs @ dirs.T), 0, 1)
-            angle = np.degrees(np.arccos(cosines.min()))
-            if angle > max_angle:
-                continue
-            mean_dir = dirs.sum(axis=0)
-            mean_dir /= np.linalg.norm(mean_dir)
-            normal = np.array([-mean_dir[1], mean_dir[0]])
-            cost += angle / max_angle
-            orders = [np.arange(n_layers), np.arange(n_layers)[::-1]]
-            best_order_cost, ok_any = math.inf, False
-            for order in orders:
-                layer_cost = 0.0
-                # N lengths: length / side spacing is the same factor for every layer
-                factor = length_mm[combo] / side_spacing[order]
-                spread = factor.max() / factor.min() - 1.0
-                if spread > 2 * tol_rel:
-                    continue
-                layer_cost += spread / tol_rel
-                if offsets is not None:
-                    line_pos = (centre[combo] @ normal) * spacing
-                    img_gaps = np.diff(line_pos)
-                    ph_gaps = np.abs(np.diff(offsets[order]))
-                    if np.any(ph_gaps <= 0):
-                        continue
-                    gap_factor = img_gaps / ph_gaps
-                    # distances stretch by the same factor (>= 1) as the N lengths
-                    if gap_factor.min() < 1 - tol_rel:
-                        continue
-                    gspread = gap_factor.max() / gap_factor.min() - 1.0
-                    if gspread > 2 * tol_rel:
-                        continue
-                    layer_cost += gspread / tol_rel
-                ok_any = True
-                # prefer PLUS's order (top = first layer) unless only the reverse fits
-                if layer_cost < best_order_cost:
-                    best_order_cost = layer_cost
-                    chosen_order = order
-                if order is orders[0]:
-                    break
-            if not ok_any:
-                continue
-            cost += best_order_cost
-        else:
-            chosen_order = np.arange(n_layers)
-            # without priors prefer the lines made of the strongest dots (listed first)
-            cost += idx.sum() / max(len(pts), 1) * 1e-3
-        if cost < best_cost:
-            best_cost = cost
-            labelled = np.empty((n_layers, 3, 2))
-            for line_idx, layer in zip(combo, chosen_order):
-                labelled[layer] = pts[triples[line_idx]]
-            best = labelled.reshape(-1, 2)
+    diagonals = diagonal_intersections(phantom)
+    if not use_constraints or n_layers == 1:
+        best, best_cost = _best_without_priors(pts, triples, residual, tol_line, n_layers)
+    else:
+        best, best_cost = None, math.inf
+        # PLUS's order first (layer 1 at the top of the image); the reverse only if that fails
+        for order in (np.arange(n_layers), np.arange(n_layers)[::-1]):
+            found, cost = _search_layers(pts, triples, u, length_mm, centre, residual, side_spacing[order],
+                                         None if offsets is None else offsets[order], spacing, tol_line,
+                                         max_angle, tol_rel, diagonals=diagonals[order])
+            if found is not None:
+                labelled = np.empty((n_layers, 3, 2))
+                for line_idx, layer in zip(found, order):
+                    labelled[layer] = pts[triples[line_idx]]
+                best, best_cost = labelled.reshape(-1, 2), cost
+                break
     if best is None:
         return fail
     return (best, best_cost) if return_cost else best
+
+
+def _best_without_priors(pts, triples, residual, tol_line, n_layers):
+    """Ablation: the most collinear disjoint triples (strongest dots first on ties), top to bottom."""
+    order = np.lexsort((triples.sum(axis=1), residual))
+    used, chosen = set(), []
+    for t in order:
+        if used.isdisjoint(triples[t]):
+            chosen.append(t)
+            used.update(triples[t].tolist())
+            if len(chosen) == n_layers:
+                break
+    if len(chosen) < n_layers:
+        return None, math.inf
+    chosen = sorted(chosen, key=lambda t: pts[triples[t]].mean(axis=0)[1])
+    return pts[triples[chosen]].reshape(-1, 2), float(residual[chosen].sum() / tol_line)
+
+
+def _search_layers(pts, triples, u, length_mm, centre, residual, side_spacing, offsets, spacing, tol_line,
+                   max_angle, tol_rel, rank_weight=3.0, diagonals=None):
+    """Depth-first search for one triple per layer (top to bottom) satisfying the inter-layer priors;
+    returns (triple indices per layer, cost) of the cheapest set, or (None, inf)."""
+    n_layers = len(side_spacing)
+    m = len(triples)
+    members = np.zeros((m, len(pts)), bool)
+    members[np.arange(m)[:, None], triples] = True
+    disjoint = ~(members.astype(np.uint8) @ members.T.astype(np.uint8)).astype(bool)
+    cos = np.clip(np.abs(u @ u.T), 0.0, 1.0)
+    parallel = np.degrees(np.arccos(cos)) <= max_angle
+    below = centre[None, :, 1] > centre[:, None, 1]  # [a, b]: b lies below a
+    compatible = disjoint & parallel & below
+    # length / side spacing is the same stretch factor for every layer
+    factor = length_mm[:, None] / side_spacing[None, :]  # (m, L)
+    best, best_cost = None, math.inf
+
+    def finish(chosen):
+        nonlocal best, best_cost
+        chosen = np.asarray(chosen)
+        dirs = u[chosen]
+        angle = float(np.degrees(np.arccos(np.clip(np.abs(dirs @ dirs.T), 0, 1).min())))
+        f = factor[chosen, np.arange(n_layers)]
+        spread = f.max() / f.min() - 1.0
+        cost = float(residual[chosen].sum() / tol_line) + angle / max_angle + spread / tol_rel
+        # candidates come strongest first: between equally good geometries prefer strong dots
+        # over speckle that happens to be collinear
+        cost += rank_weight * float(triples[chosen].mean()) / len(pts)
+        if offsets is not None:
+            mean_dir = dirs.sum(axis=0)
+            mean_dir /= np.linalg.norm(mean_dir)
+            normal = np.array([-mean_dir[1], mean_dir[0]])
+            line_pos = (centre[chosen] @ normal) * spacing
+            img_gaps = np.abs(np.diff(line_pos))
+            ph_gaps = np.abs(np.diff(offsets))
+            if np.any(ph_gaps <= 0):
+                return
+            gap_factor = img_gaps / ph_gaps
+            # the image plane cuts the layer planes obliquely: gaps only stretch
+            if gap_factor.min() < 1 - tol_rel:
+                return
+            gspread = gap_factor.max() / gap_factor.min() - 1.0
+            if gspread > 2 * tol_rel:
+                return
+            cost += gspread / tol_rel
+        if diagonals is not None:
+            # the image plane is rigid: distances between the diagonal-wire dots in the image must
+            # equal those between their similar-triangles positions in the phantom (either wire
+            # order, the view may be mirrored); random collinear speckle fails this
+            lab = pts[triples[chosen]]  # (L, 3, 2)
+            ab = np.linalg.norm(lab[:, 1] - lab[:, 0], axis=1)
+            ac = np.linalg.norm(lab[:, 2] - lab[:, 0], axis=1)
+            img = lab[:, 1] * spacing
+            iu = np.triu_indices(n_layers, 1)
+            d_img = np.linalg.norm(img[:, None] - img[None], axis=2)[iu]
+            best_rel = math.inf
+            for alpha in (ab / ac, 1.0 - ab / ac):
+                p2 = diagonals[:, 0] + alpha[:, None] * (diagonals[:, 1] - diagonals[:, 0])
+                d_ph = np.linalg.norm(p2[:, None] - p2[None], axis=2)[iu]
+                rel = np.max(np.abs(d_img - d_ph) / (d_ph * tol_rel + 1.0))
+                best_rel = min(best_rel, rel)
+            if best_rel > 1.0:
+                return
+            cost += best_rel
+        if cost < best_cost:
+            best, best_cost = chosen, cost
+
+    def extend(chosen, allowed):
+        layer = len(chosen)
+        if layer == n_layers:
+            finish(chosen)
+            return
+        f0 = factor[chosen[0], 0]
+        ok = allowed & (np.abs(factor[:, layer] / f0 - 1.0) <= 2 * tol_rel)
+        for t in np.flatnonzero(ok):
+            extend(chosen + [t], allowed & compatible[t])
+
+    for first in range(m):
+        extend([first], compatible[first].copy())
+    return best, best_cost
 
 
 # ---------------------------------------------------------------------------------------------
