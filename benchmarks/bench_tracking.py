@@ -74,7 +74,7 @@ def run_case(name, frames, device, threads, repeat, seed=0):
                 head = model(local, glob)["head_output"][0].double().cpu().numpy()
         else:
             attention.USE_FUSED_ATTENTION = True
-            head = predict(arr, model, device=device, amp=case["amp"], cnn_tile=max(64, frames))["head_output"]
+            head = predict(arr, model, device=device, amp=case["amp"])["head_output"]
         if device == "cuda":
             torch.cuda.synchronize()
         times.append(time.perf_counter() - start)

@@ -143,6 +143,8 @@ def predict(
     global_variant, global_norm : global preprocessing (default: the preset's, see
         :func:`~freehand3d.tracking.preprocess`).
     cnn_tile : output frames per local-CNN run (memory knob; the result does not depend on it).
+        Default: 128 on CPU, 1024 on CUDA (a whole 2024-preset sweep, no halo overhead);
+        0 = no tiling (fastest, memory grows with N).
     progress : show a progress bar.
     channels_last : store the CNN weights channels-last (faster convolutions on CPU and GPU;
         numerically equivalent).
@@ -162,6 +164,9 @@ def predict(
     device = params.device if device is None else torch.device(device)
     dtype = params.dtype if dtype is None else dtype
     model.to(device=device, dtype=dtype).eval()
+    if cnn_tile is None:
+        # a GPU holds a whole official-length sweep's activations; a CPU run keeps RAM bounded
+        cnn_tile = 1024 if device.type == "cuda" else model.local_encoder.cnn_tile
     if channels_last:
         model.local_encoder.cnn.to(memory_format=torch.channels_last_3d)
         model.global_encoder.cnn.to(memory_format=torch.channels_last)
