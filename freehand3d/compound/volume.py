@@ -480,21 +480,28 @@ class Reconstructor:
         inside = ((low >= 0) & (low < upper)).all(dim=1)
         if reject is not None:
             inside &= ~reject
-        base = (low.to(flat_dtype) @ strides).long().masked_fill_(~inside, dump)
-        fx, fy, fz = frac.unbind(1)
-        rx, ry, rz = 1.0 - fx, 1.0 - fy, 1.0 - fz
+        # pixels outside get voxel 0 and weight 0 on every corner: no per-corner masking needed
+        # (a zero weight adds nothing to a mean and is below the LATEST/MAXIMUM threshold)
+        base = (low.to(flat_dtype) @ strides).long().masked_fill_(~inside, 0)
+        fx, fy, fz = frac.contiguous().unbind(1)
+        inside_f = inside.to(torch.float32)
+        fx = fx * inside_f
+        rx = inside_f - fx
+        ry, rz = 1.0 - fy, 1.0 - fz
         value_f = values.to(torch.float32)
         corners = []
         for dx, wx in ((0, rx), (1, fx)):
             for dy, wy in ((0, ry), (1, fy)):
+                wxy = wx * wy
                 for dz, wz in ((0, rz), (1, fz)):
                     offset = dx + nx * dy + nx * ny * dz
-                    index = torch.where(inside, base + offset, base) if offset else base
-                    corners.append((index, wx * wy * wz))
+                    corners.append((base + offset if offset else base, wxy * wz))
         if self.compounding in ("mean", "importance"):
             for index, weight in corners:
                 state.value.index_add_(0, index, weight * value_f)
                 state.acc.index_add_(0, index, weight)
+            state._clear_dump()
+            return
         elif self.compounding == "max":
             value_i = values.to(torch.int32)
             lit = values > 0  # PLUS counts a voxel as filled only once a brighter pixel raised it
