@@ -8,6 +8,7 @@ its tcp address, the path a user's own scheduler takes.
 from __future__ import annotations
 
 import csv
+import importlib
 import json
 import os
 import subprocess
@@ -36,8 +37,15 @@ def cluster():
 
     with distributed.LocalCluster(
         n_workers=2, threads_per_worker=1, processes=True, dashboard_address=None, silence_logs=logging.ERROR
-    ) as local:
+    ) as local, distributed.Client(local) as client:
+        # workers import the stack while this process simulates the test sweeps
+        warming = [
+            client.submit(importlib.import_module, module, workers=[worker], pure=False)
+            for worker in client.nthreads()
+            for module in ("freehand3d.compound.volume", "freehand3d.tracking")
+        ]
         yield local.scheduler_address
+        del warming
 
 
 def _write_csv(path: Path, rows: list[dict]) -> Path:
@@ -130,7 +138,10 @@ def test_bad_options_raise_before_any_work(recon_data, tmp_path):
         run_batch("evaluate", recon_data, tmp_path / "o", scheduler="none", spacing=1.0)
     with pytest.raises(ConfigError, match="unknown operation"):
         run_batch("calibrate", recon_data, tmp_path / "o", scheduler="none")
-    assert not any((tmp_path / "o").glob("*.nrrd")) if (tmp_path / "o").exists() else True
+    assert not (tmp_path / "o").exists()
+    with pytest.raises(ConfigError, match="cannot connect to the Dask scheduler"):
+        run_batch("reconstruct", recon_data, tmp_path / "o", scheduler="no-such-scheduler")
+    assert not list((tmp_path / "o").glob("*.nrrd"))
 
 
 # ---------------------------------------------------------------------------------- reconstruct
