@@ -479,3 +479,38 @@ def test_stick_slabs_do_not_change_the_result():
     slab_est, slab_ok = _stick_kernel(*args, slab=3)
     assert int(whole_ok.sum()) > 100
     assert torch.equal(whole_ok, slab_ok) and torch.equal(whole_est, slab_est)
+
+
+def test_cli_calibration_json_on_plus_sweep(tmp_path):
+    import json
+
+    from typer.testing import CliRunner
+
+    from freehand3d.cli import app
+    from freehand3d.io import read_sweep
+    from freehand3d.io.plus_volrec import read_volume_reconstruction
+
+    _, transforms = read_volume_reconstruction(DATA / "PlusDeviceSet_VolumeReconstructionOnly_SonixRP_TRUS_D70mm_NN_LATE.xml")
+    calibration = tmp_path / "calibration.json"
+    calibration.write_text(json.dumps({"image_to_probe": transforms["ImageToProbe"].tolist()}))
+    out = tmp_path / "spine.nrrd"
+    result = CliRunner().invoke(
+        app,
+        ["reconstruct", str(DATA / "SpinePhantomFreehand.igs.mha"), "-o", str(out), "--calibration", str(calibration),
+         "--spacing", "1.0", "--method", "nearest", "--compounding", "max"],
+    )
+    assert result.exit_code == 0, result.output
+    sweep = read_sweep(DATA / "SpinePhantomFreehand.igs.mha")
+    image_to_reference = (
+        np.linalg.inv(sweep.transforms["ReferenceToTracker"]) @ sweep.transforms["ProbeToTracker"] @ transforms["ImageToProbe"]
+    )
+    expected = grid_from_frames(image_to_reference, sweep.frame_shape, 1.0)
+    image = sitk.ReadImage(str(out))
+    assert image.GetSize() == expected.size
+    np.testing.assert_allclose(image.GetOrigin(), expected.origin, atol=1e-6)
+    array = sitk.GetArrayFromImage(image)
+    assert (array > 0).mean() > 0.05  # the whole frames (no clip, no fan) are pasted
+    bad = tmp_path / "bad.json"
+    bad.write_text('{"image_to_probe": [[1, 0], [0, 1]]}')
+    result = CliRunner().invoke(app, ["reconstruct", str(DATA / "SpinePhantomFreehand.igs.mha"), "-o", str(out), "--calibration", str(bad)])
+    assert result.exit_code != 0 and "4x4" in str(result.exception)
