@@ -128,6 +128,20 @@ def test_cnn_tiling_with_halo_equals_one_run():
     assert (cut - whole).abs().max() > 1e-2
 
 
+def test_batchnorm_folding_keeps_the_cnn_function():
+    model = _small_model().double()
+    gen = torch.Generator().manual_seed(8)
+    clip = torch.rand(1, 1, 6, 16, 16, generator=gen, dtype=torch.float64)
+    frames = torch.rand(3, 1, 16, 16, generator=gen, dtype=torch.float64)
+    with torch.inference_mode():
+        for cnn, x in ((model.local_encoder.cnn, clip), (model.global_encoder.cnn, frames)):
+            fused = cnn.fused_for_inference()
+            assert not any(isinstance(m, (torch.nn.BatchNorm2d, torch.nn.BatchNorm3d)) for m in fused.modules())
+            expected = cnn(x)
+            assert expected.abs().max() > 0.1
+            assert torch.allclose(fused(x), expected, atol=1e-12, rtol=0)
+
+
 def test_chunking_rule_of_the_2025_preset_is_applied_for_long_sweeps():
     # the 2025 rule (threshold 1024, P = 4096) on a structurally identical small network
     model = _small_model(max_positions=4096, cnn_chunk_threshold=1024)

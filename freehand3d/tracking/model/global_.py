@@ -32,10 +32,11 @@ class GlobalEncoder(nn.Module):
         )
         self.pose_head = nn.Linear(cfg.feature_dim, 6)
 
-    def frame_features(self, frames: torch.Tensor) -> torch.Tensor:
-        """(B, M, 1, S, S) -> (B, M, C): CNN then spatial mean (before projection)."""
+    def frame_features(self, frames: torch.Tensor, cnn: nn.Module | None = None) -> torch.Tensor:
+        """(B, M, 1, S, S) -> (B, M, C): CNN (or a stand-in with the same function, such as its
+        BatchNorm-folded copy) then spatial mean (before projection)."""
         b, m = frames.shape[:2]
-        maps = self.cnn(frames.reshape(b * m, *frames.shape[2:]))
+        maps = (self.cnn if cnn is None else cnn)(frames.reshape(b * m, *frames.shape[2:]))
         return maps.mean(dim=(2, 3)).view(b, m, -1)
 
     def encode_features(self, features: torch.Tensor, indices: torch.Tensor) -> torch.Tensor:

@@ -108,16 +108,21 @@ class LocalEncoder(nn.Module):
         self.proj = nn.Linear(cfg.pool_dim, cfg.feature_dim, bias=False)
         self.cnn_tile = DEFAULT_CNN_TILE
 
-    def _cnn_tokens(self, clip: torch.Tensor) -> torch.Tensor:
+    def _cnn_tokens(self, clip: torch.Tensor, cnn: nn.Module | None = None) -> torch.Tensor:
         """(B, T, 1, S, S) -> (B, T, pool_dim): CNN on the clip as one piece, then pooling."""
         b, t = clip.shape[:2]
         x = clip.transpose(1, 2)  # (B, 1, T, S, S)
-        maps = self.cnn(x)  # (B, C, T, g, g)
+        maps = (self.cnn if cnn is None else cnn)(x)  # (B, C, T, g, g)
         maps = maps.transpose(1, 2).reshape(b * t, *maps.shape[1:2], *maps.shape[3:])
         return self.pool(maps).view(b, t, -1)
 
     def frame_tokens(
-        self, get_clip: Callable[[int, int], torch.Tensor], n_frames: int, tile: int | None = None, progress=None
+        self,
+        get_clip: Callable[[int, int], torch.Tensor],
+        n_frames: int,
+        tile: int | None = None,
+        progress=None,
+        cnn: nn.Module | None = None,
     ) -> torch.Tensor:
         """Per-frame tokens (B, N, pool_dim) with the chunking rule and halo tiling applied.
 
@@ -130,6 +135,7 @@ class LocalEncoder(nn.Module):
         tile : output frames per CNN run (default :attr:`cnn_tile`); 0 or None-with-large-N
             behaves the same as long as memory allows. The result does not depend on it.
         progress : optional callable ``progress(frames_done)``.
+        cnn : a stand-in for :attr:`cnn` with the same function (e.g. its BatchNorm-folded copy).
         """
         tile = self.cnn_tile if tile is None else tile
         halo = self.cfg.temporal_halo
@@ -140,7 +146,7 @@ class LocalEncoder(nn.Module):
                 hi = min(lo + step, chunk_hi)
                 # the halo comes from this chunk only: chunk borders are zero-padded (SPEC §3.2)
                 read_lo, read_hi = max(chunk_lo, lo - halo), min(chunk_hi, hi + halo)
-                tokens = self._cnn_tokens(get_clip(read_lo, read_hi))
+                tokens = self._cnn_tokens(get_clip(read_lo, read_hi), cnn)
                 pieces.append(tokens[:, lo - read_lo : hi - read_lo])
                 if progress is not None:
                     progress(hi)

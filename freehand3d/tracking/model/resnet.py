@@ -11,6 +11,8 @@ All convs are bias-free and followed by BatchNorm (eval mode uses the running st
 
 from __future__ import annotations
 
+import copy
+
 import torch
 from torch import nn
 
@@ -67,6 +69,23 @@ class _ResNet18(nn.Module):
         for layer in self.layers:
             x = layer(x)
         return x
+
+    def fused_for_inference(self) -> "_ResNet18":
+        """A copy with every BatchNorm folded into the preceding conv (eval-mode statistics), so
+        inference skips one pass over each activation map. Same function up to rounding."""
+        from torch.nn.utils.fusion import fuse_conv_bn_eval
+
+        fused = copy.deepcopy(self).eval()
+        fused.stem[0] = fuse_conv_bn_eval(fused.stem[0], fused.stem[1])
+        fused.stem[3] = fuse_conv_bn_eval(fused.stem[3], fused.stem[4])
+        fused.stem[1] = fused.stem[4] = nn.Identity()
+        for layer in fused.layers:
+            for block in layer:
+                block.conv1, block.bn1 = fuse_conv_bn_eval(block.conv1, block.bn1), nn.Identity()
+                block.conv2, block.bn2 = fuse_conv_bn_eval(block.conv2, block.bn2), nn.Identity()
+                if block.downsample is not None:
+                    block.downsample = fuse_conv_bn_eval(block.downsample[0], block.downsample[1])
+        return fused
 
 
 class VideoResNet18(_ResNet18):
