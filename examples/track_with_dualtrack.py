@@ -3,7 +3,7 @@
 Shows: loading DualTrack weights (the published ImFusion checkpoints, which you download yourself
 under their CC BY-NC-SA 4.0 licence, or freehand3d's shipped tiny checkpoint), estimating the
 trajectory of a sweep from its frames alone, writing the tracked sweep, the tracking errors
-(GPE, 5-point proxy, final drift rate) and a trajectory plot.
+(GPE, 5-point proxy, final drift rate) next to those of assuming no motion, and a trajectory plot.
 
     # default: the shipped tiny checkpoint on a simulated 480 x 640 sweep
     python examples/track_with_dualtrack.py --out out/track
@@ -39,6 +39,8 @@ def main(argv=None) -> dict:
     if not args.checkpoint.is_file():
         parser.error(f"{args.checkpoint}: checkpoint not found (pass --checkpoint)")
 
+    import numpy as np
+
     from freehand3d._atomic import write_text_atomic
     from freehand3d.io import read_sweep, write_sweep
     from freehand3d.tracking import load_dualtrack, track
@@ -60,10 +62,14 @@ def main(argv=None) -> dict:
     predicted = sweep_dualtrack_poses(tracked)
     truth = sweep_dualtrack_poses(sweep)
     metrics = evaluate_poses(predicted, truth, sweep_spacing(sweep), sweep.frame_shape)
+    # the baseline every tracker must beat: the probe never moved
+    zero = evaluate_poses(np.tile(np.eye(4), (len(sweep), 1, 1)), truth, sweep_spacing(sweep), sweep.frame_shape)
+    metrics["zero_motion"] = {k: v for k, v in zero.items() if k != "n_frames"}
     plot_trajectories(args.out / "trajectory.png", predicted, truth, title="DualTrack vs true poses")
     write_text_atomic(args.out / "metrics.json", json.dumps(metrics, indent=1) + "\n")
+    print(f"{'':>14s} {'DualTrack':>9s} {'no motion':>9s}")
     for key in ("GPE", "LPE", "GPE_5pt", "FDR_pct", "max_drift_mm"):
-        print(f"{key:>14s} {metrics[key]:9.3f}")
+        print(f"{key:>14s} {metrics[key]:9.3f} {zero[key]:9.3f}")
     return metrics
 
 

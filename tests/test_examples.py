@@ -127,6 +127,17 @@ def test_track_with_dualtrack(tmp_path):
     assert metrics["GPE"] < 100  # mm: an 8-frame sweep moves a few mm; anything near this is broken
     assert (tmp_path / "trajectory.png").read_bytes()[:4] == b"\x89PNG"
     assert json.loads((tmp_path / "metrics.json").read_text())["GPE"] == pytest.approx(metrics["GPE"])
+    assert metrics["zero_motion"]["FDR_pct"] == pytest.approx(100.0)  # no motion: the final drift is all of it
+    assert metrics["zero_motion"]["GPE"] > 0
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not SHIPPED_CHECKPOINT.is_file(), reason="the tiny checkpoint is not shipped")
+def test_track_with_dualtrack_shipped_beats_no_motion(tmp_path):
+    metrics = _main("track_with_dualtrack.py")(["--out", str(tmp_path), "--device", "cpu"])
+    assert metrics["n_frames"] == 40
+    assert metrics["GPE"] < metrics["zero_motion"]["GPE"]
+    assert metrics["FDR_pct"] < metrics["zero_motion"]["FDR_pct"]
 
 
 def test_stream_self_test(tmp_path):
