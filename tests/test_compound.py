@@ -419,7 +419,6 @@ def test_known_world_point_lands_in_right_voxel(tmp_path):
     from typer.testing import CliRunner
 
     from freehand3d.cli import app
-    from freehand3d.io.plus_sequence import write_plus_sequence  # noqa: F401  (format available)
 
     frames = np.zeros((3, 20, 30), np.uint8)
     frames[1, 7, 11] = 250  # one bright pixel in the middle frame

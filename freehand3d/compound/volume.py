@@ -426,7 +426,7 @@ class Reconstructor:
         stacks."""
         import torch
 
-        from freehand3d.compound.insert import MIN_SPLAT_WEIGHT, voxel_positions_float
+        from freehand3d.compound.insert import MIN_SPLAT_WEIGHT
 
         state = self._state
         batch = frames.shape[0]
