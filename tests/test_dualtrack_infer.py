@@ -180,3 +180,17 @@ def test_track_bad_input_gives_clear_errors(small_model, frames40):
     short = DualTrack(refs.small_config(max_positions=8))
     with pytest.raises(InputError, match="exceeds the 8 frames"):
         track(frames40[:9], short)
+
+
+@pytest.mark.slow
+def test_predict_from_raw_frames_keeps_float64_exactness(frames40):
+    """The full inference path (preprocessing from uint8, BatchNorm folding, channels-last)
+    against the official float64 outputs (tiling is checked on small networks)."""
+    from freehand3d.tracking import load_dualtrack
+
+    fx = refs.fixture()
+    model = load_dualtrack(refs.official_weights("dualtrack-2024"))
+    out = predict(frames40, model, dtype=torch.float64)
+    np.testing.assert_allclose(out["head_output"], fx["head_output"], atol=1e-10, rtol=0)
+    np.testing.assert_allclose(out["poses_global"], fx["poses_global"], atol=1e-4, rtol=0)
+    np.testing.assert_allclose(out["poses_local"], fx["poses_local"], atol=1e-4, rtol=0)
