@@ -409,6 +409,9 @@ def _check_options(operation: str, options: dict) -> dict:
     for key in ("config", "checkpoint", "predictions"):
         if key in options and isinstance(options[key], (str, os.PathLike)):
             options[key] = os.fspath(Path(options[key]).expanduser().resolve())
+    for key, allowed in (("method", ("nearest", "linear")), ("compounding", ("latest", "max", "mean", "importance"))):
+        if key in options and options[key] not in allowed:
+            raise ConfigError(f"unknown {key} {options[key]!r}; choose one of {', '.join(allowed)}", f"--{key}")
     if operation == "track":
         if "checkpoint" not in options:
             raise ConfigError("track needs a DualTrack checkpoint", "--checkpoint")

@@ -247,6 +247,16 @@ def test_track_then_evaluate(cluster, track_data, tmp_path):
     assert [r.status for r in again.results] == ["skipped", "skipped", "failed"]
     assert again.metrics_summary()["GPE"]["mean"] == pytest.approx(summary["GPE"]["mean"])
 
+    # the same through the CLI: track resumes (nothing left but the corrupt sweep), evaluate prints the table
+    result = runner.invoke(app, ["batch", "track", "--csv", str(csv_path), "--out", str(tracked), "-c", str(checkpoint),
+                                 "--scheduler", cluster, "--device", "cpu"])
+    assert result.exit_code == 1 and "0 done, 2 skipped (output existed), 1 failed" in result.output, result.output
+    result = runner.invoke(app, ["batch", "evaluate", "--csv", str(csv_path), "--out", str(tmp_path / "cli-metrics"),
+                                 "--predictions", str(tracked), "--scheduler", "none"])
+    assert result.exit_code == 1, result.output
+    assert "metrics over 2 sweeps" in result.output and "GPE" in result.output
+    assert f"{summary['GPE']['mean']:.3f}" in result.output
+
 
 # ------------------------------------------------------------------------------------------ CLI
 
