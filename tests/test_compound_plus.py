@@ -81,3 +81,36 @@ def test_linear_mean_stick_matches_plus_reference(sweep):
     assert (ref > 0).sum() > 100_000
     assert within2 >= 0.999
     assert equal >= 0.999
+
+
+def _spine_config(tmp_path, interpolation, mode, fill=""):
+    # PLUS's SpinePhantom_* test configs: whole frame, no fan, 0.5 mm (as IGSIO's LN_LATE config)
+    text = (DATA / "PlusDeviceSet_VolumeReconstructionOnly_SonixRP_TRUS_D70mm_NN_LATE.xml").read_text()
+    start = text.index("<VolumeReconstruction")
+    end = text.index("/>", start) + 2
+    element = (
+        f'<VolumeReconstruction OutputSpacing="0.5 0.5 0.5" ClipRectangleOrigin="0 0" ClipRectangleSize="820 616" '
+        f'Interpolation="{interpolation}" Optimization="FULL" CompoundingMode="{mode}" FillHoles="OFF" NumberOfThreads="1" />'
+    )
+    path = tmp_path / f"spine_{interpolation}_{mode}.xml"
+    path.write_text(text[:start] + element + text[end:])
+    return path
+
+
+@pytest.mark.slow
+def test_other_plus_modes_on_the_spine_sweep_are_consistent(sweep, tmp_path):
+    """PLUS's NN_MEAN / NN_MAXI style configs on the same sweep (no reference volume is bundled):
+    the same voxels are filled by every mode, MAXIMUM bounds LATEST and MEAN from above."""
+    volumes = {}
+    for mode in ("LATEST", "MAXIMUM", "MEAN"):
+        image = reconstruct(sweep, config=_spine_config(tmp_path, "NEAREST_NEIGHBOR", mode))
+        volumes[mode] = sitk.GetArrayFromImage(image).astype(int)
+    assert volumes["LATEST"].shape == volumes["MEAN"].shape == volumes["MAXIMUM"].shape
+    assert (volumes["MAXIMUM"] >= volumes["LATEST"]).all()
+    assert (volumes["MAXIMUM"] >= volumes["MEAN"]).all()
+    lit = volumes["MAXIMUM"] > 0
+    assert lit.mean() > 0.05
+    # PLUS's truncating running mean sends voxels of mostly-black pixels to 0: most stay lit
+    assert (volumes["MEAN"][lit] > 0).mean() > 0.85
+    # the whole-frame configs cover more than the fan-clipped NN_LATE reference
+    assert volumes["LATEST"].size > _reference("NNLATE").GetNumberOfPixels()
