@@ -293,7 +293,7 @@ def detect_points(
     top_hat: bool = True,
     multiscale: bool = True,
     max_candidates: int | None = None,
-    min_contrast: float = 1.25,
+    min_contrast: float = 1.1,
     return_scores: bool = False,
 ):
     """Candidate wire cross-sections in one B-mode frame.
