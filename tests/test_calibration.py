@@ -188,6 +188,18 @@ def test_simulated_recording_with_corrupted_poses():
     assert plain_err > 3 * ransac_err
 
 
+def test_off_phantom_frames_are_reported_failed():
+    from freehand3d.simulate.nwire import simulate_nwire
+
+    phantom = load_phantom("fcal-1.2")
+    sweep, truth = simulate_nwire(phantom, n_frames=16, noise="medium", missing_phantom_frames=4, seed=9)
+    result = calibrate(sweep, phantom, solver="plus", phantom_to_reference=truth["phantom_to_reference"])
+    off = set(np.flatnonzero(~truth["has_phantom"]).tolist())
+    assert len(off) == 4
+    assert off <= set(result.failed_frames)
+    assert result.frames_total == 16 and result.frames_segmented >= 11
+
+
 @pytest.mark.parametrize("name", ["fcal-2.0", "fcal-3.0"])
 def test_other_phantoms_are_labelled_on_simulated_frames(name):
     from freehand3d.simulate.nwire import simulate_nwire
