@@ -25,7 +25,6 @@ from freehand3d.calibration.solve import phantom_points_in_probe, solve_plus, so
 from freehand3d.errors import CalibrationError, ConfigError
 from freehand3d.io.plus_segmentation import SegmentationParams, parse_segmentation, read_segmentation
 from freehand3d.phantoms import load_phantom
-from freehand3d.sweep import Sweep
 
 DATA = Path(freehand3d.__file__).resolve().parent / "data" / "plus"
 DEVICE_SET = DATA / "PlusDeviceSet_fCal_Sim_SpatialCalibration_1.2.xml"

@@ -229,12 +229,6 @@ def plus_morphology(image: np.ndarray, params: SegmentationParams, spacing_mm: f
     return cv2.morphologyEx(work, cv2.MORPH_OPEN, disc_kernel(radius))
 
 
-def _clip_box(shape, params: SegmentationParams, margin: int) -> tuple[int, int, int, int]:
-    x0, y0, x1, y1 = params.clip_rectangle(shape)
-    h, w = shape
-    return max(x0, 0), max(y0, 0), min(x1, w), min(y1, h)
-
-
 def _segment_plus(frame: np.ndarray, params: SegmentationParams, spacing_mm: float):
     """PLUS segmentation -> (points (K, 2), scores (K,)), strongest first."""
     cv2 = _cv2()

@@ -53,8 +53,8 @@ def wire_crossings(image_to_phantom: np.ndarray, phantom: NWirePhantom) -> np.nd
 
 def in_plane_errors(labelled: np.ndarray, image_to_phantom: np.ndarray, phantom: NWirePhantom) -> np.ndarray:
     """Signed 2D errors (N, K, 2) pixels: segmented dot minus the wire's crossing (PLUS sign)."""
-    return np.asarray(labelled, float).reshape(len(np.atleast_3d(image_to_phantom).reshape(-1, 4, 4)), -1, 2) - \
-        wire_crossings(image_to_phantom, phantom)
+    crossings = wire_crossings(image_to_phantom, phantom)
+    return np.asarray(labelled, float).reshape(crossings.shape) - crossings
 
 
 def image_corners(frame_shape: tuple[int, int], with_centre: bool = False) -> np.ndarray:
