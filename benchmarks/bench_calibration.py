@@ -72,6 +72,27 @@ def bench_plus_recording():
                  f"{ref.reprojection_3d['calibration_mean_mm']:.3f}+-{ref.reprojection_3d['calibration_std_mm']:.3f}",
                  f"{ref.reprojection_3d['validation_mean_mm']:.3f}+-{ref.reprojection_3d['validation_std_mm']:.3f}",
                  "-"))
+    # CRE: calibrations from 4 disjoint blocks of consecutive frames (segmentation reused)
+    from freehand3d.calibration.metrics import calibration_reproducibility
+    from freehand3d.calibration.pipeline import _observations
+    from freehand3d.calibration.solve import phantom_points_in_probe, solve_plus, solve_ransac_lm
+
+    seg = r.calibration
+    ptr = ds.phantom.phantom_to_reference
+    cre_rows = []
+    for solver in ("plus", "ransac-lm"):
+        cals = []
+        for block in np.array_split(np.flatnonzero(seg.usable), 4):
+            sub = type(seg)(seg.labelled, seg.segmented, np.isin(np.arange(len(seg.usable)), block),
+                            seg.probe_to_reference)
+            px, pts, poses, _ = _observations(sub, ds.phantom)
+            if solver == "plus":
+                cals.append(solve_plus(px, phantom_points_in_probe(pts, poses, ptr))[0])
+            else:
+                cals.append(solve_ransac_lm(px, pts, poses, ptr)[0])
+        cre_rows.append((solver, f"{calibration_reproducibility(np.array(cals), cal.frame_shape):.3f}"))
+    table("CRE on the PLUS recording (4 disjoint blocks of 47 frames, image corners)", ("solver", "CRE mm"),
+          cre_rows)
     table("PLUS fCal 1.2 recording vs PLUS's own result",
           ("detection", "solver", "cal seg", "val seg", "% pts <1px of PLUS", "max px", "dRot deg", "dT mm",
            "PRE3D cal (best 95%)", "PRE3D val (best 95%)", "s (188 frames, total)"), rows)
