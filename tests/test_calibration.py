@@ -199,11 +199,11 @@ def test_off_phantom_frames_are_reported_failed():
     assert result.frames_total == 16 and result.frames_segmented >= 11
 
 
-@pytest.mark.parametrize("name", ["fcal-2.0", "fcal-3.0"])
-def test_other_phantoms_are_labelled_on_simulated_frames(name):
+@pytest.mark.parametrize("name", sorted(p.name for p in (DATA / "phantom-configs").glob("*.xml")))
+def test_other_plus_phantoms_are_labelled_on_simulated_frames(name):
     from freehand3d.simulate.nwire import simulate_nwire
 
-    phantom = load_phantom(name)
+    phantom = load_phantom(DATA / "phantom-configs" / name)
     sweep, truth = simulate_nwire(phantom, n_frames=12, noise="low", wall_echoes=True, seed=5)
     result = calibrate(sweep, phantom, solver="plus", phantom_to_reference=truth["phantom_to_reference"])
     ok = result.calibration.segmented
