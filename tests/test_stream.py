@@ -214,3 +214,44 @@ def test_live_compounding_matches_batch_reconstruction(tmp_path):
     batch.add_frames(rec.frames, rec.transforms["ImageToReference"])
     assert live.any()
     assert np.array_equal(live, batch.volume_array())
+
+
+def test_receives_from_pyigtls_own_server():
+    """Interoperability with an independent implementation: pyigtl's OpenIGTLinkServer."""
+    import pyigtl
+
+    sock = socket.socket()
+    sock.bind(("127.0.0.1", 0))
+    port = sock.getsockname()[1]
+    sock.close()
+    server = pyigtl.OpenIGTLinkServer(port=port, local_server=True)
+    try:
+        source = IGTLSource(port=port, reconnect=False, image_device="Image_Reference", connect_timeout=5)
+        rng = np.random.default_rng(3)
+        frames = rng.integers(0, 256, (20, 60, 80), dtype=np.uint8)
+        poses = [geometry.params_to_matrix([i, 0, 0, 0, 0, i], "xyz", degrees=True) @ np.diag([0.2, 0.2, 1, 1])
+                 for i in range(20)]
+        received = []
+
+        def consume():
+            for item in source:
+                received.append(item)
+                if len(received) == len(frames):
+                    break
+
+        consumer = threading.Thread(target=consume, daemon=True)
+        consumer.start()
+        deadline = time.time() + 10
+        while not server.is_connected() and time.time() < deadline:
+            time.sleep(0.05)
+        for i, (frame, pose) in enumerate(zip(frames, poses)):
+            server.send_message(pyigtl.ImageMessage(frame[None], ijk_to_world_matrix=pose, timestamp=50.0 + i,
+                                                    device_name="Image_Reference"), wait=True)
+        consumer.join(15)
+        source.close()
+    finally:
+        server.stop()
+    assert len(received) == len(frames)
+    for item, frame, pose in zip(received, frames, poses):
+        assert np.array_equal(item.frame, frame)
+        np.testing.assert_allclose(item.pose, pose, atol=1e-4)
