@@ -423,6 +423,25 @@ def _check_options(operation: str, options: dict) -> dict:
 
 
 @contextlib.contextmanager
+def start_local_cluster(n_workers: int, attempts: int = 3):
+    """A LocalCluster of ``n_workers`` single-thread worker processes.
+
+    distributed gives its event-loop thread a fixed 10 s to start; on a loaded machine (or the first
+    run after an install) that can be missed, which surfaces as a bare AssertionError. Retry then.
+    """
+    import logging
+
+    from distributed import LocalCluster
+
+    for attempt in range(attempts):
+        try:
+            return LocalCluster(n_workers=n_workers, threads_per_worker=1, processes=True,
+                                dashboard_address=None, silence_logs=logging.ERROR)
+        except (AssertionError, TimeoutError):
+            if attempt == attempts - 1:
+                raise
+
+
 def _client(scheduler, n_workers: int):
     """A distributed.Client: a fresh LocalCluster for "local", else a connection to the address
     (or the Client passed in, left open)."""
@@ -432,24 +451,17 @@ def _client(scheduler, n_workers: int):
         yield scheduler
         return
     if scheduler == "local":
-        import logging
-
         import dask
-        from distributed import LocalCluster
 
         # Dask's nannies set MALLOC_TRIM_THRESHOLD_ in their workers; with it glibc serves every large
         # numpy temporary by a fresh mmap (page faults on each use), which made reconstruction about
         # 2x slower per sweep in the workers than in one process. Our own workers go without it.
         environ = dict(dask.config.get("distributed.nanny.pre-spawn-environ", {}) or {})
         environ.pop("MALLOC_TRIM_THRESHOLD_", None)
-        with dask.config.set({"distributed.nanny.pre-spawn-environ": environ}), LocalCluster(
-            n_workers=n_workers,
-            threads_per_worker=1,
-            processes=True,
-            dashboard_address=None,
-            silence_logs=logging.ERROR,
-        ) as cluster, Client(cluster) as client:
-            yield client
+        with dask.config.set({"distributed.nanny.pre-spawn-environ": environ}):
+            cluster = start_local_cluster(n_workers)
+            with cluster, Client(cluster) as client:
+                yield client
         return
     try:
         client = Client(scheduler, timeout="20s")

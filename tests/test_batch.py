@@ -33,11 +33,9 @@ runner = CliRunner(env={"COLUMNS": "250"})  # rich tables unwrapped
 
 @pytest.fixture(scope="module")
 def cluster():
-    import logging
+    from freehand3d.batch import start_local_cluster
 
-    with distributed.LocalCluster(
-        n_workers=2, threads_per_worker=1, processes=True, dashboard_address=None, silence_logs=logging.ERROR
-    ) as local, distributed.Client(local) as client:
+    with start_local_cluster(2) as local, distributed.Client(local) as client:
         # workers import the stack while this process simulates the test sweeps
         warming = [
             client.submit(importlib.import_module, module, workers=[worker], pure=False)
