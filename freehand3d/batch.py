@@ -422,7 +422,6 @@ def _check_options(operation: str, options: dict) -> dict:
     return options
 
 
-@contextlib.contextmanager
 def start_local_cluster(n_workers: int, attempts: int = 3):
     """A LocalCluster of ``n_workers`` single-thread worker processes.
 
@@ -442,6 +441,7 @@ def start_local_cluster(n_workers: int, attempts: int = 3):
                 raise
 
 
+@contextlib.contextmanager
 def _client(scheduler, n_workers: int):
     """A distributed.Client: a fresh LocalCluster for "local", else a connection to the address
     (or the Client passed in, left open)."""
