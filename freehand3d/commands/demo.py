@@ -20,4 +20,4 @@ def register(app: typer.Typer) -> None:
 
         console = Console()
         steps = tuple(s for s in ("calibration", "reconstruction", "tracking", "ulm") if s not in skip)
-        run_demo(out, say=lambda line: console.print(line, highlight=False), steps=steps)
+        run_demo(out, say=lambda line: console.print(line, highlight=False, markup=False), steps=steps)
