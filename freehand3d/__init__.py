@@ -9,6 +9,15 @@ objects, numpy arrays and the 4x4 helpers of :mod:`freehand3d.geometry`.
 __version__ = "0.1.0"
 
 from freehand3d.errors import ConfigError, Freehand3DError, InputError  # noqa: E402
-from freehand3d.sweep import Sweep  # noqa: E402
+
+
+def __getattr__(name):
+    # Sweep pulls in numpy/scipy; importing it lazily keeps `freehand3d --help` fast
+    if name == "Sweep":
+        from freehand3d.sweep import Sweep
+
+        return Sweep
+    raise AttributeError(f"module 'freehand3d' has no attribute {name!r}")
+
 
 __all__ = ["Sweep", "Freehand3DError", "InputError", "ConfigError", "__version__"]
