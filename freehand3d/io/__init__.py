@@ -3,10 +3,13 @@
 ``read_sweep`` / ``write_sweep`` dispatch on the file name:
 
 ==========================================  =============================================
-``.igs.mha .seq.mha .mha .igs.nrrd .seq.nrrd .nrrd``  PLUS sequence files (:mod:`.plus_sequence`)
+``.igs.mha .seq.mha .mha .mhd .igs.nrrd .seq.nrrd .nrrd``  PLUS sequence files (:mod:`.plus_sequence`)
 ``.h5 .hdf5`` with ``frames`` + ``tforms``       TUS-REC scan (:mod:`.tusrec`)
 ``.h5 .hdf5`` with ``images`` + ``tracking``     DualTrack sweep (:mod:`.dualtrack_h5`)
 ==========================================  =============================================
+
+Volumes (SimpleITK images) go through :func:`freehand3d.io.volumes.read_volume` and
+:func:`freehand3d.io.volumes.write_volume`.
 """
 
 from __future__ import annotations
@@ -45,7 +48,7 @@ def _kind(path: Path, for_writing: bool) -> str:
             path,
         )
     raise InputError(
-        "unknown sweep format (expected .igs.mha, .seq.mha, .igs.nrrd, .seq.nrrd, .mha, .nrrd, .h5)", path
+        "unknown sweep format (expected .igs.mha, .seq.mha, .igs.nrrd, .seq.nrrd, .mha, .mhd, .nrrd, .h5)", path
     )
 
 
