@@ -422,13 +422,21 @@ def _component_centroids(image, inner, peaks, scores, window, fraction: float = 
     strongest) under each peak; peaks on the same blob (an elongated echo can give two Hessian
     maxima) become one dot, placed where PLUS would put it."""
     cv2 = _cv2()
-    level = fraction * float(image[inner].max())
+    values = image[inner]
+    level = fraction * float(values.max())
     # in speckle the fixed fraction joins a dot to the grains around it; stay above the brightest
     # background (a high percentile: dots cover well under 1 % of the search region)
-    level = max(level, float(np.percentile(image[inner][::7], 99.5)))
-    mask = ((image >= level) & inner).astype(np.uint8)
+    level = max(level, float(np.percentile(values[::7], 99.5)))
+    # label only inside the bounding box of the search region (the clip rectangle): same blobs, less work
+    rows, cols = np.flatnonzero(inner.any(axis=1)), np.flatnonzero(inner.any(axis=0))
+    y0, x0 = int(rows[0]), int(cols[0])
+    y1, x1 = int(rows[-1]) + 1, int(cols[-1]) + 1
+    mask = ((image[y0:y1, x0:x1] >= level) & inner[y0:y1, x0:x1]).astype(np.uint8)
     n, labels, stats, _ = cv2.connectedComponentsWithStats(mask, connectivity=8)
-    own = labels[peaks[:, 1], peaks[:, 0]]
+    px, py = peaks[:, 0] - x0, peaks[:, 1] - y0
+    in_box = (px >= 0) & (px < x1 - x0) & (py >= 0) & (py < y1 - y0)
+    own = np.zeros(len(peaks), dtype=labels.dtype)
+    own[in_box] = labels[py[in_box], px[in_box]]
     out_pts, out_scores, seen = [], [], set()
     for k, label in enumerate(own):
         if label > 0:
@@ -438,6 +446,7 @@ def _component_centroids(image, inner, peaks, scores, window, fraction: float = 
             # weighted centroid inside the blob's bounding box only (cheap)
             bx, by, bw, bh = stats[label, :4]
             sub = labels[by : by + bh, bx : bx + bw] == label
+            bx, by = bx + x0, by + y0  # back to frame coordinates
             wts = np.where(sub, image[by : by + bh, bx : bx + bw], 0).astype(np.float64)
             total = wts.sum()
             gy, gx = np.mgrid[by : by + bh, bx : bx + bw]
