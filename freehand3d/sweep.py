@@ -169,7 +169,10 @@ class Sweep:
             used = graph.path_names(name)
             mats = graph.get(name)
         except KeyError as exc:
-            raise InputError(exc.args[0], self.source) from None
+            problem = exc.args[0]
+            if name.startswith("Image") and self.image_to_probe is None and "ImageToProbe" not in self.transforms:
+                problem += "; the sweep has no ImageToProbe calibration (give one, e.g. a calibration result.json or a PLUS device set with ImageToProbe)"
+            raise InputError(problem, self.source) from None
         mats = np.broadcast_to(mats, (len(self), 4, 4)).copy()
         ok = np.ones(len(self), bool)
         for link in used:
