@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import hashlib
-import importlib.util
 import json
 import sys
 from pathlib import Path
@@ -20,16 +19,8 @@ from freehand3d.tracking.infer import TUSREC_SPACING, pixel_to_image, predict
 from freehand3d.tracking.preprocess import global_frames
 
 
-def _load_refs():
-    if "dualtrack_refs" not in sys.modules:
-        spec = importlib.util.spec_from_file_location("dualtrack_refs", Path(__file__).parent / "fixtures/dualtrack/refs.py")
-        module = importlib.util.module_from_spec(spec)
-        spec.loader.exec_module(module)
-        sys.modules["dualtrack_refs"] = module
-    return sys.modules["dualtrack_refs"]
-
-
-refs = _load_refs()
+sys.path.insert(0, str(Path(__file__).parent))
+from _dualtrack_refs import refs  # noqa: E402
 
 
 @pytest.fixture(scope="module")

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import importlib.util
 import sys
 from pathlib import Path
 
@@ -14,17 +13,8 @@ from freehand3d.tracking import PRESETS, DualTrack, load_dualtrack
 from freehand3d.tracking.model import attention
 from freehand3d.tracking.model.local import cnn_chunks
 
-def _load_refs():
-    # one shared instance per test session, so the official weights are generated once
-    if "dualtrack_refs" not in sys.modules:
-        spec = importlib.util.spec_from_file_location("dualtrack_refs", Path(__file__).parent / "fixtures/dualtrack/refs.py")
-        module = importlib.util.module_from_spec(spec)
-        spec.loader.exec_module(module)
-        sys.modules["dualtrack_refs"] = module
-    return sys.modules["dualtrack_refs"]
-
-
-refs = _load_refs()
+sys.path.insert(0, str(Path(__file__).parent))
+from _dualtrack_refs import refs  # noqa: E402
 
 
 def _n_params(model):
