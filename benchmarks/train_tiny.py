@@ -34,10 +34,10 @@ SHIPPED = REPO / "freehand3d" / "data" / "dualtrack-tiny.pt"
 
 
 def tiny_training_config():
-    """The shipped architecture: ``tiny`` widths with 128 px local crops and 112 px global frames."""
+    """The shipped architecture: the ``tiny`` preset (128 px local crops, 112 px global frames)."""
     from freehand3d.tracking.model import get_config
 
-    return get_config("tiny").replace(local_size=128, pool_grid=8, global_size=112)
+    return get_config("tiny")
 
 
 def simulate_dataset(work: Path, n_train: int, n_val: int, n_test: int, train_frames: int, test_frames: int) -> Path:

@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from freehand3d.errors import CheckpointError
-from freehand3d.tracking import DualTrack, load_dualtrack, save_checkpoint
+from freehand3d.tracking import PRESETS, DualTrack, load_dualtrack, save_checkpoint
 from freehand3d.tracking.checkpoint import official_key_map, official_to_ours
 
 
@@ -154,3 +154,16 @@ def test_unreadable_sources_raise_checkpoint_errors(tmp_path):
         load_dualtrack(bad)
     with pytest.raises(CheckpointError, match="neither the official"):
         load_dualtrack({"encoder.weight": torch.zeros(2)})
+
+
+def test_a_stored_config_wins_over_the_preset_of_the_same_name(tmp_path):
+    # a "tiny" trained with the official input sizes (16x16 CNN maps) still loads with preset="tiny"
+    config = PRESETS["tiny"].replace(local_size=256, pool_grid=16, global_size=224)
+    model = refs.randomize(DualTrack(config), seed=5)
+    save_checkpoint(model, tmp_path / "tiny256.pt")
+    loaded = load_dualtrack(tmp_path / "tiny256.pt", preset="tiny")
+    assert loaded.config == config and loaded.load_report.ok
+    assert torch.equal(loaded.state_dict()["local_encoder.pool.position"], model.state_dict()["local_encoder.pool.position"])
+    # a preset of another name is still checked against the weights
+    with pytest.raises(CheckpointError, match="shape-mismatched"):
+        load_dualtrack(tmp_path / "tiny256.pt", preset="dualtrack-2024")

@@ -31,11 +31,14 @@ def test_official_presets_have_the_published_sizes(preset, n_params):
     assert len(model.state_dict()) == 854
 
 
-def test_tiny_preset_is_small_and_accepts_the_official_input_sizes():
+def test_tiny_preset_is_small_and_runs_on_its_input_sizes():
     model = DualTrack("tiny").eval()
     assert _n_params(model) * 4 < 20e6  # float32 checkpoint <= 20 MB
+    cfg = model.config
+    assert (cfg.local_size, cfg.pool_grid, cfg.global_size) == (128, 8, 112)  # the shipped checkpoint's
     with torch.inference_mode():
-        out = model(torch.rand(1, 3, 1, 256, 256), torch.rand(1, 3, 1, 224, 224), return_features=True)
+        local, glob = torch.rand(1, 3, 1, 128, 128), torch.rand(1, 3, 1, 112, 112)
+        out = model(local, glob, return_features=True)
     d = PRESETS["tiny"].feature_dim
     assert out["local_features"].shape == (1, 3, d)
     assert out["global_features"].shape == (1, 1, d)  # frame 0 only

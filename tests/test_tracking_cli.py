@@ -148,6 +148,42 @@ def test_shipped_tiny_checkpoint_loads_and_tracks(sweeps):
     assert np.isfinite(steps).all() and steps.max() < 5.0  # mm per frame: a plausible hand motion
 
 
+def test_track_command_with_preset_tiny_and_the_shipped_checkpoint(sweeps, tmp_path):
+    out = tmp_path / "tracked.igs.mha"
+    result = runner.invoke(app, ["track", str(sweeps[0]), "-c", str(SHIPPED), "--preset", "tiny", "-o", str(out),
+                                 "--device", "cpu"])
+    assert result.exit_code == 0, result.output
+    tracked = read_sweep(out)
+    assert tracked.metadata["DualTrackPreset"] == "tiny"
+    poses = tracked.image_to("Reference")
+    assert poses.shape == (8, 4, 4) and np.isfinite(poses).all()
+    np.testing.assert_allclose(poses[0], centred_pixel_to_image(SPACING, (480, 640)), atol=1e-9)  # frame 0 = origin
+
+
+def test_tiny_preset_describes_the_shipped_checkpoint():
+    from freehand3d.tracking import load_dualtrack
+    from freehand3d.tracking.model import DualTrack, get_config
+
+    raw = torch.load(SHIPPED, weights_only=True)
+    assert raw["config"] == get_config("tiny").to_dict()
+    with torch.device("meta"):
+        shapes = {k: tuple(v.shape) for k, v in DualTrack("tiny").state_dict().items()}
+    assert shapes == {k: tuple(v.shape) for k, v in raw["state_dict"].items()}
+    assert load_dualtrack(SHIPPED, preset="tiny").load_report.ok
+
+
+def test_a_checkpoint_of_another_preset_names_the_mismatched_keys():
+    from freehand3d.errors import CheckpointError
+    from freehand3d.tracking import load_dualtrack
+
+    with pytest.raises(CheckpointError) as err:
+        load_dualtrack(SHIPPED, preset="dualtrack-2024")
+    message = str(err.value)
+    assert "dualtrack-2024" in message and "shape-mismatched" in message
+    assert "local_encoder.cnn.stem.0.weight (8, 1, 1, 7, 7) vs local_encoder.cnn.stem.0.weight (45, 1, 1, 7, 7)" in message
+    assert "missing: local_encoder.pool.layers.1.attn_norm.weight" in message  # tiny has 1 pooling layer, 2024 has 4
+
+
 @pytest.mark.slow
 def test_shipped_tiny_checkpoint_beats_zero_motion_on_a_new_simulated_sweep():
     from freehand3d.simulate.freehand import simulate_freehand

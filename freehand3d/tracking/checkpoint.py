@@ -339,7 +339,9 @@ def load_dualtrack(
         prefixes are stripped.
     preset : "dualtrack-2024", "dualtrack-tusrec2025", "tiny" or a :class:`DualTrackConfig`;
         None infers it from the checkpoint (our format stores its config; official files are told
-        apart by the rows of ``global_encoder.pos_emb.weight``).
+        apart by the rows of ``global_encoder.pos_emb.weight``). A preset name equal to the name
+        stored in one of our checkpoints uses the stored config (its exact sizes); any other
+        preset is checked strictly against the weights.
     strict : raise :class:`~freehand3d.errors.CheckpointError` naming every missing, unexpected
         and shape-mismatched key (except those allowed). With False, load what fits and warn.
     allow : glob patterns (official or our key names) of problems to accept; accepted tensors are
@@ -358,9 +360,13 @@ def load_dualtrack(
     state, stored_config, metadata = _unwrap(raw, path)
     state = _strip_wrappers(state)
     layout = _detect_layout(state, path)
-    if preset is not None:
+    if preset is not None and not (
+        isinstance(preset, str) and stored_config is not None and stored_config.name == preset
+    ):
         config = get_config(preset)
     elif stored_config is not None:
+        # our checkpoints store their exact sizes: they win over a preset of the same name (a
+        # "tiny" trained with other input sizes still loads with preset="tiny")
         config = stored_config
     else:
         try:

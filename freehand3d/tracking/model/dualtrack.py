@@ -31,7 +31,7 @@ class DualTrack(nn.Module):
     Examples
     --------
     >>> model = DualTrack("tiny").eval()
-    >>> out = model(torch.zeros(1, 20, 1, 256, 256), torch.zeros(1, 20, 1, 224, 224))
+    >>> out = model(torch.zeros(1, 20, 1, 128, 128), torch.zeros(1, 20, 1, 112, 112))
     >>> out["head_output"].shape
     torch.Size([1, 19, 6])
     """

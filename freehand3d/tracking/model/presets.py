@@ -3,7 +3,9 @@
 A :class:`DualTrackConfig` holds every size the network needs; :data:`PRESETS` names the three
 shipped ones. ``dualtrack-2024`` and ``dualtrack-tusrec2025`` match the official checkpoints
 (``dualtrack_final.pt`` and ``dualtrack_ft_tus_rec_2025_v3_best.pt``); ``tiny`` keeps the same
-structure with small widths so it trains on a CPU and ships as a checkpoint of a few MB.
+structure with small widths and smaller inputs (128 px local crops -> 8x8 CNN maps, 112 px global
+frames) so it trains on a CPU and ships as a checkpoint of a few MB
+(``freehand3d/data/dualtrack-tiny.pt`` is this architecture).
 """
 
 from __future__ import annotations
@@ -132,6 +134,10 @@ PRESETS: dict[str, DualTrackConfig] = {
         fusion_layers=2,
         fusion_heads=2,
         fusion_mlp=128,
+        # the shipped checkpoint's input sizes (benchmarks/train_tiny.py): 4x fewer CNN FLOPs
+        local_size=128,
+        pool_grid=8,
+        global_size=112,
     ),
 }
 
