@@ -46,6 +46,7 @@ __all__ = [
     "find_echoes",
     "bandpass",
     "analytic_signal",
+    "canonical_memgo",
 ]
 
 N_PARAMS = 6  # a, mu, s, eta, w, phi
@@ -361,8 +362,7 @@ def reference_fit(probe: LinearProbe, pulse=None) -> ReferenceFit:
             params, cost = fit_memgo(t_fine, y_fine, trial)
             if params[2] > 0 and (best is None or cost < best[1]):
                 best = (params, cost)
-    params = best[0]
-    params[5] = np.angle(np.exp(1j * params[5]))
+    params = canonical_memgo(best[0])
     # onset as the detector will see it at the native sampling rate
     grad = np.gradient(env, t_fine)
     onset = t_fine[np.argmax(grad)]
@@ -374,6 +374,19 @@ def reference_fit(probe: LinearProbe, pulse=None) -> ReferenceFit:
     fit = ReferenceFit(params=params, onset_to_mu=float(params[1] - onset), half_window=half, envelope_peak_per_amplitude=float(env.max() / params[0]), residual_level=float(leftover))
     _REF_CACHE[key] = fit
     return fit
+
+
+def canonical_memgo(params: np.ndarray) -> np.ndarray:
+    """MEMGO parameters (..., 6) in the canonical form a >= 0, phi in (-pi, pi].
+
+    (a, phi) and (-a, phi + pi) describe the same echo; least squares may converge to either
+    (which one depends on the numerical libraries), so phases are compared only in this form.
+    """
+    out = np.array(params, dtype=float, copy=True)
+    negative = out[..., 0] < 0
+    out[..., 0] = np.abs(out[..., 0])
+    out[..., 5] = np.angle(np.exp(1j * (out[..., 5] + np.where(negative, np.pi, 0.0))))
+    return out
 
 
 def envelope_peak(params: np.ndarray) -> np.ndarray:
@@ -401,9 +414,10 @@ def phase_precise_delay(params: np.ndarray, reference: np.ndarray) -> np.ndarray
     The envelope maxima give the coarse delay; the carrier phase at the envelope maximum refines it
     to the nearest carrier period: delay = dt_env + wrap(phase_ref - phase_fit) / w.
     """
-    params = np.asarray(params, float)
+    params = canonical_memgo(params)
+    reference = canonical_memgo(reference)
     peak = envelope_peak(params)
-    peak_ref = envelope_peak(np.asarray(reference, float))
+    peak_ref = envelope_peak(reference)
     coarse = peak - peak_ref
     phase_fit = params[..., 4] * (peak - params[..., 1]) + params[..., 5]
     phase_ref = reference[4] * (peak_ref - reference[1]) + reference[5]
