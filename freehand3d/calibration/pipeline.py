@@ -10,6 +10,7 @@ solver -> metrics, plus overlays of what was found.
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import time
 from dataclasses import dataclass, field
@@ -24,7 +25,10 @@ from freehand3d.calibration.metrics import best_fraction_stats, in_plane_errors,
 from freehand3d.calibration.nwire import find_nwires, middle_wire_points
 from freehand3d.calibration.solve import (
     MIN_FRAMES,
+    RegistrationPrior,
     phantom_points_in_probe,
+    poses_at_times,
+    refine_map,
     solve_plus,
     solve_ransac_lm,
 )
@@ -34,6 +38,12 @@ from freehand3d.phantoms import NWirePhantom
 from freehand3d.sweep import Sweep
 
 SOLVERS = ("ransac-lm", "plus", "lm")
+
+#: Uncertainty of a stylus-based landmark registration of the phantom (PLUS fCal's phantom
+#: registration: tracked-stylus tip calibration ~0.3-0.5 mm, landmark picking ~0.5 mm, a few degrees
+#: of lever over the ~60 mm landmark spread): 1 degree and 1 mm per axis, the upper end of the
+#: 0.5-1 mm / 0.5-1 degree it is usually quoted at, so a good registration is not pulled by it.
+DEFAULT_REGISTRATION_PRIOR = RegistrationPrior(rotation_deg=1.0, translation_mm=1.0)
 
 
 @dataclass
@@ -54,6 +64,22 @@ class SegmentedSweep:
     usable: np.ndarray
     probe_to_reference: np.ndarray
     candidates: list = field(default_factory=list, repr=False)
+    timestamps: np.ndarray | None = None
+    pose_valid: np.ndarray | None = None
+
+    def shifted_poses(self, time_offset_s: float, exclude: np.ndarray | None = None) -> np.ndarray:
+        """ProbeToReference of every frame at its timestamp + ``time_offset_s`` (SLERP + linear
+        between the valid poses, skipping frames in ``exclude``); the poses as recorded when the
+        offset is 0 or the timestamps are unknown."""
+        if time_offset_s == 0 or self.timestamps is None:
+            return self.probe_to_reference
+        keep = np.ones(len(self.usable), bool) if self.pose_valid is None else self.pose_valid.copy()
+        if exclude is not None:
+            keep &= ~exclude
+        out = self.probe_to_reference.copy()
+        out[keep] = poses_at_times(self.timestamps[keep], self.probe_to_reference[keep],
+                                   self.timestamps[keep] + time_offset_s)
+        return out
 
 
 @dataclass
@@ -79,6 +105,11 @@ class CalibrationResult:
     in_plane_error_px: dict[str, list[float]]
     seconds: float
     point_order: str = "right-to-left"
+    phantom_to_reference_given: np.ndarray | None = None
+    registration_prior: RegistrationPrior | None = None
+    registration_change_deg: float | None = None
+    registration_change_mm: float | None = None
+    time_offset_s: float | None = None
     calibration: SegmentedSweep = field(repr=False, default=None)
     validation: SegmentedSweep | None = field(repr=False, default=None)
 
@@ -87,6 +118,17 @@ class CalibrationResult:
         return {
             "image_to_probe": np.asarray(self.image_to_probe).tolist(),
             "phantom_to_reference": np.asarray(self.phantom_to_reference).tolist(),
+            # MAP refinement: phantom_to_reference above is then the refined registration, also used
+            # for the validation PRE3D (the phantom did not move between the two recordings)
+            "phantom_to_reference_refined": self.phantom_to_reference_given is not None
+            and not np.array_equal(self.phantom_to_reference, self.phantom_to_reference_given),
+            "phantom_to_reference_given": None if self.phantom_to_reference_given is None
+            else np.asarray(self.phantom_to_reference_given).tolist(),
+            "registration_prior_deg": None if self.registration_prior is None else self.registration_prior.rotation_deg,
+            "registration_prior_mm": None if self.registration_prior is None else self.registration_prior.translation_mm,
+            "registration_change_deg": self.registration_change_deg,
+            "registration_change_mm": self.registration_change_mm,
+            "time_offset_s": self.time_offset_s,
             "solver": self.solver,
             "detection": self.detection,
             "point_order": self.point_order,
@@ -156,7 +198,23 @@ def segment_sweep(
         probe_to_reference, pose_ok = sweep.transform("ProbeToReference")
     except Exception as exc:  # noqa: BLE001 - reported as the user's input problem below
         raise CalibrationError(f"the sweep has no ProbeToReference pose ({exc})", sweep.source) from None
-    return SegmentedSweep(labelled, segmented, segmented & pose_ok, probe_to_reference, candidates)
+    return SegmentedSweep(labelled, segmented, segmented & pose_ok, probe_to_reference, candidates,
+                          np.asarray(sweep.timestamps, float), np.asarray(pose_ok, bool))
+
+
+def _timestamps_increase(seg: SegmentedSweep, exclude: np.ndarray | None = None) -> bool:
+    keep = seg.pose_valid if exclude is None else seg.pose_valid & ~exclude
+    times = seg.timestamps[keep]
+    return len(times) >= 2 and bool(np.all(np.isfinite(times))) and bool(np.all(np.diff(times) > 0))
+
+
+def _pose_track(seg: SegmentedSweep, exclude: np.ndarray) -> tuple[np.ndarray, np.ndarray] | None:
+    """(times, ProbeToReference) of the frames with a valid pose, or None when the timestamps cannot
+    place them in time (then no time offset is estimated)."""
+    if seg.timestamps is None or not _timestamps_increase(seg, exclude):
+        return None
+    keep = seg.pose_valid & ~exclude
+    return seg.timestamps[keep], seg.probe_to_reference[keep]
 
 
 def _phantom_to_reference(phantom: NWirePhantom, sweep: Sweep, given) -> np.ndarray:
@@ -227,6 +285,9 @@ def calibrate(
     detection: str = "hessian",
     phantom_to_reference: np.ndarray | None = None,
     refine_registration: bool = False,
+    registration_prior: RegistrationPrior | str | None = "auto",
+    time_offset: bool = True,
+    max_time_offset_s: float = 1.0,
     ransac_iterations: int = 3000,
     ransac_threshold_mm: float = 0.5,
     point_order: str = "auto",
@@ -247,7 +308,20 @@ def calibrate(
     seed : RANSAC's random subsets.
     params : PLUS segmentation parameters (``<Segmentation>`` of a device set); PLUS defaults if None.
     detection : ``"hessian"`` or ``"plus"`` (see :func:`~freehand3d.calibration.detect.detect_points`).
-    refine_registration : also estimate PhantomToReference (the paper's 14-parameter model).
+    refine_registration : also estimate PhantomToReference freely (the paper's 14-parameter model;
+        poorly conditioned when the probe moves little, see docs/calibration.md).
+    registration_prior : ``"ransac-lm"`` and ``"lm"`` then refine the phantom registration jointly
+        with ImageToProbe, with this Gaussian prior around the given one (MAP,
+        :func:`~freehand3d.calibration.solve.refine_map`); None keeps the registration fixed.
+        ``"auto"``: :data:`DEFAULT_REGISTRATION_PRIOR` (a stylus landmark registration's accuracy)
+        for the registration of the phantom's device set or the sweep's metadata, None (taken as
+        exact) for a ``phantom_to_reference`` given here. The validation PRE3D uses the refined
+        registration: the phantom must not have moved between the two recordings.
+    time_offset : ``"ransac-lm"`` and ``"lm"`` also estimate a constant tracker-to-image time offset
+        (poses interpolated by SLERP + linear at ``timestamp + offset``) from the calibration frames,
+        and apply it to the validation frames. Skipped (``time_offset_s`` None) when the timestamps
+        do not increase strictly.
+    max_time_offset_s : bound of that offset.
     point_order : ``"right-to-left"`` (PLUS: wire 1 is the rightmost dot), ``"left-to-right"``, or
         ``"auto"``: decided from the tracked poses (:func:`choose_point_order`).
     progress : called with 1 after each segmented frame (calibration then validation).
@@ -265,9 +339,16 @@ def calibrate(
         raise ConfigError(f"unknown point order {point_order!r}; use auto, right-to-left or left-to-right")
     if solver not in SOLVERS:
         raise ConfigError(f"unknown solver {solver!r}; use one of {', '.join(SOLVERS)}")
+    if not (np.isfinite(max_time_offset_s) and max_time_offset_s > 0):
+        raise ConfigError(f"max_time_offset_s must be a positive number of seconds, got {max_time_offset_s!r}")
     started = time.perf_counter()
     params = params or SegmentationParams()
     ptr = _phantom_to_reference(phantom, sweep, phantom_to_reference)
+    if isinstance(registration_prior, str):
+        if registration_prior != "auto":
+            raise ConfigError(f"unknown registration prior {registration_prior!r}; give a RegistrationPrior, None "
+                              "or 'auto'")
+        registration_prior = DEFAULT_REGISTRATION_PRIOR if phantom_to_reference is None else None
     seg = segment_sweep(sweep, phantom, params, detection, progress=progress, keep_candidates=keep_candidates)
     n_usable = int(seg.usable.sum())
     if n_usable < MIN_FRAMES:
@@ -283,6 +364,9 @@ def calibrate(
     pixels, points, poses, _ = _observations(seg, phantom)
     probe_points = phantom_points_in_probe(points, poses, ptr)
     ptr_out = ptr
+    idx = np.flatnonzero(seg.usable)
+    frame_poses = seg.probe_to_reference
+    map_fit = None
     if solver == "plus":
         itp, inliers = solve_plus(pixels, probe_points)
     else:
@@ -290,12 +374,29 @@ def calibrate(
             pixels, points, poses, ptr, iterations=ransac_iterations, threshold_mm=ransac_threshold_mm,
             refine_registration=refine_registration, ransac=(solver == "ransac-lm"), seed=seed,
         )
+        prior = None if refine_registration else registration_prior
+        if prior is not None or time_offset:
+            obs_frames = np.repeat(idx, n_layers)
+            # frames whose every dot was rejected (e.g. a glitching tracker) must not be interpolated
+            rejected = np.ones(len(seg.usable), bool)
+            rejected[obs_frames[inliers]] = False
+            rejected &= seg.usable
+            track = _pose_track(seg, rejected) if time_offset else None
+            map_fit = refine_map(
+                pixels[inliers], points[inliers], poses[inliers], ptr_out, itp, prior,
+                pose_track=track, observation_times=seg.timestamps[obs_frames][inliers],
+                max_time_offset_s=max_time_offset_s,
+            )
+            itp, ptr_out = map_fit.image_to_probe, map_fit.phantom_to_reference
+            if track is not None:
+                frame_poses = seg.shifted_poses(map_fit.time_offset_s, exclude=rejected)
+                poses = frame_poses[obs_frames]
         probe_points = phantom_points_in_probe(points, poses, ptr_out)
+    time_offset_s = None if map_fit is None or track is None else map_fit.time_offset_s
     cal_mean, cal_std = best_fraction_stats(pre3d_errors(itp, pixels, probe_points))
 
     # in-plane error per wire on the calibration frames
-    idx = np.flatnonzero(seg.usable)
-    image_to_phantom = geometry.compose(geometry.invert_rigid(ptr_out), seg.probe_to_reference[idx], itp)
+    image_to_phantom = geometry.compose(geometry.invert_rigid(ptr_out), frame_poses[idx], itp)
     err2d = in_plane_errors(seg.labelled[idx], image_to_phantom, phantom)
     in_plane = {w.name: np.nanmean(np.linalg.norm(err2d[:, k], axis=-1)).item() for k, w in enumerate(phantom.wires)}
 
@@ -305,15 +406,28 @@ def calibrate(
         val_seg = segment_sweep(validation, phantom, params, detection, progress=progress,
                                 keep_candidates=keep_candidates)
         if val_seg.usable.sum() >= 3:
+            # the time offset found on the calibration frames holds for the validation recording too
+            val_shifted = val_seg
+            if time_offset_s:
+                if not _timestamps_increase(val_seg):
+                    raise CalibrationError("the validation frames' timestamps do not increase strictly, "
+                                           "so the time offset cannot be applied (use time_offset=False)",
+                                           validation.source)
+                val_shifted = dataclasses.replace(val_seg, probe_to_reference=val_seg.shifted_poses(time_offset_s))
             if point_order == "left-to-right" or (
-                point_order == "auto" and choose_point_order(val_seg, phantom, ptr_out, itp)
+                point_order == "auto" and choose_point_order(val_shifted, phantom, ptr_out, itp)
             ):
-                val_seg.labelled = mirror_labels(val_seg.labelled, n_layers)
-            vp, vx, vposes, _ = _observations(val_seg, phantom)
+                val_seg.labelled = val_shifted.labelled = mirror_labels(val_seg.labelled, n_layers)
+            vp, vx, vposes, _ = _observations(val_shifted, phantom)
             val_mean, val_std = best_fraction_stats(pre3d_errors(itp, vp, phantom_points_in_probe(vx, vposes, ptr_out)))
     return CalibrationResult(
         image_to_probe=itp,
         phantom_to_reference=ptr_out,
+        phantom_to_reference_given=ptr,
+        registration_prior=None if map_fit is None or solver == "plus" else prior,
+        registration_change_deg=None if map_fit is None else map_fit.registration_change_deg,
+        registration_change_mm=None if map_fit is None else map_fit.registration_change_mm,
+        time_offset_s=time_offset_s,
         solver=solver,
         detection=detection,
         frames_total=len(sweep),
@@ -372,7 +486,7 @@ def write_overlays(sweep: Sweep, segmented: SegmentedSweep, directory: str | os.
 
 
 __all__ = [
-    "SOLVERS", "SegmentedSweep", "CalibrationResult", "segment_sweep", "calibrate", "write_overlays",
+    "SOLVERS", "DEFAULT_REGISTRATION_PRIOR", "SegmentedSweep", "CalibrationResult", "segment_sweep", "calibrate", "write_overlays",
     "mirror_labels", "choose_point_order", "calibrate_files",
 ]
 
@@ -390,6 +504,8 @@ def calibrate_files(
     detection: str = "hessian",
     seed: int = 0,
     progress_factory: Callable[[int], Callable[[int], None]] | None = None,
+    registration_prior: RegistrationPrior | str | None = "auto",
+    time_offset: bool = True,
 ) -> CalibrationResult:
     """File-level calibration (what ``freehand3d calibrate`` runs): read the recordings, phantom and
     settings, calibrate, write ``result.json`` and the optional PLUS device set, ITK ``.tfm`` and
@@ -402,6 +518,8 @@ def calibrate_files(
     config : PLUS device set for the segmentation settings and PhantomToReference when ``phantom``
         is a YAML (and the template of ``plus_config``).
     progress_factory : called with the number of frames to process; returns the per-frame callback.
+    registration_prior, time_offset : see :func:`calibrate`; ``"auto"`` here gives the registration
+        read from a device set (or the recording) :data:`DEFAULT_REGISTRATION_PRIOR`.
     """
     import json
 
@@ -429,9 +547,12 @@ def calibrate_files(
     validation = read_sweep(validation_path) if validation_path is not None else None
     total = len(sweep) + (len(validation) if validation is not None else 0)
     progress = progress_factory(total) if progress_factory is not None else None
+    if isinstance(registration_prior, str) and registration_prior == "auto" and ptr is not None:
+        registration_prior = DEFAULT_REGISTRATION_PRIOR  # a stylus registration from the device set
     result = calibrate(sweep, phantom_model, validation, solver=solver, seed=seed, params=params,
                        detection=detection, phantom_to_reference=ptr, progress=progress,
-                       keep_candidates=overlay is not None)
+                       keep_candidates=overlay is not None, registration_prior=registration_prior,
+                       time_offset=time_offset)
     summary = result.to_dict()
     summary["calibration_file"] = os.fspath(calibration_path)
     summary["validation_file"] = None if validation_path is None else os.fspath(validation_path)

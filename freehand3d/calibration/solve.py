@@ -23,6 +23,7 @@ Two solvers:
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 
 import numpy as np
 from scipy.optimize import least_squares
@@ -271,8 +272,240 @@ def solve_ransac_lm(
     return itp, ptr_out, inliers
 
 
+# ------------------------------------------------------------- MAP refinement of the registration
+@dataclass(frozen=True)
+class RegistrationPrior:
+    """Gaussian prior on the phantom registration (``PhantomToReference``) for :func:`refine_map`.
+
+    A PLUS device set's registration comes from touching landmarks with a tracked stylus; its error is
+    about 0.5-1 mm and 0.5-1 degree (stylus tip calibration + landmark picking). The prior states
+    that uncertainty as independent standard deviations of a small rigid correction of the phantom,
+    a rotation about the centre of the wire pattern (so rotation and translation do not trade off
+    through a long lever arm) and a translation.
+
+    Attributes
+    ----------
+    rotation_deg : standard deviation of each rotation-vector component (degrees).
+    translation_mm : standard deviation of each translation component (mm).
+    """
+
+    rotation_deg: float = 1.0
+    translation_mm: float = 1.0
+
+    def __post_init__(self):
+        for name in ("rotation_deg", "translation_mm"):
+            value = getattr(self, name)
+            if not (np.isfinite(value) and value > 0):
+                raise ValueError(f"registration prior {name} must be a positive number, got {value!r}")
+
+
+@dataclass
+class MapFit:
+    """Outcome of :func:`refine_map`.
+
+    Attributes
+    ----------
+    image_to_probe, phantom_to_reference : (4, 4) refined estimates.
+    time_offset_s : the image at time t shows the probe where the tracker put it at
+        ``t + time_offset_s`` (0 when not estimated).
+    registration_change_deg, registration_change_mm : size of the registration correction (rotation
+        about the wire-pattern centre, translation of that centre).
+    data_sigma_mm : per-coordinate standard deviation of the data residuals used as their weight.
+    """
+
+    image_to_probe: np.ndarray
+    phantom_to_reference: np.ndarray
+    time_offset_s: float
+    registration_change_deg: float
+    registration_change_mm: float
+    data_sigma_mm: float
+
+
+def _registration_correction(delta: np.ndarray, centre: np.ndarray) -> np.ndarray:
+    """Phantom-to-phantom correction: rotation ``delta[:3]`` about ``centre``, then shift ``delta[3:]``."""
+    rot = Rotation.from_rotvec(delta[:3]).as_matrix()
+    return geometry.rigid(rot, centre + delta[3:6] - rot @ centre)
+
+
+def _rotvec_matrices(rotvecs: np.ndarray) -> np.ndarray:
+    """(M, 3) rotation vectors -> (M, 3, 3) matrices (Rodrigues; cheaper than scipy for small M)."""
+    theta = np.linalg.norm(rotvecs, axis=1)
+    safe = np.where(theta > 1e-12, theta, 1.0)
+    k = rotvecs / safe[:, None]
+    skew = np.zeros((len(k), 3, 3))
+    skew[:, 0, 1], skew[:, 0, 2], skew[:, 1, 2] = -k[:, 2], k[:, 1], -k[:, 0]
+    skew -= np.swapaxes(skew, 1, 2)
+    sin, cos = np.sin(theta)[:, None, None], np.cos(theta)[:, None, None]
+    return np.eye(3) + sin * skew + (1 - cos) * skew @ skew
+
+
+class PoseTrack:
+    """Rigid poses sampled in time, to be read at any time: SLERP + linear translation between the
+    two nearest samples, continued at the same rate past the first and last sample (unlike
+    :func:`freehand3d.geometry.interpolate_poses`, which holds the end pose), so a time shift moves
+    every frame smoothly.
+
+    Parameters
+    ----------
+    times : (N,) strictly increasing sample times, N >= 2.
+    poses : (N, 4, 4) rigid.
+    """
+
+    def __init__(self, times: np.ndarray, poses: np.ndarray):
+        self.times = np.asarray(times, float)
+        self.poses = np.asarray(poses, float)
+        if len(self.times) < 2 or np.any(np.diff(self.times) <= 0):
+            raise CalibrationError("a time offset needs at least 2 poses with strictly increasing timestamps")
+        rot = self.poses[:, :3, :3]
+        self._steps = Rotation.from_matrix(np.swapaxes(rot[:-1], 1, 2) @ rot[1:]).as_rotvec()
+
+    def at(self, query: np.ndarray) -> np.ndarray:
+        """(M, 4, 4) poses at the (M,) ``query`` times."""
+        query = np.asarray(query, float)
+        k = np.clip(np.searchsorted(self.times, query, side="right") - 1, 0, len(self.times) - 2)
+        frac = (query - self.times[k]) / (self.times[k + 1] - self.times[k])
+        out = np.tile(np.eye(4), (len(query), 1, 1))
+        out[:, :3, :3] = self.poses[k, :3, :3] @ _rotvec_matrices(self._steps[k] * frac[:, None])
+        out[:, :3, 3] = self.poses[k, :3, 3] + frac[:, None] * (self.poses[k + 1, :3, 3] - self.poses[k, :3, 3])
+        return out
+
+
+def poses_at_times(times: np.ndarray, poses: np.ndarray, query: np.ndarray) -> np.ndarray:
+    """Rigid poses (M, 4, 4) at ``query`` times from samples at ``times`` (see :class:`PoseTrack`)."""
+    return PoseTrack(times, poses).at(query)
+
+
+def integrated_autocorrelation_time(residuals: np.ndarray, times: np.ndarray) -> float:
+    """Integrated autocorrelation time (in observations) of vector residuals taken in time order:
+    ``tau = 1 + 2 sum_k rho_k``, summed while the autocorrelation ``rho_k`` stays positive (Geyer's
+    initial positive sequence) and up to a quarter of the series. ``M / tau`` observations carry as
+    much information as ``M`` independent ones would with the same spread.
+
+    Parameters
+    ----------
+    residuals : (M, D) residual vectors; times : (M,) their timestamps (ties keep their order).
+    """
+    r = np.asarray(residuals, float)[np.argsort(np.asarray(times, float), kind="stable")]
+    r = r - r.mean(axis=0)
+    total = float(np.sum(r * r))
+    if total <= 0 or len(r) < 4:
+        return 1.0
+    tau = 1.0
+    for lag in range(1, len(r) // 4):
+        rho = float(np.sum(r[:-lag] * r[lag:])) / total
+        if rho <= 0:
+            break
+        tau += 2.0 * rho
+    return tau
+
+
+def refine_map(
+    pixels: np.ndarray,
+    phantom_points: np.ndarray,
+    probe_to_reference: np.ndarray,
+    phantom_to_reference: np.ndarray,
+    initial_image_to_probe: np.ndarray,
+    prior: RegistrationPrior | None = RegistrationPrior(),
+    *,
+    pose_track: tuple[np.ndarray, np.ndarray] | None = None,
+    observation_times: np.ndarray | None = None,
+    max_time_offset_s: float = 1.0,
+) -> MapFit:
+    """Maximum-a-posteriori joint refinement of ImageToProbe (rigid + sx, sy), the phantom
+    registration and optionally a constant tracker-to-image time offset.
+
+    The cost is ``sum(r_i / s)^2 + sum(omega / sigma_rot)^2 + sum(t / sigma_t)^2``: ``r_i`` the 3D
+    residuals of the diagonal-wire points in the phantom frame, ``s`` their per-coordinate standard
+    deviation (measured from the fit with the given registration, so data and prior carry their
+    stated weights), ``omega`` / ``t`` the rotation (about the wire-pattern centre) and translation
+    of the registration correction. ``prior=None`` leaves the registration fixed.
+
+    Parameters
+    ----------
+    pixels, phantom_points, probe_to_reference : (M, 2), (M, 3), (M, 4, 4) observations (inliers).
+    phantom_to_reference : (4, 4) measured registration (the prior's mean).
+    initial_image_to_probe : (4, 4) starting calibration (e.g. from :func:`solve_ransac_lm`).
+    prior : :class:`RegistrationPrior`, or None to keep the registration fixed.
+    pose_track : ``(times (N,), ProbeToReference (N, 4, 4))`` of every frame with a valid pose, to
+        estimate a time offset (None: no offset). ``probe_to_reference`` is then only used for the
+        data-weight fit.
+    observation_times : (M,) image timestamps of the observations (needed with ``pose_track``);
+        when given, the data weight allows for the correlation of the residuals in time
+        (:func:`integrated_autocorrelation_time`).
+    max_time_offset_s : bound of the time offset.
+
+    Returns
+    -------
+    MapFit
+    """
+    px = np.asarray(pixels, float).reshape(-1, 2)
+    xp = np.asarray(phantom_points, float).reshape(-1, 3)
+    poses = np.asarray(probe_to_reference, float).reshape(-1, 4, 4)
+    ptr0 = np.asarray(phantom_to_reference, float)
+    centre = xp.mean(axis=0)
+    with_time = pose_track is not None
+    if with_time:
+        track = PoseTrack(*pose_track)
+        if observation_times is None or len(observation_times) != len(px):
+            raise ValueError("observation_times must give one timestamp per observation with pose_track")
+        # the layers of a frame share its time: interpolate once per frame
+        frame_times, frame_of = np.unique(np.asarray(observation_times, float), return_inverse=True)
+    with_reg = prior is not None
+
+    # full parameter vector: ImageToProbe (8), registration correction (6), time offset (1)
+    def unpack(x):
+        ptr = geometry.compose(ptr0, _registration_correction(x[8:14], centre))
+        return image_to_probe_from_params(x[:8]), ptr, x[14]
+
+    def data_residuals(x):
+        itp, ptr, dt = unpack(x)
+        if with_time:
+            pred = geometry.apply(geometry.compose(geometry.invert_rigid(ptr), track.at(frame_times + dt), itp)[frame_of], px)
+        else:
+            pred = geometry.apply(geometry.compose(geometry.invert_rigid(ptr), poses, itp), px)
+        return (pred - xp).ravel()
+
+    def fit(x, free, weight=None):
+        """Least squares over the ``free`` entries of the full vector; with ``weight`` the data
+        residuals are divided by it and the registration prior is added."""
+        def residuals(v):
+            full = x.copy()
+            full[free] = v
+            r = data_residuals(full)
+            return r if weight is None else np.concatenate([r / weight, full[8:14] * prior_scale])
+
+        bound = np.where(np.arange(15) == 14, max_time_offset_s, np.inf)[free]
+        out = x.copy()
+        out[free] = least_squares(residuals, x[free], method="trf", x_scale="jac", bounds=(-bound, bound)).x
+        return out
+
+    x = np.concatenate([params_from_image_to_probe(initial_image_to_probe), np.zeros(7)])
+    calibration_and_time = np.r_[np.ones(8, bool), np.zeros(6, bool), [with_time]]
+    # first with the registration as measured (and the time offset): the data weight is the spread
+    # of the residuals left for the registration prior to explain
+    x = fit(x, calibration_and_time)
+    residual = data_residuals(x)
+    sigma = max(float(np.sqrt(np.mean(np.square(residual)))), 1e-3)
+    if observation_times is not None:
+        # the errors of neighbouring frames (and of the layers of one frame) are far from
+        # independent: count the data as M / tau independent observations
+        sigma *= math.sqrt(integrated_autocorrelation_time(residual.reshape(-1, 3), observation_times))
+    if with_reg:
+        prior_scale = np.repeat([1.0 / math.radians(prior.rotation_deg), 1.0 / prior.translation_mm], 3)
+        x = fit(x, calibration_and_time | (np.arange(15) >= 8) & (np.arange(15) < 14), weight=sigma)
+    itp, ptr, dt = unpack(x)
+    return MapFit(itp, ptr if with_reg else ptr0, float(dt), float(np.degrees(np.linalg.norm(x[8:11]))),
+                  float(np.linalg.norm(x[11:14])), sigma)
+
+
 __all__ = [
     "MIN_FRAMES",
+    "RegistrationPrior",
+    "MapFit",
+    "refine_map",
+    "integrated_autocorrelation_time",
+    "poses_at_times",
+    "PoseTrack",
     "phantom_points_in_probe",
     "complete_z_column",
     "solve_plus",

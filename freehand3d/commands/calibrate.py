@@ -25,12 +25,33 @@ def register(app: typer.Typer) -> None:
         overlay: Optional[Path] = typer.Option(None, "--overlay", help="Folder for PNG overlays of the detections."),
         detection: str = typer.Option("hessian", "--detection", help="hessian (top-hat + Hessian) or plus."),
         seed: int = typer.Option(0, "--seed", help="RANSAC seed."),
+        registration_prior_deg: float = typer.Option(
+            1.0, "--registration-prior-deg", min=0.0,
+            help="Std dev (degrees) of the phantom registration, refined jointly (ransac-lm, lm)."),
+        registration_prior_mm: float = typer.Option(
+            1.0, "--registration-prior-mm", min=0.0,
+            help="Std dev (mm) of the phantom registration, refined jointly (ransac-lm, lm)."),
+        fixed_registration: bool = typer.Option(
+            False, "--fixed-registration", help="Take the phantom registration as exact (no refinement)."),
+        time_offset: bool = typer.Option(
+            True, "--time-offset/--no-time-offset",
+            help="Estimate a constant tracker-to-image time offset on the calibration frames (ransac-lm, lm)."),
     ) -> None:
         """Calibrate a tracked probe (ImageToProbe) from an N-wire phantom recording."""
         from rich.console import Console
         from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
         from freehand3d.calibration.pipeline import calibrate_files
+        from freehand3d.calibration.solve import RegistrationPrior
+        from freehand3d.errors import ConfigError
+
+        if fixed_registration:
+            prior = None
+        elif registration_prior_deg > 0 and registration_prior_mm > 0:
+            prior = RegistrationPrior(registration_prior_deg, registration_prior_mm)
+        else:
+            raise ConfigError("--registration-prior-deg and --registration-prior-mm must be > 0 "
+                              "(use --fixed-registration to keep the registration as given)")
 
         console = Console(stderr=True)
         with Progress(TextColumn("segmenting frames"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
@@ -42,13 +63,17 @@ def register(app: typer.Typer) -> None:
             result = calibrate_files(
                 calibration, phantom, output, validation_path=validation, solver=solver, config=config,
                 plus_config=plus_config, tfm=tfm, overlay=overlay, detection=detection, seed=seed,
-                progress_factory=factory,
+                progress_factory=factory, registration_prior=prior, time_offset=time_offset,
             )
         val = ("" if result.pre3d_validation_mean_mm is None else
                f", validation PRE3D {result.pre3d_validation_mean_mm:.3f} +- {result.pre3d_validation_std_mm:.3f} mm "
                f"({result.validation_frames_segmented}/{result.validation_frames_total} frames)")
+        extra = "" if result.time_offset_s is None else f"; time offset {result.time_offset_s * 1e3:.0f} ms"
+        if result.registration_change_deg is not None and result.registration_prior is not None:
+            extra += (f"; phantom registration refined by {result.registration_change_deg:.2f} deg, "
+                      f"{result.registration_change_mm:.2f} mm")
         typer.echo(
             f"segmented {result.frames_segmented}/{result.frames_total} frames, {result.inliers}/{result.observations} "
             f"inliers; calibration PRE3D {result.pre3d_calibration_mean_mm:.3f} +- "
-            f"{result.pre3d_calibration_std_mm:.3f} mm{val}; {result.seconds:.2f} s -> {output}"
+            f"{result.pre3d_calibration_std_mm:.3f} mm{val}{extra}; {result.seconds:.2f} s -> {output}"
         )
