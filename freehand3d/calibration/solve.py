@@ -18,6 +18,10 @@ Two solvers:
     unknowns too (the paper's 14 parameters), minimising the squared 3D distance by
     Levenberg-Marquardt inside RANSAC (random subsets of 10, a linear fit per subset, inliers within
     the threshold, LM on all inliers).
+
+:func:`refine_map` then refines, on the inliers, ImageToProbe together with the phantom registration
+under a Gaussian prior (:class:`RegistrationPrior`: the registration is a measurement, not a free
+unknown) and a constant tracker-to-image time offset (poses interpolated by :class:`PoseTrack`).
 """
 
 from __future__ import annotations
@@ -427,8 +431,8 @@ def refine_map(
     initial_image_to_probe : (4, 4) starting calibration (e.g. from :func:`solve_ransac_lm`).
     prior : :class:`RegistrationPrior`, or None to keep the registration fixed.
     pose_track : ``(times (N,), ProbeToReference (N, 4, 4))`` of every frame with a valid pose, to
-        estimate a time offset (None: no offset). ``probe_to_reference`` is then only used for the
-        data-weight fit.
+        estimate a time offset (None: no offset). The observations' poses are then read from it
+        at ``observation_times + offset`` and ``probe_to_reference`` is not used.
     observation_times : (M,) image timestamps of the observations (needed with ``pose_track``);
         when given, the data weight allows for the correlation of the residuals in time
         (:func:`integrated_autocorrelation_time`).
