@@ -455,11 +455,15 @@ def refine_map(
         # the layers of a frame share its time: interpolate once per frame
         frame_times, frame_of = np.unique(np.asarray(observation_times, float), return_inverse=True)
     with_reg = prior is not None
+    if not (np.isfinite(max_time_offset_s) and max_time_offset_s > 0):
+        raise ValueError(f"max_time_offset_s must be positive, got {max_time_offset_s!r}")
 
-    # full parameter vector: ImageToProbe (8), registration correction (6), time offset (1)
+    # full parameter vector: ImageToProbe (8), registration correction (6), time offset (1) as
+    # max_time_offset_s * tanh(x[14]), bounded without a bounded solver (MINPACK's LM is far
+    # cheaper here than the trust-region reflective method that bounds need)
     def unpack(x):
         ptr = geometry.compose(ptr0, _registration_correction(x[8:14], centre))
-        return image_to_probe_from_params(x[:8]), ptr, x[14]
+        return image_to_probe_from_params(x[:8]), ptr, max_time_offset_s * math.tanh(x[14])
 
     def data_residuals(x):
         itp, ptr, dt = unpack(x)
@@ -478,9 +482,10 @@ def refine_map(
             r = data_residuals(full)
             return r if weight is None else np.concatenate([r / weight, full[8:14] * prior_scale])
 
-        bound = np.where(np.arange(15) == 14, max_time_offset_s, np.inf)[free]
         out = x.copy()
-        out[free] = least_squares(residuals, x[free], method="trf", x_scale="jac", bounds=(-bound, bound)).x
+        n_residuals = px.size * 3 // 2 + (0 if weight is None else 6)
+        method = "lm" if n_residuals >= free.sum() else "trf"
+        out[free] = least_squares(residuals, x[free], method=method, x_scale="jac").x
         return out
 
     x = np.concatenate([params_from_image_to_probe(initial_image_to_probe), np.zeros(7)])
