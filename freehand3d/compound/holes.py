@@ -24,6 +24,11 @@ stays 0.
 
 :class:`GapFill` is freehand3d's own: each hole takes the value of the nearest filled voxel
 (Euclidean distance in mm, exact distance transform) when that voxel is within ``max_distance`` mm.
+
+Two implementations give the same volume: compiled CPU kernels
+(:mod:`freehand3d.compound._hole_kernels`, numba) that visit only the holes, the default on the
+CPU, and whole-volume torch convolutions on any ``device`` (the gap fill there is scipy's distance
+transform). ``backend=`` picks one.
 """
 
 from __future__ import annotations
@@ -35,7 +40,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from freehand3d.errors import ConfigError
+from freehand3d.errors import ConfigError, InputError
 from freehand3d.io.plus_volrec import HoleFillingElement
 
 #: PLUS's 13 stick directions (x, y, z)
@@ -136,21 +141,30 @@ def _inverse_distance_kernel(size: int) -> torch.Tensor:
     return torch.as_tensor(kernel.astype(np.float32).astype(np.float64))
 
 
-def _weighted_kernel(values, known, acc, element: HoleFillingElement):
+def _odd_size(element: HoleFillingElement) -> int:
     size = int(element.size)
     if size % 2 == 0:
         raise ConfigError(f"hole filling {element.type} Size must be odd, got {size}", "fill-holes")
+    return size
+
+
+def _gaussian_1d(element: HoleFillingElement) -> np.ndarray:
+    """PLUS's 3D Gaussian is exp(-(x^2+y^2+z^2)/(2 s^2)) up to a constant that cancels in the
+    weighted mean: the outer product of this 1D kernel along the three axes."""
+    size = _odd_size(element)
+    offsets = np.arange(size) - (size - 1) / 2.0
+    return np.exp(-(offsets**2) / (2.0 * float(element.stdev) ** 2))
+
+
+def _weighted_kernel(values, known, acc, element: HoleFillingElement):
+    size = _odd_size(element)
     weight_field = known if element.type != "GAUSSIAN_ACCUMULATION" else known * acc
     if element.type == "DISTANCE_WEIGHT_INVERSE":
         kernel = _inverse_distance_kernel(size).to(values.device)
         sum_weights = _conv(weight_field, kernel)
         sum_values = _conv(weight_field * values, kernel)
     else:
-        # PLUS's 3D Gaussian is exp(-(x^2+y^2+z^2)/(2 s^2)) up to a constant that cancels in the
-        # weighted mean: three 1D passes
-        half = (size - 1) / 2.0
-        offsets = np.arange(size) - half
-        kernel_1d = np.exp(-(offsets**2) / (2.0 * float(element.stdev) ** 2))
+        kernel_1d = _gaussian_1d(element)
         sum_weights = _separable(weight_field, kernel_1d)
         sum_values = _separable(weight_field * values, kernel_1d)
     n_known = _box(known, size // 2)
@@ -274,7 +288,42 @@ def _gap_fill(values: np.ndarray, known: np.ndarray, max_distance: float, spacin
     return values[iz, iy, ix], ok
 
 
-def fill_holes(values, filled, kernels, spacing=(1.0, 1.0, 1.0), accumulation=None, device="cpu") -> np.ndarray:
+#: the compiled gap fill looks at most this many neighbours per hole; beyond, the exact distance
+#: transform of the whole volume is cheaper
+_GAP_MAX_OFFSETS = 4096
+
+
+def _fill_compiled(values, known, out, remaining, kernel, spacing, accumulation):
+    """One kernel with the compiled CPU kernels, in place on ``out`` / ``remaining``."""
+    from freehand3d.compound import _hole_kernels as compiled
+
+    if isinstance(kernel, GapFill):
+        offsets = compiled.gap_offsets(float(kernel.max_distance), spacing, _GAP_MAX_OFFSETS)
+        if offsets is None:
+            estimate, ok = _gap_fill(values, known, kernel.max_distance, spacing)
+            use = remaining & ok
+            out[use] = estimate[use]
+            remaining &= ~use
+        else:
+            compiled.fill_from_offsets(values, known, out, remaining, offsets)
+        return
+    ratio = float(kernel.minimum_known_voxels_ratio)
+    if kernel.type == "STICK":
+        directions = np.array(STICK_DIRECTIONS, np.int64)
+        compiled.fill_stick(values, known, out, remaining, directions, int(kernel.stick_length_limit), int(kernel.number_of_sticks_to_use))
+    elif kernel.type == "NEAREST_NEIGHBOR":
+        size = int(kernel.size)
+        compiled.fill_nearest(values, known, out, remaining, (size - 1) // 2, float(size**3), ratio)
+    elif kernel.type == "DISTANCE_WEIGHT_INVERSE":
+        size = _odd_size(kernel)
+        compiled.fill_inverse_distance(values, known, out, remaining, _inverse_distance_kernel(size).numpy(), float(size**3), ratio)
+    else:
+        size = _odd_size(kernel)
+        acc = accumulation if kernel.type == "GAUSSIAN_ACCUMULATION" else None
+        compiled.fill_gaussian(values, known, acc, out, remaining, _gaussian_1d(kernel), float(size**3), ratio)
+
+
+def fill_holes(values, filled, kernels, spacing=(1.0, 1.0, 1.0), accumulation=None, device="cpu", backend="auto") -> np.ndarray:
     """Fill the voxels that received no data.
 
     Parameters
@@ -285,7 +334,11 @@ def fill_holes(values, filled, kernels, spacing=(1.0, 1.0, 1.0), accumulation=No
         :func:`parse_fill_spec`. Tried in order; the first that succeeds fills a voxel.
     spacing : (sx, sy, sz) mm (gap fill distances).
     accumulation : (Z, Y, X) accumulation values (GAUSSIAN_ACCUMULATION only; default: ``filled``).
-    device : torch device for the convolution kernels.
+    device : torch device for the torch kernels.
+    backend : ``"compiled"`` (numba kernels that visit only the holes, CPU), ``"torch"`` (whole-volume
+        convolutions on ``device``; the gap fill uses scipy's distance transform), or ``"auto"``:
+        compiled when ``device`` is the CPU and ``values`` are uint8. Both give the same volume
+        (DISTANCE_WEIGHT_INVERSE: within one grey level, conv3d sums in its own order).
 
     Returns
     -------
@@ -299,13 +352,37 @@ def fill_holes(values, filled, kernels, spacing=(1.0, 1.0, 1.0), accumulation=No
     """
     if isinstance(kernels, str):
         kernels = parse_fill_spec(kernels)
-    values_np = values.cpu().numpy() if isinstance(values, torch.Tensor) else np.asarray(values)
-    known_np = filled.cpu().numpy() if isinstance(filled, torch.Tensor) else np.asarray(filled, bool)
+    if backend not in ("auto", "compiled", "torch"):
+        raise ConfigError(f"hole filling backend must be auto, compiled or torch, got {backend!r}", "fill-holes")
+    values_np = np.ascontiguousarray(values.cpu().numpy() if isinstance(values, torch.Tensor) else values)
+    known_np = np.ascontiguousarray(filled.cpu().numpy() if isinstance(filled, torch.Tensor) else filled, dtype=bool)
+    if values_np.ndim != 3 or known_np.shape != values_np.shape:
+        raise InputError(f"hole filling needs (Z, Y, X) values and a filled mask of the same shape, got {values_np.shape} and {known_np.shape}", "fill-holes")
+    if accumulation is not None and np.shape(accumulation) != values_np.shape:
+        raise InputError(f"hole filling accumulation has shape {np.shape(accumulation)}, the volume {values_np.shape}", "fill-holes")
+    if any(isinstance(k, GapFill) for k in kernels) and not (len(spacing) == 3 and all(float(s) > 0 for s in spacing)):
+        raise InputError(f"gap fill needs three positive spacings (mm), got {tuple(spacing)}", "fill-holes")
     out = values_np.copy()
     remaining = ~known_np
     if not remaining.any() or not kernels:
         return out
     dev = torch.device(device)
+    if backend == "auto":
+        backend = "compiled" if dev.type == "cpu" and values_np.dtype == np.uint8 else "torch"
+    if backend == "compiled":
+        acc_np = known_np if accumulation is None else np.asarray(accumulation)
+        for kernel in kernels:
+            _fill_compiled(values_np, known_np, out, remaining, kernel, spacing, acc_np)
+            if not remaining.any():
+                break
+    else:
+        _fill_torch(values_np, known_np, out, remaining, kernels, spacing, accumulation, dev)
+    # PLUS writes 0 where every kernel failed (holes are 0 already)
+    out[remaining] = 0
+    return out
+
+
+def _fill_torch(values_np, known_np, out, remaining, kernels, spacing, accumulation, dev):
     vals = torch.as_tensor(values_np, device=dev, dtype=torch.float64)
     known = torch.as_tensor(known_np, device=dev, dtype=torch.float64)
     if accumulation is None:
@@ -329,9 +406,6 @@ def fill_holes(values, filled, kernels, spacing=(1.0, 1.0, 1.0), accumulation=No
         remaining &= ~use
         if not remaining.any():
             break
-    # PLUS writes 0 where every kernel failed (holes are 0 already)
-    out[remaining] = 0
-    return out
 
 
 __all__ = ["fill_holes", "parse_fill_spec", "GapFill", "STICK_DIRECTIONS"]
