@@ -112,13 +112,14 @@ def _random_setup(seed=0, n_frames=4, shape=(9, 11)):
     return frames, np.array(mats), (13, 12, 11)
 
 
+@pytest.mark.parametrize("backend", ["numba", "torch"])
 @pytest.mark.parametrize("method", ["nearest", "linear"])
 @pytest.mark.parametrize("compounding", ["latest", "max", "mean"])
-def test_exact_insertion_equals_per_pixel_plus_rules(method, compounding):
+def test_exact_insertion_equals_per_pixel_plus_rules(method, compounding, backend):
     frames, pix_to_vox, size = _random_setup()
     mask = frame_mask(frames.shape[1:], clip_origin=(1, 1), clip_size=(8, 6))
     grid = OutputGrid((0, 0, 0), (1, 1, 1), size)
-    rec = Reconstructor(grid, method, compounding, mask=mask, exact_plus=True, pixels_per_batch=150)
+    rec = Reconstructor(grid, method, compounding, mask=mask, exact_plus=True, backend=backend, pixels_per_batch=150)
     rec.add_frames(frames, pix_to_vox)  # identity grid: image-to-voxel == image-to-reference
     expected_out, expected_acc = plus_sequential(frames, pix_to_vox, size, mask, method, compounding)
     assert (expected_acc > 0).sum() > 50

@@ -83,10 +83,11 @@ class PasteState:
         self.overflow_count = 0
 
     @staticmethod
-    def bytes_per_voxel(compounding: str, exact_plus: bool) -> int:
-        """Buffer bytes per voxel (value + accumulation + int64 order scratch + uint8 output)."""
-        scratch = 8 if compounding in ("latest", "max") else 0
-        return 4 + 4 + scratch + 1
+    def bytes_per_voxel(compounding: str, exact_plus: bool, scratch: bool = True) -> int:
+        """Buffer bytes per voxel (value + accumulation + int64 order scratch + uint8 output); the
+        compiled CPU kernels need no order scratch (``scratch=False``)."""
+        order = 8 if scratch and compounding in ("latest", "max") else 0
+        return 4 + 4 + order + 1
 
     # ------------------------------------------------------------------ helpers
     def _scratch(self) -> torch.Tensor:
@@ -171,7 +172,8 @@ class PasteState:
             importance = importance.repeat_interleave(8)
         # PLUS skips zero-weight corners entirely
         idx = torch.where(weights > 0, idx, torch.full_like(idx, self.dump))
-        threshold = FIXED_ONE // 8 if self.exact_plus else MIN_SPLAT_WEIGHT
+        # fixed-point raw weights (Optimization FULL) or float weights (PARTIAL / the fast path)
+        threshold = MIN_SPLAT_WEIGHT if weights.dtype.is_floating_point else FIXED_ONE // 8
         typed = values.to(self.value.dtype)
         if mode == "latest":
             target = self._last_writer(idx, weights >= threshold)
@@ -352,14 +354,15 @@ def voxel_positions_fixed(pixel_xy: torch.Tensor, image_pix_to_voxel: np.ndarray
 
 
 def voxel_positions_float(pixel_xy: torch.Tensor, image_pix_to_voxel, dtype, device) -> torch.Tensor:
-    """Continuous voxel coordinates (B, P, 3) of pixels (P, 2) for matrices (B, 4, 4)."""
+    """Continuous voxel coordinates (B, P, 3) of pixels (P, 2) for matrices (B, 4, 4).
+
+    Evaluated as ``(origin + y * y_axis) + x * x_axis`` element by element (no matrix product, whose
+    summation order and fused multiply-adds depend on the BLAS): the compiled kernels round the same
+    way."""
     m = torch.as_tensor(np.asarray(image_pix_to_voxel), dtype=dtype, device=device)
-    xy = pixel_xy.to(dtype)
-    return torch.baddbmm(
-        m[:, None, :3, 3].expand(-1, xy.shape[0], -1),
-        xy.unsqueeze(0).expand(m.shape[0], -1, -1),
-        m[:, :3, :2].transpose(1, 2),
-    )
+    x = pixel_xy[:, 0].to(dtype).view(1, -1, 1)
+    y = pixel_xy[:, 1].to(dtype).view(1, -1, 1)
+    return (m[:, None, :3, 3] + y * m[:, None, :3, 1]) + x * m[:, None, :3, 0]
 
 
 __all__ = [

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from freehand3d.errors import InputError, ResourceError
+from freehand3d.errors import ConfigError, InputError, ResourceError
 
 
 @dataclass(frozen=True)
@@ -206,6 +206,10 @@ class Reconstructor:
         Applied by :meth:`volume` (see :func:`freehand3d.compound.holes.fill_holes`).
     device : str or torch.device
         "cpu" or "cuda".
+    backend : "numba", "torch" or None
+        How pixels are pasted: compiled CPU kernels (:mod:`freehand3d.compound._kernels`, the
+        default on CPU) or vectorised torch scatters (the default, and the only choice, on CUDA).
+        Both give identical volumes and accumulation buffers.
     max_memory : int, optional
         Byte limit for the buffers; default half of the available RAM.
     pixels_per_batch : int
@@ -233,6 +237,7 @@ class Reconstructor:
         fixed_point: bool = True,
         fill_holes=None,
         device="cpu",
+        backend: str | None = None,
         max_memory: int | None = None,
         pixels_per_batch: int = 2_000_000,
     ):
@@ -254,9 +259,23 @@ class Reconstructor:
         self.pixel_rejection_threshold = pixel_rejection_threshold
         self.fill_holes_spec = fill_holes
         self.device = torch.device(device)
+        if backend is None:
+            backend = "numba" if self.device.type == "cpu" else "torch"
+        if backend not in ("numba", "torch"):
+            raise ConfigError(f"backend must be 'numba' or 'torch', got {backend!r}", "backend")
+        if backend == "numba" and self.device.type != "cpu":
+            raise ConfigError(f"the numba backend runs on the CPU only; use backend='torch' on {self.device}", "backend")
+        self.backend = backend
         self.pixels_per_batch = int(pixels_per_batch)
+        # pixels are integers: "value >= threshold" is "value >= ceil(threshold)", one rule for every path
+        self._min_value = 0
+        if pixel_rejection_threshold is not None:
+            if not math.isfinite(float(pixel_rejection_threshold)):
+                raise ConfigError(f"must be finite, got {pixel_rejection_threshold}", "pixel_rejection_threshold")
+            self._min_value = int(min(max(math.ceil(float(pixel_rejection_threshold)), 0), 256))
         # the guard runs before any buffer exists
-        check_memory(grid, PasteState.bytes_per_voxel(compounding, exact_plus), max_memory)
+        scratch = backend == "torch"
+        check_memory(grid, PasteState.bytes_per_voxel(compounding, exact_plus, scratch), max_memory)
         self._state = PasteState(grid.n_voxels, compounding, self.exact_plus, self.device)
         self._user_mask = None if mask is None else np.asarray(mask, bool)
         self._importance = None if importance_mask is None else np.asarray(importance_mask, np.uint8)
@@ -277,6 +296,9 @@ class Reconstructor:
         if self._importance is not None and self._importance.shape != tuple(frame_shape):
             raise ValueError(f"importance mask shape {self._importance.shape} does not match the frames")
         rows, cols = np.nonzero(mask)  # row-major: PLUS's pixel order within a frame
+        from freehand3d.compound._kernels import mask_runs
+
+        self._runs = mask_runs(mask)
         self._pixel_flat = torch.as_tensor(rows * frame_shape[1] + cols, dtype=torch.int64, device=self.device)
         self._pixel_xy = torch.as_tensor(np.stack([cols, rows], 1), dtype=torch.int64, device=self.device)
         self._pixel_xy_float = None
@@ -294,7 +316,7 @@ class Reconstructor:
         self._corner_xy1 = np.array([[x0, y0, 0, 1], [x1, y0, 0, 1], [x0, y1, 0, 1], [x1, y1, 0, 1]], float)
         self._pixel_importance = (
             None
-            if self._importance is None
+            if self._importance is None or self.compounding != "importance"
             else torch.as_tensor(self._importance[rows, cols], device=self.device)
         )
         self._frame_shape = tuple(frame_shape)
@@ -326,10 +348,37 @@ class Reconstructor:
         n_pixels = max(1, self._pixel_flat.numel())
         per_batch = max(1, self.pixels_per_batch // (n_pixels * (8 if self.method == "linear" else 1)))
         pix_to_vox = self.grid.reference_to_voxel @ mats
+        if self.backend == "numba":
+            self._paste_numba(frames, pix_to_vox)
+            self.frames_added += len(frames)
+            return
         for start in range(0, len(frames), per_batch):
             chunk = torch.as_tensor(frames[start : start + per_batch], device=self.device)
             self._paste(chunk, pix_to_vox[start : start + per_batch])
         self.frames_added += len(frames)
+
+    def _paste_numba(self, frames: np.ndarray, pix_to_vox: np.ndarray) -> None:
+        """Compiled kernels: pixel by pixel in PLUS's order, straight into the state's buffers."""
+        from freehand3d.compound import _kernels
+
+        if self.exact_plus:
+            arith = _kernels.FIXED if self.fixed_point else _kernels.DOUBLE
+        else:
+            arith = _kernels.SINGLE
+        state = self._state
+        state.overflow_count += _kernels.paste(
+            self.method,
+            arith,
+            _kernels.MODE_CODES[self.compounding],
+            frames,
+            pix_to_vox,
+            self._runs,
+            self._importance if self.compounding == "importance" else None,
+            self._min_value,
+            self.grid.size,
+            state.value.numpy(),
+            state.acc.numpy(),
+        )
 
     def _paste(self, frames, pix_to_vox: np.ndarray) -> None:
         import torch
@@ -343,14 +392,14 @@ class Reconstructor:
             voxel_positions_float,
         )
 
-        if not self.exact_plus and self._pixel_importance is None:
+        if not self.exact_plus:
             self._paste_fast(frames, pix_to_vox)
             return
         batch = frames.shape[0]
         values = frames.reshape(batch, -1)[:, self._pixel_flat].to(torch.int32)  # (B, P)
         keep = torch.ones_like(values, dtype=torch.bool)
-        if self.pixel_rejection_threshold is not None:
-            keep &= values.to(torch.float64) >= float(self.pixel_rejection_threshold)
+        if self._min_value > 0:
+            keep &= values >= self._min_value
         size = torch.as_tensor(self.grid.size, device=self.device)
         nx, ny = self.grid.size[0], self.grid.size[1]
         importance = None
@@ -453,8 +502,11 @@ class Reconstructor:
         strides = torch.tensor([1.0, nx, nx * ny], dtype=flat_dtype, device=self.device)
         dump = self.grid.n_voxels
         reject = None
-        if self.pixel_rejection_threshold is not None:
-            reject = values.to(torch.float32) < float(self.pixel_rejection_threshold)
+        if self._min_value > 0:
+            reject = values.to(torch.int16) < self._min_value
+        importance = None
+        if self._pixel_importance is not None:
+            importance = self._pixel_importance.unsqueeze(0).expand(batch, -1).reshape(-1)
         # an affine map reaches its extremes at the corners of the pasted pixels' bounding box: when
         # every corner is inside the grid, so is every pixel and the per-pixel bounds test is skipped
         corners = np.einsum("bij,cj->bci", pix_to_vox[:, :3, :], self._corner_xy1)
@@ -472,7 +524,7 @@ class Reconstructor:
             flat = (rounded.to(flat_dtype) @ strides).long()
             if inside is not None:
                 flat.masked_fill_(~inside, dump)
-            state.paste_nearest(flat, values.to(torch.int32))
+            state.paste_nearest(flat, values.to(torch.int32), importance)
             return
         low = torch.floor(pos)
         frac = pos.sub_(low)  # in place: pos is not needed any more
@@ -497,9 +549,14 @@ class Reconstructor:
                     offset = dx + nx * dy + nx * ny * dz
                     corners.append((base + offset if offset else base, wxy * wz))
         if self.compounding in ("mean", "importance"):
-            for index, weight in corners:
-                state.value.index_add_(0, index, weight * value_f)
-                state.acc.index_add_(0, index, weight)
+            # one float sum in PLUS's order (pixel by pixel, corners 7..0), the order the compiled
+            # kernels add in, so that both give the same float32 sums bit for bit
+            index = torch.stack([c[0] for c in reversed(corners)], 1).reshape(-1)
+            weight = torch.stack([c[1] for c in reversed(corners)], 1)
+            if importance is not None:
+                weight = weight * importance.to(torch.float32)[:, None]
+            state.value.index_add_(0, index, (weight * value_f[:, None]).reshape(-1))
+            state.acc.index_add_(0, index, weight.reshape(-1))
             state._clear_dump()
             return
         elif self.compounding == "max":
@@ -628,6 +685,7 @@ def reconstruct(
     fill_holes=None,
     exact_plus: bool | None = None,
     device="cpu",
+    backend: str | None = None,
     max_memory: int | None = None,
     progress=None,
 ):
@@ -659,6 +717,8 @@ def reconstruct(
     exact_plus : bool, optional
         PLUS's arithmetic (default: True with a config, else False).
     device : "cpu" or "cuda".
+    backend : "numba" or "torch", optional
+        Compiled CPU kernels (default on CPU) or torch scatters (default on CUDA); same volumes.
     max_memory : int, optional
         Byte limit for the buffers (default: half the available RAM); a
         :class:`~freehand3d.errors.ResourceError` suggesting a spacing is raised before allocating.
@@ -727,9 +787,11 @@ def reconstruct(
         fixed_point=cfg.optimization == "FULL" if cfg is not None else True,
         fill_holes=fill_holes,
         device=device,
+        backend=backend,
         max_memory=max_memory,
     )
-    step = 8
+    # the compiled kernels need no temporary memory per frame: bigger steps, fewer calls
+    step = 64 if rec.backend == "numba" else 8
     for start in range(0, len(frame_indices), step):
         chunk = frame_indices[start : start + step]
         rec.add_frames(working.frames[chunk], mats[chunk])
