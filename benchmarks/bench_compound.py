@@ -1,9 +1,11 @@
-"""Benchmark: freehand3d's torch compounding vs a straightforward numpy implementation, same run.
+"""Benchmark: freehand3d's compounding (compiled numba kernels, torch scatters) vs a straightforward
+numpy implementation, all timed in the same run.
 
 480 x 640 frames (0.2 mm pixels) swept 0.5 mm per frame with a slow tilt, into a 0.5 mm grid of
-about 5 Mvoxels. For every method/mode the table gives frames/s of freehand3d (fast path, and the
-PLUS-exact path where it differs) and of a plain per-frame vectorised numpy implementation, and the
-ratio. Then hole filling of the (holey) 5-Mvoxel nearest-neighbour volume.
+about 5 Mvoxels. For every method/mode the table gives frames/s of the numba kernels (the CPU
+default; fast float32 path and PLUS-exact fixed point), of the torch path (fast and PLUS-exact) and
+of a plain per-frame vectorised numpy implementation, and the ratios numba/numpy and numba/torch.
+Then hole filling of the (holey) 5-Mvoxel nearest-neighbour volume.
 
     python benchmarks/bench_compound.py [--frames 100] [--threads 2] [--device cpu|cuda]
 """
@@ -88,14 +90,17 @@ class NumpyCompounder:
                         self.weight[flat[sel]] = 1
 
 
-def time_ours(grid, frames, mats, method, compounding, exact, device, batch):
+def time_ours(grid, frames, mats, method, compounding, exact, device, batch, backend=None):
+    """(frames/s, the reconstructor, seconds of the warm-up call: kernel compilation or cache load)."""
     import torch
 
     from freehand3d.compound import Reconstructor
 
-    rec = Reconstructor(grid, method, compounding, exact_plus=exact, device=device)
-    rec.add_frames(frames[:batch], mats[:batch])  # warm-up (allocations, pixel list)
-    rec = Reconstructor(grid, method, compounding, exact_plus=exact, device=device)
+    rec = Reconstructor(grid, method, compounding, exact_plus=exact, device=device, backend=backend)
+    start = time.perf_counter()
+    rec.add_frames(frames[:batch], mats[:batch])  # warm-up (compilation, allocations, pixel list)
+    warm_up = time.perf_counter() - start
+    rec = Reconstructor(grid, method, compounding, exact_plus=exact, device=device, backend=backend)
     if device == "cuda":
         torch.cuda.synchronize()
     start = time.perf_counter()
@@ -103,7 +108,7 @@ def time_ours(grid, frames, mats, method, compounding, exact, device, batch):
         rec.add_frames(frames[i : i + batch], mats[i : i + batch])
     if device == "cuda":
         torch.cuda.synchronize()
-    return len(frames) / (time.perf_counter() - start), rec
+    return len(frames) / (time.perf_counter() - start), rec, warm_up
 
 
 def time_numpy(grid, frames, mats, method, compounding, n):
@@ -118,31 +123,47 @@ def main():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--frames", type=int, default=100, help="100 frames give a ~5 Mvoxel grid")
     parser.add_argument("--numpy-frames", type=int, default=6, help="frames timed for the (slow) numpy reference")
+    parser.add_argument("--torch-frames", type=int, default=24, help="frames timed for the torch path on CPU")
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--batch", type=int, default=4, help="frames per add_frames call")
     args = parser.parse_args()
+
+    import numba
 
     import torch
 
     from freehand3d.compound import fill_holes, grid_from_frames
 
     torch.set_num_threads(args.threads)
+    numba.set_num_threads(min(args.threads, numba.config.NUMBA_NUM_THREADS))
     frames, mats = make_sweep(args.frames)
     grid = grid_from_frames(mats, frames.shape[1:], 0.5)
     print(f"{len(frames)} frames 480x640 -> grid {grid.size} = {grid.n_voxels / 1e6:.2f} Mvoxel at 0.5 mm; "
-          f"torch {torch.__version__}, {args.threads} threads, device {args.device}")
-    print(f"{'method':8} {'mode':7} {'freehand3d fps':>15} {'PLUS-exact fps':>15} {'numpy fps':>10} {'ratio':>7}")
+          f"torch {torch.__version__}, numba {numba.__version__}, {args.threads} threads, device {args.device}")
+    on_cpu = args.device == "cpu"
+    print("frames/s; 'fast' = float32 positions and float sums, 'exact' = PLUS's fixed-point arithmetic")
+    print(f"{'method':8} {'mode':7} {'numba fast':>11} {'numba exact':>12} {'torch fast':>11} {'torch exact':>12} "
+          f"{'numpy':>7} {'numba/numpy':>12} {'numba/torch':>12} {'compile s':>10}")
     nearest_volume = None
+    n_torch = min(len(frames), max(args.batch, args.torch_frames))
     for method in ("nearest", "linear"):
         for mode in ("latest", "max", "mean"):
-            fps, rec = time_ours(grid, frames, mats, method, mode, False, args.device, args.batch)
+            if on_cpu:
+                fps, rec, warm_up = time_ours(grid, frames, mats, method, mode, False, args.device, args.batch, "numba")
+                exact_fps, _, warm_exact = time_ours(grid, frames, mats, method, mode, True, args.device, args.batch, "numba")
+                warm_up += warm_exact
+            # the torch path is slower on CPU: time fewer frames (all of them on CUDA)
+            n = n_torch if on_cpu else len(frames)
+            torch_fps, torch_rec, _ = time_ours(grid, frames[:n], mats[:n], method, mode, False, args.device, args.batch, "torch")
+            torch_exact_fps, _, _ = time_ours(grid, frames[:n], mats[:n], method, mode, True, args.device, args.batch, "torch")
+            if not on_cpu:
+                fps, rec, exact_fps, warm_up = torch_fps, torch_rec, torch_exact_fps, 0.0
             if method == "nearest" and mode == "latest":
                 nearest_volume = rec
-            n_exact = max(args.batch, len(frames) // 4)  # the exact path is slower: time a quarter
-            exact_fps, _ = time_ours(grid, frames[:n_exact], mats[:n_exact], method, mode, True, args.device, args.batch)
             np_fps = time_numpy(grid, frames, mats, method, mode, args.numpy_frames)
-            print(f"{method:8} {mode:7} {fps:15.1f} {exact_fps:15.1f} {np_fps:10.1f} {fps / np_fps:7.1f}x")
+            print(f"{method:8} {mode:7} {fps:11.1f} {exact_fps:12.1f} {torch_fps:11.1f} {torch_exact_fps:12.1f} "
+                  f"{np_fps:7.1f} {fps / np_fps:11.1f}x {fps / torch_fps:11.1f}x {warm_up:10.2f}")
 
     values = nearest_volume._state.result()[: grid.n_voxels].reshape(grid.shape).cpu().numpy()
     filled = nearest_volume.accumulation() > 0
