@@ -160,6 +160,16 @@ def test_track_command_with_preset_tiny_and_the_shipped_checkpoint(sweeps, tmp_p
     np.testing.assert_allclose(poses[0], centred_pixel_to_image(SPACING, (480, 640)), atol=1e-9)  # frame 0 = origin
 
 
+def test_track_rejects_a_sweep_too_short_for_the_model(sweeps, tmp_path):
+    one = tmp_path / "one.igs.mha"
+    write_sweep(read_sweep(sweeps[0]).subset([0]), one)
+    result = runner.invoke(app, ["track", str(one), "-c", str(SHIPPED), "-o", str(tmp_path / "x.mha")])
+    assert result.exit_code != 0
+    assert isinstance(result.exception, InputError)
+    assert "at least 2 frames" in str(result.exception) and "one.igs.mha" in str(result.exception)
+    assert not (tmp_path / "x.mha").exists()
+
+
 def test_tiny_preset_describes_the_shipped_checkpoint():
     from freehand3d.tracking import load_dualtrack
     from freehand3d.tracking.model import DualTrack, get_config
