@@ -71,8 +71,14 @@ def test_thread_split_is_bit_identical(arithmetic, method):
     """Each thread owns a set of voxels and sees their contributions in the serial order: float sums
     (MEAN) and LATEST come out the same whatever the number of threads."""
     frames, mats, size = _random_setup(seed=4, n_frames=6, shape=(15, 19))
-    runs = _kernels.mask_runs(np.ones(frames.shape[1:], bool))
+    mask = np.ones(frames.shape[1:], bool)
+    mask[3, 4:9] = False  # two runs on that row
+    runs = _kernels.PixelRuns(mask)
     float_sums = arithmetic == _kernels.SINGLE
+    # a grid above 2 x 4096 voxels, so that the two-phase nearest neighbour gives both threads work
+    size = (23, 21, 19)
+    mats = mats.copy()
+    mats[:, :3, :3] *= 1.6
     results = []
     for mode in (_kernels.LATEST, _kernels.MEAN):
         per_owners = []
@@ -86,7 +92,7 @@ def test_thread_split_is_bit_identical(arithmetic, method):
             np.testing.assert_array_equal(value, per_owners[0][0])
             np.testing.assert_array_equal(acc, per_owners[0][1])
         results.append(per_owners[0][1])
-    assert all((acc > 0).sum() > 50 for acc in results)
+    assert all((acc[:4096] > 0).sum() > 50 and (acc[4096:8192] > 0).sum() > 50 for acc in results)
     assert _kernels.owners_for_threads(3) == 2 and _kernels.owners_for_threads(1) == 1
 
 

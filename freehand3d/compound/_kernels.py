@@ -56,8 +56,18 @@ def _plus_round(x):
 
 @njit(cache=True)
 def _div_round_half_even(numerator, denominator):
-    quotient = numerator // denominator
-    twice_rest = (numerator - quotient * denominator) * 2
+    """round(numerator / denominator), ties to even, for non-negative int64 numerators below 2**53
+    and positive denominators: a double quotient corrected to the exact integer floor (cheaper than
+    a 64-bit integer division)."""
+    quotient = np.int64(np.float64(numerator) / np.float64(denominator))
+    rest = numerator - quotient * denominator
+    if rest < 0:
+        quotient -= 1
+        rest += denominator
+    elif rest >= denominator:
+        quotient += 1
+        rest -= denominator
+    twice_rest = rest * 2
     if twice_rest > denominator or (twice_rest == denominator and (quotient & 1) == 1):
         quotient += 1
     return quotient
@@ -178,10 +188,15 @@ def _corner(c, i0, j0, k0, i1, j1, k1, nx, nxy, owner_mask, owner):
 
 @njit(cache=True, nogil=True)
 def _paste_owner(
-    linear, owner, owner_mask, frames, q, m64, m32, arith, exact, mode, runs, importance, min_value, nx, ny, nz, value, acc
-):
+    linear, record, owner, owner_mask, frames, q, m64, m32, arith, exact, mode, runs, row_lo, row_hi, offsets, out_idx,
+    importance, min_value, nx, ny, nz, value, acc,
+):  # fmt: skip
     """Every pixel of every frame in PLUS's order; updates only the voxels of ``owner``. ``linear``,
-    ``arith``, ``exact`` and ``mode`` are compile-time constants (see :func:`_kernel`)."""
+    ``record``, ``arith``, ``exact`` and ``mode`` are compile-time constants (see :func:`_kernel`).
+
+    With ``record`` (nearest neighbour only) nothing is pasted: the flat voxel index of each pixel of
+    the runs ``row_lo:row_hi`` goes to ``out_idx[frame, offsets[run] + column - first column]``
+    (-1 for pixels that are not pasted), for :func:`_apply_nearest`."""
     overflow = 0
     nxy = nx * ny
     half32, one32 = np.float32(0.5), np.float32(1.0)
@@ -191,10 +206,12 @@ def _paste_owner(
     w_double = np.zeros(8, np.float64)
     w_single = np.zeros(8, np.float32)
     for b in range(frames.shape[0]):
-        for r in range(runs.shape[0]):
+        for r in range(row_lo, row_hi):
             y, x0, x1 = runs[r, 0], runs[r, 1], runs[r, 2]
             frow = frames[b, y]
             irow = importance[y] if mode == IMPORTANCE else importance[0]
+            if record:
+                out_idx[b, offsets[r] : offsets[r] + x1 - x0 + 1] = -1
             if arith == FIXED:
                 # integer adds along the row give exactly PLUS's origin + x * x_axis + y * y_axis
                 px, py, pz, dx, dy, dz = _fixed_row(q, b, x0, y)
@@ -274,6 +291,9 @@ def _paste_owner(
                         i0, j0, k0 = np.int64(lx32), np.int64(ly32), np.int64(lz32)
                         i1, j1, k1 = i0 + 1, j0 + 1, k0 + 1
                 if not linear:
+                    if record:
+                        out_idx[b, offsets[r] + x - x0] = k * nxy + j * nx + i
+                        continue
                     if owner_mask and not _owned(j, k, owner_mask, owner):
                         continue
                     idx = k * nxy + j * nx + i
@@ -311,12 +331,57 @@ def _kernel(linear: bool, arith: int, mode: int):
 
     @njit(nogil=True, cache=True)
     def kernel(owner, owner_mask, frames, q, m64, m32, runs, importance, min_value, nx, ny, nz, value, acc):
+        no_idx = np.zeros((1, 1), np.int64)
         return _paste_owner(
-            linear, owner, owner_mask, frames, q, m64, m32, arith, exact, mode, runs, importance, min_value, nx, ny, nz, value, acc
-        )
+            linear, False, owner, owner_mask, frames, q, m64, m32, arith, exact, mode, runs, 0, runs.shape[0], runs[:, 0],
+            no_idx, importance, min_value, nx, ny, nz, value, acc,
+        )  # fmt: skip
 
     return kernel
 
+
+@functools.lru_cache(maxsize=None)
+def _record_kernel(arith: int, mode: int):
+    """Nearest neighbour, first phase: voxel indices of the runs ``row_lo:row_hi``."""
+    exact = arith != SINGLE
+
+    @njit(nogil=True, cache=True)
+    def record(frames, q, m64, m32, runs, row_lo, row_hi, offsets, out_idx, importance, min_value, nx, ny, nz):
+        none = np.zeros(1, np.int32)
+        return _paste_owner(
+            False, True, 0, 0, frames, q, m64, m32, arith, exact, mode, runs, row_lo, row_hi, offsets, out_idx,
+            importance, min_value, nx, ny, nz, none, none,
+        )  # fmt: skip
+
+    return record
+
+
+@functools.lru_cache(maxsize=None)
+def _apply_kernel(exact: bool, mode: int):
+    """Nearest neighbour, second phase: the recorded pixels in order, only the voxels of ``owner``."""
+
+    @njit(nogil=True, cache=True)
+    def apply(owner, owner_mask, frames_flat, flat_pixels, importance_flat, out_idx, value, acc):
+        overflow = 0
+        for b in range(out_idx.shape[0]):
+            frame = frames_flat[b]
+            for p in range(out_idx.shape[1]):
+                idx = out_idx[b, p]
+                if idx < 0 or ((idx >> _OWNER_SHIFT) & owner_mask) != owner:
+                    continue
+                pixel = flat_pixels[p]
+                imp = np.int64(importance_flat[pixel]) if mode == IMPORTANCE else np.int64(0)
+                value[idx], acc[idx], crossed = _nearest_rule(exact, mode, value[idx], acc[idx], np.int64(frame[pixel]), imp)
+                overflow += crossed
+        return overflow
+
+    return apply
+
+
+#: two-phase nearest neighbour: threads own blocks of 2**12 consecutive voxels, in turn
+_OWNER_SHIFT = 12
+#: indices recorded per step of the two-phase nearest neighbour (bounds its scratch memory)
+_RECORD_PIXELS = 1 << 20
 
 _POOL = None
 
@@ -341,6 +406,24 @@ def mask_runs(mask: np.ndarray) -> np.ndarray:
     return np.stack([start_rows, start_cols, stop_cols - 1], 1).astype(np.int64).reshape(-1, 3)
 
 
+class PixelRuns:
+    """The pasted pixels of a mask: runs (see :func:`mask_runs`), where each run starts in the
+    pixel list (``offsets``) and the flat frame index of every listed pixel (``flat``)."""
+
+    def __init__(self, mask: np.ndarray):
+        mask = np.asarray(mask, bool)
+        self.shape = mask.shape
+        self.runs = mask_runs(mask)
+        lengths = self.runs[:, 2] - self.runs[:, 1] + 1
+        self.offsets = np.concatenate([[0], np.cumsum(lengths)[:-1]]).astype(np.int64)
+        rows, cols = np.nonzero(mask)
+        self.flat = (rows * mask.shape[1] + cols).astype(np.int64)
+
+    @property
+    def n_pixels(self) -> int:
+        return len(self.flat)
+
+
 def owners_for_threads(threads: int | None = None) -> int:
     """Number of voxel owners: the largest power of two not above the thread count."""
     n = numba.get_num_threads() if threads is None else int(threads)
@@ -353,7 +436,7 @@ def paste(
     mode: int,
     frames: np.ndarray,
     image_pix_to_voxel: np.ndarray,
-    runs: np.ndarray,
+    pixels,
     importance: np.ndarray | None,
     min_value: int,
     size,
@@ -363,8 +446,17 @@ def paste(
 ) -> int:
     """Paste (B, H, W) uint8 frames with (B, 4, 4) pixel -> voxel matrices into the flat buffers
     ``value`` / ``acc`` in place; returns how many voxels crossed PLUS's accumulation overflow
-    threshold (exact MEAN)."""
+    threshold (exact MEAN).
+
+    ``pixels`` is a :class:`PixelRuns` (or a boolean mask). With several threads, nearest neighbour
+    runs in two phases: the threads split the rows to record every pixel's voxel, then split the
+    voxels to paste the recorded pixels in order; trilinear splatting lets every thread go through
+    all pixels and keep its own voxels."""
+    if not isinstance(pixels, PixelRuns):
+        pixels = PixelRuns(pixels)
     frames = np.ascontiguousarray(frames, np.uint8)
+    if frames.ndim != 3 or tuple(frames.shape[1:]) != tuple(pixels.shape):
+        raise ValueError(f"frames of shape {frames.shape[1:]} do not match the pixel mask {tuple(pixels.shape)}")
     mats = np.asarray(image_pix_to_voxel, np.float64)[:, :3, :]
     if arith == FIXED:
         q = np.rint(mats * _FIXED_ONE).astype(np.int64)
@@ -375,13 +467,40 @@ def paste(
     imp = np.zeros((1, 1), np.uint8) if importance is None else np.ascontiguousarray(importance, np.uint8)
     owners = owners_for_threads() if n_owners is None else int(n_owners)
     nx, ny, nz = (int(v) for v in size)
-    kernel = _kernel(method == "linear", int(arith), int(mode))
-    args = (frames, q, m64, m32, runs, imp, int(min_value), nx, ny, nz, value, acc)
-    if owners == 1:
-        return int(kernel(0, 0, *args))
-    # the kernels release the GIL: one thread per voxel owner, each through every pixel
-    futures = [_pool(owners).submit(kernel, owner, owners - 1, *args) for owner in range(owners)]
-    return int(sum(f.result() for f in futures))
+    runs = pixels.runs
+    if owners == 1 or method == "linear":
+        kernel = _kernel(method == "linear", int(arith), int(mode))
+        args = (frames, q, m64, m32, runs, imp, int(min_value), nx, ny, nz, value, acc)
+        if owners == 1:
+            return int(kernel(0, 0, *args))
+        # the kernels release the GIL: one thread per voxel owner, each through every pixel
+        futures = [_pool(owners).submit(kernel, owner, owners - 1, *args) for owner in range(owners)]
+        return int(sum(f.result() for f in futures))
+    record = _record_kernel(int(arith), int(mode))
+    apply = _apply_kernel(arith != SINGLE, int(mode))
+    pool = _pool(owners)
+    frames_flat = frames.reshape(len(frames), -1)
+    imp_flat = imp.reshape(-1)
+    step = max(1, _RECORD_PIXELS // max(1, pixels.n_pixels))
+    out_idx = np.empty((min(step, len(frames)), pixels.n_pixels), np.int64)
+    bounds = np.linspace(0, len(runs), owners + 1).astype(np.int64)
+    overflow = 0
+    for start in range(0, len(frames), step):
+        stop = min(start + step, len(frames))
+        idx = out_idx[: stop - start]
+        chunk = (frames[start:stop], q[start:stop], m64[start:stop], m32[start:stop], runs)
+        futures = [
+            pool.submit(record, *chunk, bounds[t], bounds[t + 1], pixels.offsets, idx, imp, int(min_value), nx, ny, nz)
+            for t in range(owners)
+        ]
+        for f in futures:
+            f.result()
+        futures = [
+            pool.submit(apply, t, owners - 1, frames_flat[start:stop], pixels.flat, imp_flat, idx, value, acc)
+            for t in range(owners)
+        ]
+        overflow += sum(f.result() for f in futures)
+    return int(overflow)
 
 
-__all__ = ["paste", "mask_runs", "owners_for_threads", "MODE_CODES", "FIXED", "DOUBLE", "SINGLE"]
+__all__ = ["paste", "mask_runs", "PixelRuns", "owners_for_threads", "MODE_CODES", "FIXED", "DOUBLE", "SINGLE"]
