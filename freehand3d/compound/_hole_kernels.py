@@ -40,35 +40,36 @@ NEAREST_NEIGHBOR, GAUSSIAN, DISTANCE_WEIGHT_INVERSE, STICK, GAP = range(5)
 
 @njit(cache=True, nogil=True, parallel=True)
 def _fill(kind, values, known, accumulation, out, remaining, line, cube, steps, int_a, int_b, cube_voxels, min_ratio):
-    """Visit the holes still in ``remaining`` (z-slabs in parallel) and fill those where kernel
-    ``kind`` succeeds; the parameters each kind reads are listed in the public wrappers below."""
+    """Fill the holes still in ``remaining`` where kernel ``kind`` succeeds, z-slices in parallel;
+    the parameters each kind reads are listed in the public wrappers below."""
     nz, ny, nx = values.shape
     norms = np.empty(steps.shape[0])
     for d in range(steps.shape[0]):
         norms[d] = math.sqrt(float(steps[d, 0] ** 2 + steps[d, 1] ** 2 + steps[d, 2] ** 2))
     for z in prange(nz):
+        if kind == NEAREST_NEIGHBOR or kind == GAUSSIAN:
+            _fill_slice_separable(kind, values, known, accumulation, out, remaining, z, line, int_a, cube_voxels, min_ratio)
+            continue
         scratch = np.empty((2, steps.shape[0]))
-        work = np.empty((6, line.shape[0], line.shape[0]))
         for y in range(ny):
             for x in range(nx):
                 if not remaining[z, y, x]:
                     continue
-                if kind == NEAREST_NEIGHBOR:
-                    ok, estimate = _nearest(values, known, z, y, x, int_a, cube, cube_voxels, min_ratio)
-                elif kind == GAUSSIAN:
-                    ok, estimate = _gaussian(values, known, accumulation, int_a == 1, z, y, x, line, cube_voxels, min_ratio, work)
-                elif kind == DISTANCE_WEIGHT_INVERSE:
-                    count, sum_w, sum_v = _cube_sums(values, known, z, y, x, cube.shape[0] // 2, cube)
-                    ok = sum_w != 0.0 and count / cube_voxels > min_ratio
-                    estimate = float(math.trunc(sum_v / sum_w)) if ok else 0.0
+                if kind == DISTANCE_WEIGHT_INVERSE:
+                    ok, estimate = _inverse_distance(values, known, z, y, x, cube, cube_voxels, min_ratio)
                 elif kind == STICK:
                     ok, estimate = _stick(values, known, z, y, x, steps, norms, int_a, int_b, scratch)
                 else:
                     ok, estimate = _first_at_offsets(values, known, z, y, x, steps)
                 if ok:
-                    # the torch path's clamp(0, 255) before uint8
-                    out[z, y, x] = min(max(estimate, 0.0), 255.0)
-                    remaining[z, y, x] = False
+                    _store(out, remaining, z, y, x, estimate)
+
+
+@njit(inline="always")
+def _store(out, remaining, z, y, x, estimate):
+    # the torch path's clamp(0, 255) before uint8
+    out[z, y, x] = min(max(estimate, 0.0), 255.0)
+    remaining[z, y, x] = False
 
 
 _NO_LINE = np.zeros(1)
@@ -76,14 +77,10 @@ _NO_CUBE = np.zeros((1, 1, 1))
 _NO_STEPS = np.zeros((1, 3), np.int64)
 
 
-def _ones(radius: int) -> np.ndarray:
-    return np.ones((2 * max(radius, 0) + 1,) * 3)
-
-
 def fill_nearest(values, known, out, remaining, max_radius: int, cube_voxels: float, min_ratio: float):
     """NEAREST_NEIGHBOR: mean of the known voxels in the smallest cube (radius 1 .. max_radius)
     holding any; the ratio test (count / cube_voxels > min_ratio) is made at that radius only."""
-    _fill(NEAREST_NEIGHBOR, values, known, _NO_CUBE, out, remaining, _NO_LINE, _ones(max_radius), _NO_STEPS, max_radius, 0, cube_voxels, min_ratio)
+    _fill(NEAREST_NEIGHBOR, values, known, _NO_CUBE, out, remaining, _NO_LINE, _NO_CUBE, _NO_STEPS, max_radius, 0, cube_voxels, min_ratio)
 
 
 def fill_gaussian(values, known, accumulation, out, remaining, kernel_1d, cube_voxels: float, min_ratio: float):
@@ -115,85 +112,118 @@ def fill_from_offsets(values, known, out, remaining, offsets):
     _fill(GAP, values, known, _NO_CUBE, out, remaining, _NO_LINE, _NO_CUBE, offsets, 0, 0, 0.0, 0.0)
 
 
-# ---------------------------------------------------------------------- per-voxel kernels
-@njit
-def _nearest(values, known, z, y, x, max_radius, ones, cube_voxels, min_ratio):
-    for radius in range(1, max_radius + 1):
-        count, _, total = _cube_sums(values, known, z, y, x, radius, ones)
-        if count > 0:
-            return count / cube_voxels > min_ratio, float(math.trunc(total / count))
-    return False, 0.0
+# ---------------------------------------------------------------------- separable kernels
+@njit(inline="always")
+def _field(values, known, accumulation, use_accumulation, z, y, x):
+    """(weight, weight x value) of one voxel: the two fields the torch path convolves."""
+    if not known[z, y, x]:
+        return 0.0, 0.0
+    w = accumulation[z, y, x] if use_accumulation else 1.0
+    return w, w * values[z, y, x]
 
 
 @njit
-def _cube_sums(values, known, z, y, x, radius, kernel_3d):
-    """(count, sum of weights, sum of weight x value) of the known voxels in the cube of
-    ``radius`` about (z, y, x), weights from the centred ``kernel_3d`` (z, y, x)."""
+def _zy_sums(values, known, accumulation, use_accumulation, z, kernel_1d, tmp, sums):
+    """Torch's zero-padded separable sums along z, then y, over all of slice z, of the weights
+    (``sums[0]``) and weights x values (``sums[1]``): per voxel the centre product, then for
+    k = 1.. the +k and -k neighbours by fused multiply-add. ``tmp``, ``sums``: (2, ny, nx)."""
+    nz, ny, nx = values.shape
+    radius = kernel_1d.shape[0] // 2
+    centre = kernel_1d[radius]
+    for y in range(ny):
+        for x in range(nx):
+            w, v = _field(values, known, accumulation, use_accumulation, z, y, x)
+            tmp[0, y, x] = w * centre
+            tmp[1, y, x] = v * centre
+    for k in range(1, radius + 1):
+        for zz in (z + k, z - k):
+            if 0 <= zz < nz:
+                for y in range(ny):
+                    for x in range(nx):
+                        w, v = _field(values, known, accumulation, use_accumulation, zz, y, x)
+                        tmp[0, y, x] = _fma(w, kernel_1d[radius + k], tmp[0, y, x])
+                        tmp[1, y, x] = _fma(v, kernel_1d[radius + k], tmp[1, y, x])
+    for y in range(ny):
+        for x in range(nx):
+            sums[0, y, x] = tmp[0, y, x] * centre
+            sums[1, y, x] = tmp[1, y, x] * centre
+        for k in range(1, radius + 1):
+            for yy in (y + k, y - k):
+                if 0 <= yy < ny:
+                    for x in range(nx):
+                        sums[0, y, x] = _fma(tmp[0, yy, x], kernel_1d[radius + k], sums[0, y, x])
+                        sums[1, y, x] = _fma(tmp[1, yy, x], kernel_1d[radius + k], sums[1, y, x])
+
+
+@njit(inline="always")
+def _x_sum(row, x, kernel_1d):
+    """The last (x) pass of the separable sum, at x only."""
+    radius = kernel_1d.shape[0] // 2
+    total = row[x] * kernel_1d[radius]
+    for k in range(1, radius + 1):
+        if x + k < row.shape[0]:
+            total = _fma(row[x + k], kernel_1d[radius + k], total)
+        if x - k >= 0:
+            total = _fma(row[x - k], kernel_1d[radius + k], total)
+    return total
+
+
+@njit
+def _fill_slice_separable(kind, values, known, accumulation, out, remaining, z, kernel_1d, int_a, cube_voxels, min_ratio):
+    """GAUSSIAN(_ACCUMULATION) (``int_a``: use the accumulation) and NEAREST_NEIGHBOR (``int_a``:
+    largest radius) on slice z: separable sums over the slice, the last pass at the holes only."""
+    ny, nx = values.shape[1:]
+    if not remaining[z].any():
+        return
+    planes = np.empty((6, ny, nx))
+    tmp, sums, counts = planes[0:2], planes[2:4], planes[4:6]
+    if kind == GAUSSIAN:
+        ones = np.ones(kernel_1d.shape[0])
+        _zy_sums(values, known, accumulation, int_a == 1, z, kernel_1d, tmp, sums)
+        _zy_sums(values, known, accumulation, False, z, ones, tmp, counts)
+        for y in range(ny):
+            for x in range(nx):
+                if remaining[z, y, x]:
+                    sum_w = _x_sum(sums[0, y], x, kernel_1d)
+                    if sum_w != 0.0 and _x_sum(counts[0, y], x, ones) / cube_voxels > min_ratio:
+                        _store(out, remaining, z, y, x, float(math.trunc(_x_sum(sums[1, y], x, kernel_1d) / sum_w)))
+        return
+    # NEAREST_NEIGHBOR: the smallest cube holding a known voxel decides (fills or fails)
+    decided = np.zeros((ny, nx), np.bool_)
+    for radius in range(1, int_a + 1):
+        ones = np.ones(2 * radius + 1)
+        _zy_sums(values, known, accumulation, False, z, ones, tmp, counts)
+        for y in range(ny):
+            for x in range(nx):
+                if remaining[z, y, x] and not decided[y, x]:
+                    count = _x_sum(counts[0, y], x, ones)
+                    if count > 0:
+                        decided[y, x] = True
+                        if count / cube_voxels > min_ratio:
+                            _store(out, remaining, z, y, x, float(math.trunc(_x_sum(counts[1, y], x, ones) / count)))
+
+
+# ---------------------------------------------------------------------- per-hole kernels
+@njit
+def _inverse_distance(values, known, z, y, x, kernel_3d, cube_voxels, min_ratio):
+    """Weighted mean of the known voxels of the cube about (z, y, x), (z, y, x) weights ``kernel_3d``."""
     nz, ny, nx = known.shape
-    centre = kernel_3d.shape[0] // 2
+    radius = kernel_3d.shape[0] // 2
     count = 0
     sum_w = 0.0
     sum_v = 0.0
     for zz in range(max(z - radius, 0), min(z + radius + 1, nz)):
         for yy in range(max(y - radius, 0), min(y + radius + 1, ny)):
             for xx in range(max(x - radius, 0), min(x + radius + 1, nx)):
-                if known[zz, yy, xx]:
-                    w = kernel_3d[zz - z + centre, yy - y + centre, xx - x + centre]
-                    count += 1
-                    sum_w += w
-                    sum_v += w * values[zz, yy, xx]
-    return count, sum_w, sum_v
-
-
-# ---------------------------------------------------------------------- GAUSSIAN(_ACCUMULATION)
-@njit(inline="always")
-def _line_sum(samples, lo, hi, kernel_1d):
-    """Torch's zero-padded 'same' correlation of one line at its centre sample: the centre product,
-    then for k = 1.. the samples +k and -k by fused multiply-add; samples outside lo..hi are absent."""
-    radius = kernel_1d.shape[0] // 2
-    total = samples[radius] * kernel_1d[radius]
-    for k in range(1, radius + 1):
-        if radius + k <= hi:
-            total = _fma(samples[radius + k], kernel_1d[radius + k], total)
-        if radius - k >= lo:
-            total = _fma(samples[radius - k], kernel_1d[radius + k], total)
-    return total
-
-
-@njit
-def _gaussian(values, known, accumulation, use_accumulation, z, y, x, kernel_1d, cube_voxels, min_ratio, work):
-    """Separable sums of the weights and weights x values as the torch path runs them: along z,
-    then y, then x. ``work``: (6, s, s) scratch."""
-    nz, ny, nx = values.shape
-    radius = kernel_1d.shape[0] // 2
-    size = 2 * radius + 1
-    # sample i of a line through p sits at p - radius + i; these bound the samples inside the volume
-    z_lo, z_hi = max(0, radius - z), min(size - 1, nz - 1 - z + radius)
-    y_lo, y_hi = max(0, radius - y), min(size - 1, ny - 1 - y + radius)
-    x_lo, x_hi = max(0, radius - x), min(size - 1, nx - 1 - x + radius)
-    line_w, line_v, plane_w, plane_v, row_w, row_v = work[0, 0], work[1, 0], work[2], work[3], work[4, 0], work[5, 0]
-    count = 0
-    for j in range(x_lo, x_hi + 1):
-        xx = x - radius + j
-        for i in range(y_lo, y_hi + 1):
-            yy = y - radius + i
-            for k in range(z_lo, z_hi + 1):
-                zz = z - radius + k
-                w = 0.0
-                if known[zz, yy, xx]:
-                    w = accumulation[zz, yy, xx] if use_accumulation else 1.0
-                    count += 1
-                line_w[k] = w
-                line_v[k] = w * values[zz, yy, xx]
-            plane_w[j, i] = _line_sum(line_w, z_lo, z_hi, kernel_1d)
-            plane_v[j, i] = _line_sum(line_v, z_lo, z_hi, kernel_1d)
-        row_w[j] = _line_sum(plane_w[j], y_lo, y_hi, kernel_1d)
-        row_v[j] = _line_sum(plane_v[j], y_lo, y_hi, kernel_1d)
-    sum_w = _line_sum(row_w, x_lo, x_hi, kernel_1d)
-    if sum_w == 0.0:
+                # branch-free: an unknown voxel adds exact zeros
+                is_known = known[zz, yy, xx]
+                w = kernel_3d[zz - z + radius, yy - y + radius, xx - x + radius] * is_known
+                count += is_known
+                sum_w += w
+                sum_v += w * values[zz, yy, xx]
+    if sum_w == 0.0 or not count / cube_voxels > min_ratio:
         return False, 0.0
-    sum_v = _line_sum(row_v, x_lo, x_hi, kernel_1d)
-    return count / cube_voxels > min_ratio, float(math.trunc(sum_v / sum_w))
+    return True, float(math.trunc(sum_v / sum_w))
 
 
 @njit(inline="always")
