@@ -111,6 +111,33 @@ def time_ours(grid, frames, mats, method, compounding, exact, device, batch, bac
     return len(frames) / (time.perf_counter() - start), rec, warm_up
 
 
+def cpu_time_table(grid, frames, mats, threads):
+    """The numba kernels timed by the CPU time they use (time.process_time), for a machine shared with
+    other jobs: frames x threads / CPU seconds is what the threads give when each has a free core."""
+    import numba
+
+    from freehand3d.compound import Reconstructor
+
+    counts = sorted({1, threads})
+    print(f"\nnumba kernels by CPU time (frames/s per {' / '.join(map(str, counts))} thread(s), all frames)")
+    print(f"{'method':8} {'mode':7} {'fast':>16} {'PLUS-exact':>16}")
+    for method in ("nearest", "linear"):
+        for mode in ("latest", "max", "mean"):
+            cells = []
+            for exact in (False, True):
+                rates = []
+                for n in counts:
+                    numba.set_num_threads(n)
+                    Reconstructor(grid, method, mode, exact_plus=exact).add_frames(frames[:1], mats[:1])  # warm-up
+                    rec = Reconstructor(grid, method, mode, exact_plus=exact)
+                    start = time.process_time()
+                    rec.add_frames(frames, mats)
+                    rates.append(len(frames) * n / (time.process_time() - start))
+                cells.append(" / ".join(f"{r:.0f}" for r in rates))
+            print(f"{method:8} {mode:7} {cells[0]:>16} {cells[1]:>16}")
+    numba.set_num_threads(threads)
+
+
 def time_numpy(grid, frames, mats, method, compounding, n):
     ref = NumpyCompounder(grid, method, compounding)
     start = time.perf_counter()
@@ -124,6 +151,7 @@ def main():
     parser.add_argument("--frames", type=int, default=100, help="100 frames give a ~5 Mvoxel grid")
     parser.add_argument("--numpy-frames", type=int, default=6, help="frames timed for the (slow) numpy reference")
     parser.add_argument("--torch-frames", type=int, default=24, help="frames timed for the torch path on CPU")
+    parser.add_argument("--cpu-time", action="store_true", help="also time the numba kernels by CPU time")
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--batch", type=int, default=4, help="frames per add_frames call")
@@ -164,6 +192,8 @@ def main():
             np_fps = time_numpy(grid, frames, mats, method, mode, args.numpy_frames)
             print(f"{method:8} {mode:7} {fps:11.1f} {exact_fps:12.1f} {torch_fps:11.1f} {torch_exact_fps:12.1f} "
                   f"{np_fps:7.1f} {fps / np_fps:11.1f}x {fps / torch_fps:11.1f}x {warm_up:10.2f}")
+    if args.cpu_time and on_cpu:
+        cpu_time_table(grid, frames, mats, args.threads)
 
     values = nearest_volume._state.result()[: grid.n_voxels].reshape(grid.shape).cpu().numpy()
     filled = nearest_volume.accumulation() > 0
