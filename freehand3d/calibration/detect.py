@@ -7,7 +7,10 @@ Two methods, each a chain of small functions that can be run and tested alone:
     45, 90 and 135 degrees: removes elongated echoes of phantom walls and membranes) ->
     :func:`hessian_blob_response` (scale-normalised Hessian determinant, max over scales chosen from
     the expected blob size) -> :func:`local_maxima` (threshold at a fraction of the maximum,
-    8-connected non-maximum suppression) -> :func:`refine_subpixel`.
+    8-connected non-maximum suppression) -> a contrast test against the top-hat background ->
+    sub-pixel centre: by default PLUS's intensity-weighted centroid of the dot's connected blob
+    (top-hat opened by a disc, PLUS's threshold, raised above the background in speckle), or the
+    quadratic peak fit / the paper's 8-neighbourhood pixel on the B-mode image.
 
 ``method="plus"`` (PLUS ``PlusFidSegmentation``)
     :func:`plus_morphology` (bar top-hats at 0/45/90/135 degrees applied one after the other, then
@@ -28,8 +31,13 @@ from freehand3d.io.plus_segmentation import SegmentationParams
 
 #: detection methods accepted by :func:`detect_points`
 METHODS = ("hessian", "plus")
+#: the centroid level stays above this multiple of the 99.5th percentile of the background (the
+#: search region without the candidate blobs); 1.5 measured best on simulated speckle
+BACKGROUND_MARGIN = 1.5
 #: sub-pixel refinements accepted by :func:`refine_subpixel`
 SUBPIXEL_MODES = ("centroid", "quadratic", "neighbourhood", "none")
+#: Gaussian smoothing (mm) of the B-mode image before the quadratic peak fit
+QUADRATIC_SMOOTHING_MM = 0.1
 
 
 def _cv2():
@@ -234,10 +242,7 @@ def _segment_plus(frame: np.ndarray, params: SegmentationParams, spacing_mm: flo
     cv2 = _cv2()
     h, w = frame.shape
     bar = int(math.floor(params.morphological_opening_bar_size_mm / spacing_mm + 0.5))
-    x0, y0, x1, y1 = params.clip_rectangle((h, w))
-    # PLUS keeps the search region one bar away from the frame border
-    x0, y0 = max(x0, bar + 1), max(y0, bar + 1)
-    x1, y1 = min(x1, w - bar - 1), min(y1, h - bar - 1)
+    x0, y0, x1, y1 = _search_region(params, (h, w), bar)
     if x1 <= x0 or y1 <= y0:
         return np.zeros((0, 2)), np.zeros(0)
     # the morphology of the region needs the pixels one bar around it
@@ -304,12 +309,15 @@ def detect_points(
     blob_diameter_mm : expected dot size, sets the Hessian scales and the refinement window.
     n_scales : number of Hessian scales (``multiscale=False`` uses the single central scale).
     threshold_fraction : keep Hessian peaks above this fraction of the strongest (paper: 0.04).
-    subpixel : see :func:`refine_subpixel`.
+    subpixel : ``"centroid"`` (default; PLUS's dot centre, see above), ``"quadratic"`` (peak of a
+        quadratic fitted to the B-mode image smoothed by ``QUADRATIC_SMOOTHING_MM``),
+        ``"neighbourhood"`` (the paper's brightest 8-neighbourhood pixel) or ``"none"``.
     top_hat, multiscale : switch stages off (for ablation studies).
     min_contrast : Hessian candidates must reach this multiple of the 99.5th percentile of the
-        enhanced image (0 switches the test off).
+        top-hat image (0 switches the test off).
     max_candidates : keep the strongest this many (default ``NumberOfMaximumFiducialPointCandidates``
-        of ``params``, twice that for the Hessian method).
+        of ``params``; on the top-hat image the wires are the strongest Hessian peaks, measured:
+        always among the first 12 on the "high" simulated noise).
     return_scores : also return the (K,) detection strengths.
 
     Returns
@@ -335,10 +343,6 @@ def detect_points(
     if not spacing > 0:
         raise ValueError(f"spacing_mm must be positive, got {spacing_mm}")
     limit = params.number_of_maximum_fiducial_point_candidates if max_candidates is None else max_candidates
-    if method == "hessian" and max_candidates is None:
-        # in speckle a wire's Hessian peak can rank below 20 grains (measured: up to 27th on the
-        # "high" simulated noise); the geometric priors reject the extra candidates
-        limit *= 2
 
     if method == "plus":
         pts, scores = _segment_plus(frame, params, spacing)
@@ -347,60 +351,78 @@ def detect_points(
 
     cv2 = _cv2()
     h, w = frame.shape
-    x0, y0, x1, y1 = params.clip_rectangle((h, w))
     bar = max(int(math.floor(params.morphological_opening_bar_size_mm / spacing + 0.5)), 1)
-    # process the clip rectangle plus one bar around it, so the top-hat is exact inside
+    x0, y0, x1, y1 = _search_region(params, (h, w), bar)
+    if x1 <= x0 or y1 <= y0:
+        return _no_points(return_scores)
+    # process the search region plus one bar around it, so the top-hat is exact inside
     cx0, cy0, cx1, cy1 = max(x0 - bar, 0), max(y0 - bar, 0), min(x1 + bar, w), min(y1 + bar, h)
     crop = frame[cy0:cy1, cx0:cx1]
-    if top_hat:
-        # the disc opening removes speckle smaller than a wire echo (as PLUS does after its top-hat)
-        radius = int(math.floor(params.morphological_opening_circle_radius_mm / spacing + 0.5))
-        enhanced = cv2.morphologyEx(line_top_hat(crop, bar), cv2.MORPH_OPEN, disc_kernel(radius))
-    else:
-        enhanced = crop
+    # the Hessian runs on the line top-hat (the paper's enhancement); the centres are measured on
+    # PLUS's image, the top-hat opened by a disc, which removes speckle smaller than a wire echo.
+    # The disc must not come before the Hessian: in speckle it clips a wire echo (a few pixels
+    # high) down to the level of the grains around it and the dot is lost
+    tophat = line_top_hat(crop, bar) if top_hat else crop
+    radius = int(math.floor(params.morphological_opening_circle_radius_mm / spacing + 0.5))
+    enhanced = cv2.morphologyEx(tophat, cv2.MORPH_OPEN, disc_kernel(radius)) if top_hat else crop
     sigmas = blob_sigmas(blob_diameter_mm, spacing, n_scales if multiscale else 1)
-    # peaks outside the clip rectangle (and its outer band) are not searched
-    inner = np.zeros(enhanced.shape, dtype=bool)
-    inner[y0 - cy0 : y1 - cy0, x0 - cx0 : x1 - cx0] = True
+    box = (y0 - cy0, y1 - cy0, x0 - cx0, x1 - cx0)  # the search region inside the crop
+    inner = np.zeros(crop.shape, dtype=bool)
+    inner[box[0] : box[1], box[2] : box[3]] = True
     # echoes many pixels wide need no full resolution for the Hessian: halve the image while the
     # smallest scale stays above 1 pixel (4x fewer pixels, half-size kernels)
     factor = 2 if sigmas.min() >= 2.0 else 1
     if factor > 1:
-        small_shape = (enhanced.shape[1] // factor, enhanced.shape[0] // factor)
-        small = cv2.resize(enhanced, small_shape, interpolation=cv2.INTER_AREA)
+        small_shape = (crop.shape[1] // factor, crop.shape[0] // factor)
+        small = cv2.resize(tophat, small_shape, interpolation=cv2.INTER_AREA)
         small_inner = cv2.resize(inner.astype(np.uint8), small_shape, interpolation=cv2.INTER_NEAREST) > 0
     else:
-        small, small_inner = enhanced, inner
+        small, small_inner = tophat, inner
     response = hessian_blob_response(small, sigmas / factor)
     response[~small_inner] = 0
     nms_radius = max(int(round(0.5 * blob_diameter_mm / spacing / factor)), 1)
     peaks = local_maxima(response, threshold_fraction, nms_radius, max_count=limit)
     if len(peaks) == 0:
-        empty = np.zeros((0, 2))
-        return (empty, np.zeros(0)) if return_scores else empty
+        return _no_points(return_scores)
     scores = response[peaks[:, 1], peaks[:, 0]].astype(float)
     if factor > 1:
-        peaks = _snap_to_full_resolution(enhanced, peaks, factor)
+        peaks = _snap_to_full_resolution(tophat, peaks, factor)
     if min_contrast > 0:
         # a relative threshold alone finds "dots" in pure speckle: a wire echo must also stand out
-        # from the brightest background (99.5th percentile of the enhanced search region)
-        background = float(np.percentile(enhanced[inner][::7], 99.5))
-        peak_value = cv2.dilate(enhanced, np.ones((5, 5), np.uint8))[peaks[:, 1], peaks[:, 0]]
+        # from the brightest background (99.5th percentile of the top-hat search region)
+        background = _u8_percentile(_histogram(tophat[box[0] : box[1], box[2] : box[3]]), 99.5)
+        peak_value = cv2.dilate(tophat, np.ones((5, 5), np.uint8))[peaks[:, 1], peaks[:, 0]]
         strong = peak_value >= min_contrast * max(background, 1.0)
         peaks, scores = peaks[strong], scores[strong]
         if len(peaks) == 0:
-            empty = np.zeros((0, 2))
-            return (empty, np.zeros(0)) if return_scores else empty
+            return _no_points(return_scores)
     # the window must hold a whole echo: wire echoes are elongated (about 2x the nominal size)
     window = max(int(round(1.5 * blob_diameter_mm / spacing)), 2)
-    source = enhanced if subpixel != "quadratic" else cv2.GaussianBlur(
-        enhanced.astype(np.float32), (0, 0), float(sigmas[len(sigmas) // 2]))
     if subpixel == "centroid":
-        pts, scores = _component_centroids(source, inner, peaks, scores, window)
+        level = plus_threshold(enhanced[box[0] : box[1], box[2] : box[3]], params.threshold_image_percent)
+        pts, scores = _component_centroids(enhanced, box, peaks, scores, window, level)
+    elif subpixel == "quadratic":
+        # peak of the echo itself: the original image, smoothed a little against speckle
+        smooth = cv2.GaussianBlur(crop.astype(np.float32), (0, 0), QUADRATIC_SMOOTHING_MM / spacing)
+        start = refine_subpixel(smooth, peaks, 2, "neighbourhood").astype(int)
+        pts = refine_subpixel(smooth, start, 1, "quadratic")
     else:
-        pts = refine_subpixel(source, peaks, window, subpixel)
+        pts = refine_subpixel(crop, peaks, window, subpixel)
     pts = pts + [cx0, cy0]
     return (pts, scores) if return_scores else pts
+
+
+def _no_points(return_scores):
+    empty = np.zeros((0, 2))
+    return (empty, np.zeros(0)) if return_scores else empty
+
+
+def _search_region(params: SegmentationParams, shape, bar: int):
+    """PLUS's search region: the clip rectangle, kept one bar (+1 pixel) away from the frame
+    border where the morphology is not defined."""
+    h, w = shape
+    x0, y0, x1, y1 = params.clip_rectangle((h, w))
+    return max(x0, bar + 1), max(y0, bar + 1), min(x1, w - bar - 1), min(y1, h - bar - 1)
 
 
 def _snap_to_full_resolution(image, peaks, factor):
@@ -417,36 +439,67 @@ def _snap_to_full_resolution(image, peaks, factor):
     return out
 
 
-def _component_centroids(image, inner, peaks, scores, window, fraction: float = 0.1):
-    """Intensity-weighted centroid of the connected blob (pixels above ``fraction`` of the
-    strongest) under each peak; peaks on the same blob (an elongated echo can give two Hessian
-    maxima) become one dot, placed where PLUS would put it."""
+def plus_threshold(values: np.ndarray, percent: float) -> int:
+    """PLUS's binarisation level: ``min + round(percent % of (max - min))`` (integer grey level,
+    pixels at or above it belong to dots), at least 1."""
+    top, bottom = int(values.max()), int(values.min())
+    return max(bottom + int(math.floor((top - bottom) * percent / 100.0 + 0.5)), 1)
+
+
+def _u8_percentile(hist: np.ndarray, q: float) -> int:
+    """Grey level at percentile ``q`` of a 256-bin histogram (the lowest level with at least q % of
+    the pixels at or below it)."""
+    cum = np.cumsum(hist)
+    if cum[-1] <= 0:
+        return 0
+    return int(np.searchsorted(cum, q / 100.0 * cum[-1]))
+
+
+def _histogram(image: np.ndarray) -> np.ndarray:
+    return np.bincount(np.ascontiguousarray(image, np.uint8).ravel(), minlength=256).astype(np.int64)
+
+
+def _component_centroids(image, box, peaks, scores, window, level):
+    """Intensity-weighted centroid of the connected blob (pixels >= ``level``, 8-connected) under
+    each peak, as PLUS computes its dots; peaks on the same blob (an elongated echo can give two
+    Hessian maxima) become one dot.
+
+    In speckle PLUS's level joins a dot to the grains around it, so the level is raised above
+    ``BACKGROUND_MARGIN`` x the brightest background (the 99.5th percentile of what lies outside the
+    candidate blobs). In a water bath that background is black and PLUS's level stands (same dots
+    as PLUS)."""
     cv2 = _cv2()
-    values = image[inner]
-    level = fraction * float(values.max())
-    # in speckle the fixed fraction joins a dot to the grains around it; stay above the brightest
-    # background (a high percentile: dots cover well under 1 % of the search region)
-    level = max(level, float(np.percentile(values[::7], 99.5)))
-    # label only inside the bounding box of the search region (the clip rectangle): same blobs, less work
-    rows, cols = np.flatnonzero(inner.any(axis=1)), np.flatnonzero(inner.any(axis=0))
-    y0, x0 = int(rows[0]), int(cols[0])
-    y1, x1 = int(rows[-1]) + 1, int(cols[-1]) + 1
-    mask = ((image[y0:y1, x0:x1] >= level) & inner[y0:y1, x0:x1]).astype(np.uint8)
-    n, labels, stats, _ = cv2.connectedComponentsWithStats(mask, connectivity=8)
+    y0, y1, x0, x1 = box  # the search region: blobs are labelled inside it only
+    region = image[y0:y1, x0:x1]
     px, py = peaks[:, 0] - x0, peaks[:, 1] - y0
     in_box = (px >= 0) & (px < x1 - x0) & (py >= 0) & (py < y1 - y0)
-    own = np.zeros(len(peaks), dtype=labels.dtype)
-    own[in_box] = labels[py[in_box], px[in_box]]
+
+    def label_at(lvl):
+        n, labels, stats, _ = cv2.connectedComponentsWithStats((region >= lvl).view(np.uint8), connectivity=8)
+        own = np.zeros(len(peaks), dtype=labels.dtype)
+        own[in_box] = labels[py[in_box], px[in_box]]
+        return labels, stats, own
+
+    labels, stats, own = label_at(level)
+    # histogram of the region without the candidate blobs
+    rest = _histogram(region)
+    for label in np.unique(own[own > 0]):
+        bx, by, bw, bh = stats[label, :4]
+        rest -= _histogram(region[by : by + bh, bx : bx + bw][labels[by : by + bh, bx : bx + bw] == label])
+    background = BACKGROUND_MARGIN * _u8_percentile(rest, 99.5)
+    if background >= level:
+        level = math.floor(background) + 1
+        labels, stats, own = label_at(level)
     out_pts, out_scores, seen = [], [], set()
     for k, label in enumerate(own):
         if label > 0:
             if label in seen:
                 continue
             seen.add(label)
-            # weighted centroid inside the blob's bounding box only (cheap)
             bx, by, bw, bh = stats[label, :4]
             sub = labels[by : by + bh, bx : bx + bw] == label
-            bx, by = bx + x0, by + y0  # back to frame coordinates
+            bx, by = bx + x0, by + y0  # back to the image's coordinates
+            # weighted centroid inside the blob's bounding box only (cheap)
             wts = np.where(sub, image[by : by + bh, bx : bx + bw], 0).astype(np.float64)
             total = wts.sum()
             gy, gx = np.mgrid[by : by + bh, bx : bx + bw]

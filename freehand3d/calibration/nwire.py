@@ -31,6 +31,10 @@ from freehand3d.io.plus_segmentation import SegmentationParams
 from freehand3d.phantoms import NWirePhantom
 
 
+#: the paper's inter-layer parallelism tolerance, |k - k_main| < eps1 = 0.05 (slope), as an angle
+PARALLEL_ANGLE_DEG = math.degrees(math.atan(0.05))
+
+
 # ---------------------------------------------------------------------------------------------
 # phantom geometry
 def _closest_points_of_lines(p1, d1, p2, d2):
@@ -158,10 +162,13 @@ def find_nwires(
     params : PLUS segmentation parameters (tolerances); PLUS defaults when None.
     collinearity_mm : max distance of the middle dot from its N's line
         (default ``CollinearPointsMaxDistanceFromLineMm``).
-    max_angle_difference_deg : max angle between the lines of two layers
-        (default ``MaxAngleDifferenceDegrees``).
+    max_angle_difference_deg : max angle between the lines of two layers (default the smaller of
+        ``MaxAngleDifferenceDegrees`` and the paper's eps1 = 0.05 slope, 2.86 degrees: on the PLUS
+        recording the layers' lines differ by at most 1.1 degrees, while collinear speckle in
+        frames without the phantom passed PLUS's 10 degrees).
     distance_tolerance_percent : allowed relative error of line distances and N lengths against
-        the phantom (default ``MaxLinePairDistanceErrorPercent``).
+        the phantom (default ``MaxLinePairDistanceErrorPercent``); the stretch factors (N length
+        / side-wire spacing) of all layers must agree within it.
     use_constraints : False switches the inter-layer priors off (only collinearity remains; for
         ablation studies: the best-scoring set of disjoint lines is taken).
     return_cost : also return the geometric cost of the chosen labelling.
@@ -174,7 +181,10 @@ def find_nwires(
     params = params or SegmentationParams()
     spacing = float(params.approximate_spacing_mm_per_pixel if spacing_mm is None else spacing_mm)
     tol_line = (params.collinear_points_max_distance_from_line_mm if collinearity_mm is None else collinearity_mm) / spacing
-    max_angle = params.max_angle_difference_degrees if max_angle_difference_deg is None else max_angle_difference_deg
+    if max_angle_difference_deg is None:
+        max_angle = min(params.max_angle_difference_degrees, PARALLEL_ANGLE_DEG)
+    else:
+        max_angle = max_angle_difference_deg
     tol_rel = (params.max_line_pair_distance_error_percent if distance_tolerance_percent is None
                else distance_tolerance_percent) / 100.0
     pts = np.asarray(points, float).reshape(-1, 2)
@@ -260,6 +270,8 @@ def _search_layers(pts, triples, u, length_mm, centre, residual, side_spacing, o
         angle = float(np.degrees(np.arccos(np.clip(np.abs(dirs @ dirs.T), 0, 1).min())))
         f = factor[chosen, np.arange(n_layers)]
         spread = f.max() / f.min() - 1.0
+        if spread > tol_rel:
+            return
         cost = float(residual[chosen].sum() / tol_line) + angle / max_angle + spread / tol_rel
         # candidates come strongest first: between equally good geometries prefer strong dots
         # over speckle that happens to be collinear
@@ -309,7 +321,7 @@ def _search_layers(pts, triples, u, length_mm, centre, residual, side_spacing, o
             finish(chosen)
             return
         f0 = factor[chosen[0], 0]
-        ok = allowed & (np.abs(factor[:, layer] / f0 - 1.0) <= 2 * tol_rel)
+        ok = allowed & (np.abs(factor[:, layer] / f0 - 1.0) <= tol_rel)
         for t in np.flatnonzero(ok):
             extend(chosen + [t], allowed & compatible[t])
 
