@@ -155,13 +155,14 @@ def main():
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--batch", type=int, default=4, help="frames per add_frames call")
+    parser.add_argument("--holes-only", action="store_true", help="only the hole-filling table")
     args = parser.parse_args()
 
     import numba
 
     import torch
 
-    from freehand3d.compound import fill_holes, grid_from_frames
+    from freehand3d.compound import grid_from_frames
 
     torch.set_num_threads(args.threads)
     numba.set_num_threads(min(args.threads, numba.config.NUMBA_NUM_THREADS))
@@ -169,6 +170,8 @@ def main():
     grid = grid_from_frames(mats, frames.shape[1:], 0.5)
     print(f"{len(frames)} frames 480x640 -> grid {grid.size} = {grid.n_voxels / 1e6:.2f} Mvoxel at 0.5 mm; "
           f"torch {torch.__version__}, numba {numba.__version__}, {args.threads} threads, device {args.device}")
+    if args.holes_only:
+        return hole_filling_table(grid, frames, mats, args)
     on_cpu = args.device == "cpu"
     print("frames/s; 'fast' = float32 positions and float sums, 'exact' = PLUS's fixed-point arithmetic")
     print(f"{'method':8} {'mode':7} {'numba fast':>11} {'numba exact':>12} {'torch fast':>11} {'torch exact':>12} "
@@ -195,13 +198,49 @@ def main():
     if args.cpu_time and on_cpu:
         cpu_time_table(grid, frames, mats, args.threads)
 
-    values = nearest_volume._state.result()[: grid.n_voxels].reshape(grid.shape).cpu().numpy()
-    filled = nearest_volume.accumulation() > 0
-    print(f"\nhole filling, {grid.n_voxels / 1e6:.2f} Mvoxel, {100 * (~filled).mean():.0f} % holes")
-    for spec in ("gap:1.0", "nn:3", "gaussian:3:1", "stick:5"):
-        start = time.perf_counter()
-        fill_holes(values, filled, spec, spacing=grid.spacing, device=args.device)
-        print(f"  {spec:14} {time.perf_counter() - start:7.2f} s")
+    hole_filling_table(grid, frames, mats, args, nearest_volume)
+
+
+#: every hole-filling kernel (PLUS's five and the gap fill), as --fill-holes specs
+HOLE_SPECS = ("nn:3", "gaussian:3:1", "gaussian_accumulation:3:1", "idw:3", "stick:5", "stick:9:3", "gap:1.0")
+
+
+def hole_filling_table(grid, frames, mats, args, rec=None):
+    """Hole filling of nearest-neighbour LATEST volumes (all frames; every third frame, which leaves
+    gaps between the frames): the default path for the device (compiled kernels on CPU) beside the
+    torch path, same input, same run."""
+    import numba
+
+    from freehand3d.compound import Reconstructor, fill_holes
+
+    def nearest_latest(step):
+        out = Reconstructor(grid, "nearest", "latest", device=args.device)
+        for i in range(0, len(frames), args.batch * step):
+            out.add_frames(frames[i : i + args.batch * step : step], mats[i : i + args.batch * step : step])
+        return out
+
+    numba.set_num_threads(min(args.threads, numba.config.NUMBA_NUM_THREADS))
+    print(f"\nhole filling (fast: default path for device {args.device}, best of 3; torch path: 1 run)")
+    print(f"{'kernel':26} {'Mvoxel':>7} {'% holes':>8} {'fast s':>8} {'torch s':>8} {'ratio':>7} {'% same':>7}")
+    for volume in (rec or nearest_latest(1), nearest_latest(3)):
+        values = volume._state.result()[: grid.n_voxels].reshape(grid.shape).cpu().numpy()
+        filled = volume.accumulation() > 0
+        mvox, holes = grid.n_voxels / 1e6, 100 * (~filled).mean()
+        for spec in HOLE_SPECS:
+            # compile (or load the cached kernels) outside the timings
+            fill_holes(values[:8, :8, :8], filled[:8, :8, :8], spec, spacing=grid.spacing, device=args.device)
+            times = {}
+            for backend, repeats in (("auto", 3), ("torch", 1)):
+                times[backend] = float("inf")
+                for _ in range(repeats):
+                    start = time.perf_counter()
+                    result = fill_holes(values, filled, spec, spacing=grid.spacing, device=args.device, backend=backend)
+                    times[backend] = min(times[backend], time.perf_counter() - start)
+                if backend == "auto":
+                    fast = result
+            same = 100 * (fast == result).mean()
+            print(f"{spec:26} {mvox:7.2f} {holes:8.1f} {times['auto']:8.3f} {times['torch']:8.3f} "
+                  f"{times['torch'] / times['auto']:6.1f}x {same:7.3f}")
 
 
 if __name__ == "__main__":
