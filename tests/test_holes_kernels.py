@@ -66,7 +66,7 @@ def test_compiled_equals_torch_path(spec):
     for seed, (shape, fraction) in enumerate(CASES):
         values, known, accumulation, spacing = _holey(shape, fraction, seed)
         args = dict(spacing=spacing, accumulation=accumulation)
-        compiled = fill_holes(values, known, spec, backend="compiled", **args)
+        compiled = fill_holes(values, known, spec, backend="numba", **args)
         reference = fill_holes(values, known, spec, backend="torch", **args)
         _assert_same(compiled, reference, spec)
         np.testing.assert_array_equal(compiled[known], values[known])
@@ -95,7 +95,7 @@ def test_gap_fill_equals_brute_force_nearest_voxel(max_distance):
         # dyadic spacings make exactly equal distances common: the tie rule matters
         for grid_spacing in (spacing, (0.5, 1.0, 0.25)):
             expected = _brute_force_gap(values, known, max_distance, grid_spacing)
-            compiled = fill_holes(values, known, [GapFill(max_distance)], spacing=grid_spacing, backend="compiled")
+            compiled = fill_holes(values, known, [GapFill(max_distance)], spacing=grid_spacing, backend="numba")
             np.testing.assert_array_equal(compiled, expected)
             np.testing.assert_array_equal(fill_holes(values, known, [GapFill(max_distance)], spacing=grid_spacing, backend="torch"), expected)
 
@@ -106,7 +106,7 @@ def test_far_gap_fill_uses_the_distance_transform_and_agrees():
     values, known, _, _ = _holey((6, 40, 50), 0.002, 3)
     spacing = (0.1, 0.1, 0.5)
     assert _hole_kernels.gap_offsets(30.0, spacing, 4096) is None  # too many neighbours to visit
-    compiled = fill_holes(values, known, "gap:30", spacing=spacing, backend="compiled")
+    compiled = fill_holes(values, known, "gap:30", spacing=spacing, backend="numba")
     np.testing.assert_array_equal(compiled, _brute_force_gap(values, known, 30.0, spacing))
     assert (compiled > 0).all()
 
@@ -119,10 +119,10 @@ def test_compiled_kernels_do_not_depend_on_thread_count():
     before = numba.get_num_threads()
     try:
         numba.set_num_threads(1)
-        one = fill_holes(values, known, spec, spacing=spacing, accumulation=accumulation, backend="compiled")
+        one = fill_holes(values, known, spec, spacing=spacing, accumulation=accumulation, backend="numba")
     finally:
         numba.set_num_threads(before)
-    many = fill_holes(values, known, spec, spacing=spacing, accumulation=accumulation, backend="compiled")
+    many = fill_holes(values, known, spec, spacing=spacing, accumulation=accumulation, backend="numba")
     np.testing.assert_array_equal(one, many)
 
 
@@ -132,16 +132,20 @@ def test_backend_choice_and_inputs():
     # tensors in, the CPU default takes the compiled kernels and gives the same volume
     np.testing.assert_array_equal(fill_holes(torch.as_tensor(values), torch.as_tensor(known), "stick:5"), expected)
     # a non-contiguous view is read correctly
-    flipped = fill_holes(values[:, ::-1], known[:, ::-1], "stick:5", backend="compiled")
+    flipped = fill_holes(values[:, ::-1], known[:, ::-1], "stick:5", backend="numba")
     np.testing.assert_array_equal(flipped, fill_holes(values[:, ::-1], known[:, ::-1], "stick:5", backend="torch"))
     # nothing to fill / nothing known
     np.testing.assert_array_equal(fill_holes(values, np.ones_like(known), "nn:3"), values)
     empty = np.zeros_like(values)
     assert fill_holes(empty, np.zeros_like(known), "stick:5,gap:2,gaussian:3:1").max() == 0
     with pytest.raises(ConfigError, match="backend"):
-        fill_holes(values, known, "nn:3", backend="fortran")
+        fill_holes(values, known, "nn:3", backend="compiled")
+    with pytest.raises(ConfigError, match="uint8"):
+        fill_holes(values.astype(np.float32), known, "nn:3", backend="numba")
+    # other value types go to the torch path by default
+    np.testing.assert_array_equal(fill_holes(values.astype(np.int16), known, "stick:5"), expected)
     with pytest.raises(ConfigError, match="odd"):
-        fill_holes(values, known, "gaussian:4:1", backend="compiled")
+        fill_holes(values, known, "gaussian:4:1", backend="numba")
     with pytest.raises(InputError, match="same shape"):
         fill_holes(values, known[:, :3], "nn:3")
     with pytest.raises(InputError, match="positive spacings"):
@@ -170,7 +174,7 @@ def test_plus_sweep_holes_filled_the_same(plus_volume):
     ln_mean = DATA / "PlusDeviceSet_VolumeReconstructionOnly_SonixRP_TRUS_D70mm_LN_MEAN.xml"
     kernels = [read_volume_reconstruction(ln_mean)[0].hole_filling] + [parse_fill_spec(s) for s in ("gaussian:3:1", "nn:5", "gap:1.5")]
     for kernel in kernels:
-        compiled = fill_holes(values, known, kernel, spacing=spacing, backend="compiled")
+        compiled = fill_holes(values, known, kernel, spacing=spacing, backend="numba")
         reference = fill_holes(values, known, kernel, spacing=spacing, backend="torch")
         np.testing.assert_array_equal(compiled, reference)
         assert (compiled[~known] > 0).sum() > 1000
@@ -179,7 +183,7 @@ def test_plus_sweep_holes_filled_the_same(plus_volume):
 def test_degenerate_kernel_sizes_fill_nothing_on_both_paths():
     values, known, _, _ = _holey((5, 6, 7), 0.3, 4)
     for spec in ("nn:0", "nn:1", "stick:1", "stick:5:0"):
-        compiled = fill_holes(values, known, spec, backend="compiled")
+        compiled = fill_holes(values, known, spec, backend="numba")
         np.testing.assert_array_equal(compiled, fill_holes(values, known, spec, backend="torch"))
         np.testing.assert_array_equal(compiled, values)
     with pytest.raises(InputError, match="accumulation"):

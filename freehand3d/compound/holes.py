@@ -323,7 +323,7 @@ def _fill_compiled(values, known, out, remaining, kernel, spacing, accumulation)
         compiled.fill_gaussian(values, known, acc, out, remaining, _gaussian_1d(kernel), float(size**3), ratio)
 
 
-def fill_holes(values, filled, kernels, spacing=(1.0, 1.0, 1.0), accumulation=None, device="cpu", backend="auto") -> np.ndarray:
+def fill_holes(values, filled, kernels, spacing=(1.0, 1.0, 1.0), accumulation=None, device="cpu", backend=None) -> np.ndarray:
     """Fill the voxels that received no data.
 
     Parameters
@@ -335,11 +335,11 @@ def fill_holes(values, filled, kernels, spacing=(1.0, 1.0, 1.0), accumulation=No
     spacing : (sx, sy, sz) mm (gap fill distances).
     accumulation : (Z, Y, X) accumulation values (GAUSSIAN_ACCUMULATION only; default: ``filled``).
     device : torch device for the torch kernels.
-    backend : ``"compiled"`` (numba kernels that visit only the holes, CPU), ``"torch"`` (whole-volume
-        convolutions on ``device``; the gap fill uses scipy's distance transform), or ``"auto"``:
-        compiled when ``device`` is the CPU and ``values`` are uint8. Both give the same volume
-        (DISTANCE_WEIGHT_INVERSE: within one grey level, conv3d sums in its own order).
-
+    backend : ``"numba"`` (compiled kernels that visit only the holes; CPU, uint8 values),
+        ``"torch"`` (whole-volume convolutions on ``device``; the gap fill uses scipy's distance
+        transform) or None: numba when ``device`` is the CPU and ``values`` are uint8, else torch.
+        Both give the same volume (DISTANCE_WEIGHT_INVERSE: within one grey level, as conv3d sums
+        in its own order).
     Returns
     -------
     (Z, Y, X) uint8 numpy array.
@@ -352,8 +352,6 @@ def fill_holes(values, filled, kernels, spacing=(1.0, 1.0, 1.0), accumulation=No
     """
     if isinstance(kernels, str):
         kernels = parse_fill_spec(kernels)
-    if backend not in ("auto", "compiled", "torch"):
-        raise ConfigError(f"hole filling backend must be auto, compiled or torch, got {backend!r}", "fill-holes")
     values_np = np.ascontiguousarray(values.cpu().numpy() if isinstance(values, torch.Tensor) else values)
     known_np = np.ascontiguousarray(filled.cpu().numpy() if isinstance(filled, torch.Tensor) else filled, dtype=bool)
     if values_np.ndim != 3 or known_np.shape != values_np.shape:
@@ -362,14 +360,18 @@ def fill_holes(values, filled, kernels, spacing=(1.0, 1.0, 1.0), accumulation=No
         raise InputError(f"hole filling accumulation has shape {np.shape(accumulation)}, the volume {values_np.shape}", "fill-holes")
     if any(isinstance(k, GapFill) for k in kernels) and not (len(spacing) == 3 and all(float(s) > 0 for s in spacing)):
         raise InputError(f"gap fill needs three positive spacings (mm), got {tuple(spacing)}", "fill-holes")
+    dev = torch.device(device)
+    if backend is None:
+        backend = "numba" if dev.type == "cpu" and values_np.dtype == np.uint8 else "torch"
+    if backend not in ("numba", "torch"):
+        raise ConfigError(f"hole filling backend must be 'numba' or 'torch', got {backend!r}", "backend")
+    if backend == "numba" and (dev.type != "cpu" or values_np.dtype != np.uint8):
+        raise ConfigError(f"the numba hole filling runs on the CPU on uint8 volumes; use backend='torch' ({dev}, {values_np.dtype})", "backend")
     out = values_np.copy()
     remaining = ~known_np
     if not remaining.any() or not kernels:
         return out
-    dev = torch.device(device)
-    if backend == "auto":
-        backend = "compiled" if dev.type == "cpu" and values_np.dtype == np.uint8 else "torch"
-    if backend == "compiled":
+    if backend == "numba":
         acc_np = known_np if accumulation is None else np.asarray(accumulation)
         for kernel in kernels:
             _fill_compiled(values_np, known_np, out, remaining, kernel, spacing, acc_np)
