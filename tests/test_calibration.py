@@ -89,6 +89,20 @@ def test_segmented_points_agree_with_plus_within_one_pixel(method, device_set, p
         assert err.max() < 1.0, (i, err)
 
 
+def test_hessian_points_all_within_one_pixel_of_plus(device_set, plus_results, cal_sweep):
+    """Every labelled dot of all 188 + 94 frames lies within 1 px of PLUS's segmented point (the
+    centroid uses PLUS's integer threshold; a 0.3 grey-level difference once moved a dot 1.5 px)."""
+    from freehand3d.io import read_sweep
+
+    for sweep, section in ((cal_sweep, plus_results.calibration), (read_sweep(VAL), plus_results.validation)):
+        for i, frame in enumerate(sweep.frames):
+            labelled = find_nwires(detect_points(frame, None, params=device_set.segmentation), device_set.phantom,
+                                   None, device_set.segmentation)
+            assert labelled is not None, f"frame {i} not segmented"
+            err = np.linalg.norm(labelled - section.points[i], axis=1)
+            assert err.max() < 1.0, (i, err)
+
+
 def test_line_top_hat_removes_long_echo_keeps_dot():
     img = np.zeros((120, 200), np.uint8)
     img[60:63, 10:190] = 200  # a wall echo: long and thin
@@ -199,6 +213,44 @@ def test_off_phantom_frames_are_reported_failed():
     assert result.frames_total == 16 and result.frames_segmented >= 11
 
 
+@pytest.mark.parametrize("name", ["fcal-1.2", "fcal-2.0", "fcal-3.0"])
+def test_high_noise_frames_recognised_without_false_detections(name):
+    """'high' simulated noise (speckle 34 dB below a wire echo, wall echoes): every frame with the
+    phantom is labelled with each dot within 1 mm of its wire, no frame without it is labelled."""
+    from freehand3d.simulate.nwire import simulate_nwire
+
+    phantom = load_phantom(name)
+    sweep, truth = simulate_nwire(phantom, n_frames=12, noise="high", wall_echoes=True, missing_phantom_frames=4,
+                                  seed=21)
+    spacing = float(np.mean(sweep.spacing))
+    for i, frame in enumerate(sweep.frames):
+        labelled = find_nwires(detect_points(frame, spacing), phantom, spacing)
+        if not truth["has_phantom"][i]:
+            assert labelled is None, f"frame {i} has no phantom but was labelled"
+            continue
+        assert labelled is not None, f"frame {i} not recognised"
+        t = truth["wire_pixels"][i]
+        err = np.minimum(np.linalg.norm(labelled - t, axis=1),
+                         np.linalg.norm(mirror_labels(labelled, len(phantom.nwires)) - t, axis=1))
+        assert err.max() * spacing < 1.0, (i, err)
+
+
+def test_wire_echo_in_bright_speckle_is_detected():
+    """Frames 12, 13 and 75 of this 'high' noise recording lost a wire when the Hessian ran after
+    the disc opening (the opening clipped the echo to the speckle level around it)."""
+    from freehand3d.simulate.nwire import simulate_nwire
+
+    phantom = load_phantom("fcal-1.2")
+    sweep, truth = simulate_nwire(phantom, n_frames=100, noise="high", wall_echoes=True, corrupt_pose_fraction=0.1,
+                                  seed=7)
+    spacing = float(np.mean(sweep.spacing))
+    for i in (12, 13, 75):
+        pts = detect_points(sweep.frames[i], spacing)
+        nearest = np.linalg.norm(pts[:, None] - truth["wire_pixels"][i][None], axis=2).min(axis=0)
+        assert nearest.max() * spacing < 1.0, (i, nearest)
+        assert find_nwires(pts, phantom, spacing) is not None, i
+
+
 @pytest.mark.parametrize("name", sorted(p.name for p in (DATA / "phantom-configs").glob("*.xml")))
 def test_other_plus_phantoms_are_labelled_on_simulated_frames(name):
     from freehand3d.simulate.nwire import simulate_nwire
@@ -223,7 +275,7 @@ def test_full_plus_recording(solver, device_set, plus_results, cal_sweep):
                        params=device_set.segmentation)
     assert result.frames_segmented == 188 and result.validation_frames_segmented == 94
     err = np.linalg.norm(result.calibration.labelled - plus_results.calibration.points, axis=2)
-    assert (err < 1.0).mean() > 0.999
+    assert (err < 1.0).all()
     angle, shift = rotation_translation_difference(result.image_to_probe, plus_results.image_to_probe)
     assert angle < 0.5 and shift < 1.0
     assert result.pre3d_validation_mean_mm < 1.3
