@@ -456,6 +456,9 @@ def _u8_percentile(hist: np.ndarray, q: float) -> int:
 
 
 def _histogram(image: np.ndarray) -> np.ndarray:
+    """256-bin histogram of a uint8 image (a 2D region: OpenCV's, ~10x faster than bincount)."""
+    if image.ndim == 2 and image.size > 4096:
+        return _cv2().calcHist([image], [0], None, [256], [0, 256]).ravel().astype(np.int64)
     return np.bincount(np.ascontiguousarray(image, np.uint8).ravel(), minlength=256).astype(np.int64)
 
 
