@@ -1,15 +1,16 @@
 """Compiled CPU kernels (numba) for :mod:`freehand3d.compound.holes`.
 
-Each kernel visits the voxels still marked in ``remaining`` (z-slabs in parallel), computes its
-estimate from the *unfilled* volume (``values``, ``known``) and, where it succeeds, writes ``out``
-and clears ``remaining``. A voxel's result depends only on the unfilled volume, so the kernels are
-deterministic whatever the thread count, and only holes are visited (the torch path convolves the
-whole volume).
+Every kernel fills, z-slice by z-slice in parallel, the voxels still marked in ``remaining`` where
+it succeeds (writing ``out`` and clearing ``remaining``), reading only the *unfilled* volume
+(``values``, ``known``): a voxel's result does not depend on the order or the thread count.
+STICK, DISTANCE_WEIGHT_INVERSE and the gap fill look around each hole; GAUSSIAN and
+NEAREST_NEIGHBOR sum along z and y over a slice and make the last (x) pass at the holes only. The
+torch path instead convolves the whole volume, once per kernel parameter.
 
 The arithmetic repeats the torch path's operation by operation, so the results are the same
-voxel for voxel: the separable Gaussian sums run axis by axis (z, then y, then x) in the torch
-path's order with its fused multiply-adds (``Tensor.add_(other, alpha=w)`` on CPU), the stick
-values and scores use the same float expressions, and the gap fill reproduces
+voxel for voxel: the separable sums run axis by axis (z, then y, then x) in the torch path's order
+with its fused multiply-adds (``Tensor.add_(other, alpha=w)`` on CPU), the stick values and scores
+use the same float expressions, and the gap fill reproduces
 ``scipy.ndimage.distance_transform_edt``'s choice among equally near voxels (smallest x, then y,
 then z) and its distance formula. The inverse-distance kernel is the one exception: torch's conv3d
 adds the cube in an order of its own, so truncation can differ by one grey level.
