@@ -6,22 +6,23 @@ path), both methods and every compounding mode, but pixel by pixel in PLUS's ord
 column, and for trilinear splatting the corners 7 down to 0). Sequential order makes PLUS's running
 averages trivial (no level-by-level replay) and LATEST needs no order scratch.
 
-Positions are affine along a row: in fixed point the raw voxel coordinate of the next pixel is the
-previous one plus the quantised x axis, an integer add that gives exactly PLUS's
+Positions are affine along a row: in fixed point the raw voxel coordinate of a pixel is the row's
+origin plus ``x`` times the quantised x axis, integers that give exactly PLUS's
 ``origin + x * x_axis + y * y_axis``. The float paths keep the row term ``origin + y * y_axis`` and
 add ``x * x_axis`` per pixel, the same two roundings as the torch path.
 
-Parallelism never splits the pixel order of a voxel: each thread owns the voxels with
-``(y + z) & (owners - 1) == t`` and runs through all pixels, applying only contributions to its own
-voxels. Every voxel therefore sees its contributions in the serial order, and the result is bit for
-bit the same for any number of threads.
+Nearest neighbour runs in two phases per block of frames: the voxel index of every pixel is
+recorded (branch-free, vectorised loops; threads split the rows), then the recorded pixels are
+pasted in order (threads split the voxels into blocks of 4096 and each walks all recorded pixels,
+pasting only into its own blocks). Trilinear splatting lets every thread walk all pixels and update
+only the voxels with ``(y + z) & (owners - 1) == t``. Either way every voxel sees its contributions
+in the serial order, and the result is bit for bit the same for any number of threads.
 """
 
 from __future__ import annotations
 
 import concurrent.futures
 import functools
-import math
 
 import numba
 import numpy as np
@@ -41,6 +42,8 @@ _FIXED_HALF = insert.FIXED_HALF
 _ACC_UNIT, _ACC_MAX, _ACC_THRESHOLD = insert.ACC_UNIT, insert.ACC_MAX, insert.ACC_THRESHOLD
 _FLOOR_TOL = insert.FLOOR_TOL
 _HALF_TOL = 0.5 + _FLOOR_TOL
+#: two-phase nearest neighbour: threads own blocks of 2**12 consecutive voxels, in turn
+_OWNER_SHIFT = 12
 
 
 # ---------------------------------------------------------------------- per-contribution updates
@@ -187,31 +190,22 @@ def _corner(c, i0, j0, k0, i1, j1, k1, nx, nxy, owner_mask, owner):
 
 
 @njit(cache=True, nogil=True)
-def _paste_owner(
-    linear, record, owner, owner_mask, frames, q, m64, m32, arith, exact, mode, runs, row_lo, row_hi, offsets, out_idx,
-    importance, min_value, nx, ny, nz, value, acc,
-):  # fmt: skip
-    """Every pixel of every frame in PLUS's order; updates only the voxels of ``owner``. ``linear``,
-    ``record``, ``arith``, ``exact`` and ``mode`` are compile-time constants (see :func:`_kernel`).
-
-    With ``record`` (nearest neighbour only) nothing is pasted: the flat voxel index of each pixel of
-    the runs ``row_lo:row_hi`` goes to ``out_idx[frame, offsets[run] + column - first column]``
-    (-1 for pixels that are not pasted), for :func:`_apply_nearest`."""
+def _splat_owner(owner, owner_mask, frames, q, m64, m32, arith, mode, runs, importance, min_value, nx, ny, nz, value, acc):
+    """Trilinear splatting of every pixel of every frame in PLUS's order (corners 7..0); updates only
+    the voxels of ``owner``. ``arith`` and ``mode`` are compile-time constants (see :func:`_kernel`)."""
     overflow = 0
     nxy = nx * ny
-    half32, one32 = np.float32(0.5), np.float32(1.0)
+    one32 = np.float32(1.0)
     lim_x, lim_y, lim_z = np.float32(nx - 1), np.float32(ny - 1), np.float32(nz - 1)
     # the 8 corner weights of the current pixel, in the arithmetic's type
     w_fixed = np.zeros(8, np.int64)
     w_double = np.zeros(8, np.float64)
     w_single = np.zeros(8, np.float32)
     for b in range(frames.shape[0]):
-        for r in range(row_lo, row_hi):
+        for r in range(runs.shape[0]):
             y, x0, x1 = runs[r, 0], runs[r, 1], runs[r, 2]
             frow = frames[b, y]
             irow = importance[y] if mode == IMPORTANCE else importance[0]
-            if record:
-                out_idx[b, offsets[r] : offsets[r] + x1 - x0 + 1] = -1
             if arith == FIXED:
                 # integer adds along the row give exactly PLUS's origin + x * x_axis + y * y_axis
                 px, py, pz, dx, dy, dz = _fixed_row(q, b, x0, y)
@@ -229,13 +223,7 @@ def _paste_owner(
                 imp = np.int64(irow[x]) if mode == IMPORTANCE else np.int64(0)
                 if mode == IMPORTANCE and imp == 0:  # nothing to add (fast path) or skipped (PLUS)
                     continue
-                if arith == FIXED and not linear:
-                    i = (rawx + _FIXED_HALF) >> _FIXED_BITS
-                    j = (rawy + _FIXED_HALF) >> _FIXED_BITS
-                    k = (rawz + _FIXED_HALF) >> _FIXED_BITS
-                    if i < 0 or j < 0 or k < 0 or i >= nx or j >= ny or k >= nz:
-                        continue
-                elif arith == FIXED:
+                if arith == FIXED:
                     i0, j0, k0 = rawx >> _FIXED_BITS, rawy >> _FIXED_BITS, rawz >> _FIXED_BITS
                     fx, fy, fz = rawx - (i0 << _FIXED_BITS), rawy - (j0 << _FIXED_BITS), rawz - (k0 << _FIXED_BITS)
                     i1, j1, k1 = i0 + (fx != 0), j0 + (fy != 0), k0 + (fz != 0)
@@ -250,56 +238,34 @@ def _paste_owner(
                     w_fixed[6], w_fixed[7] = _round_fixed(fx * fyrz), _round_fixed(fx * fyfz)
                 elif arith == DOUBLE:
                     posx, posy, posz = tx + x * m64[b, 0, 0], ty + x * m64[b, 1, 0], tz + x * m64[b, 2, 0]
-                    if not linear:
-                        fi, fj, fk = np.floor(posx + _HALF_TOL), np.floor(posy + _HALF_TOL), np.floor(posz + _HALF_TOL)
-                        if not (0 <= fi < nx and 0 <= fj < ny and 0 <= fk < nz):
-                            continue
-                        i, j, k = np.int64(fi), np.int64(fj), np.int64(fk)
-                    else:
-                        lx, ly, lz = np.floor(posx + _FLOOR_TOL), np.floor(posy + _FLOOR_TOL), np.floor(posz + _FLOOR_TOL)
-                        if not (lx >= 0 and ly >= 0 and lz >= 0 and lx < nx and ly < ny and lz < nz):
-                            continue
-                        fxd, fyd, fzd = posx - lx, posy - ly, posz - lz
-                        i0, j0, k0 = np.int64(lx), np.int64(ly), np.int64(lz)
-                        i1, j1, k1 = i0 + (fxd != 0), j0 + (fyd != 0), k0 + (fzd != 0)
-                        if i1 >= nx or j1 >= ny or k1 >= nz:
-                            continue
-                        rxd, ryd, rzd = 1.0 - fxd, 1.0 - fyd, 1.0 - fzd
-                        ryrzd, ryfzd, fyrzd, fyfzd = ryd * rzd, ryd * fzd, fyd * rzd, fyd * fzd
-                        w_double[0], w_double[1], w_double[2], w_double[3] = rxd * ryrzd, rxd * ryfzd, rxd * fyrzd, rxd * fyfzd
-                        w_double[4], w_double[5], w_double[6], w_double[7] = fxd * ryrzd, fxd * ryfzd, fxd * fyrzd, fxd * fyfzd
+                    lx, ly, lz = np.floor(posx + _FLOOR_TOL), np.floor(posy + _FLOOR_TOL), np.floor(posz + _FLOOR_TOL)
+                    if not (lx >= 0 and ly >= 0 and lz >= 0 and lx < nx and ly < ny and lz < nz):
+                        continue
+                    fxd, fyd, fzd = posx - lx, posy - ly, posz - lz
+                    i0, j0, k0 = np.int64(lx), np.int64(ly), np.int64(lz)
+                    i1, j1, k1 = i0 + (fxd != 0), j0 + (fyd != 0), k0 + (fzd != 0)
+                    if i1 >= nx or j1 >= ny or k1 >= nz:
+                        continue
+                    rxd, ryd, rzd = 1.0 - fxd, 1.0 - fyd, 1.0 - fzd
+                    ryrzd, ryfzd, fyrzd, fyfzd = ryd * rzd, ryd * fzd, fyd * rzd, fyd * fzd
+                    w_double[0], w_double[1], w_double[2], w_double[3] = rxd * ryrzd, rxd * ryfzd, rxd * fyrzd, rxd * fyfzd
+                    w_double[4], w_double[5], w_double[6], w_double[7] = fxd * ryrzd, fxd * ryfzd, fxd * fyrzd, fxd * fyfzd
                 else:
                     xf = np.float32(x)
                     posx32, posy32, posz32 = tx32 + xf * m32[b, 0, 0], ty32 + xf * m32[b, 1, 0], tz32 + xf * m32[b, 2, 0]
-                    if not linear:
-                        fi, fj, fk = np.floor(posx32 + half32), np.floor(posy32 + half32), np.floor(posz32 + half32)
-                        if not (0 <= fi < nx and 0 <= fj < ny and 0 <= fk < nz):
-                            continue
-                        i, j, k = np.int64(fi), np.int64(fj), np.int64(fk)
-                    else:
-                        lx32, ly32, lz32 = np.floor(posx32), np.floor(posy32), np.floor(posz32)
-                        # the fast path always splats onto low and low + 1
-                        if not (lx32 >= 0 and ly32 >= 0 and lz32 >= 0 and lx32 < lim_x and ly32 < lim_y and lz32 < lim_z):
-                            continue
-                        fxs, fys, fzs = posx32 - lx32, posy32 - ly32, posz32 - lz32
-                        rxs, rys, rzs = one32 - fxs, one32 - fys, one32 - fzs
-                        # (wx * wy) * wz, as the torch fast path multiplies
-                        w_single[0], w_single[1] = (rxs * rys) * rzs, (rxs * rys) * fzs
-                        w_single[2], w_single[3] = (rxs * fys) * rzs, (rxs * fys) * fzs
-                        w_single[4], w_single[5] = (fxs * rys) * rzs, (fxs * rys) * fzs
-                        w_single[6], w_single[7] = (fxs * fys) * rzs, (fxs * fys) * fzs
-                        i0, j0, k0 = np.int64(lx32), np.int64(ly32), np.int64(lz32)
-                        i1, j1, k1 = i0 + 1, j0 + 1, k0 + 1
-                if not linear:
-                    if record:
-                        out_idx[b, offsets[r] + x - x0] = k * nxy + j * nx + i
+                    lx32, ly32, lz32 = np.floor(posx32), np.floor(posy32), np.floor(posz32)
+                    # the fast path always splats onto low and low + 1
+                    if not (lx32 >= 0 and ly32 >= 0 and lz32 >= 0 and lx32 < lim_x and ly32 < lim_y and lz32 < lim_z):
                         continue
-                    if owner_mask and not _owned(j, k, owner_mask, owner):
-                        continue
-                    idx = k * nxy + j * nx + i
-                    value[idx], acc[idx], crossed = _nearest_rule(exact, mode, value[idx], acc[idx], v, imp)
-                    overflow += crossed
-                    continue
+                    fxs, fys, fzs = posx32 - lx32, posy32 - ly32, posz32 - lz32
+                    rxs, rys, rzs = one32 - fxs, one32 - fys, one32 - fzs
+                    # (wx * wy) * wz, as the torch fast path multiplies
+                    w_single[0], w_single[1] = (rxs * rys) * rzs, (rxs * rys) * fzs
+                    w_single[2], w_single[3] = (rxs * fys) * rzs, (rxs * fys) * fzs
+                    w_single[4], w_single[5] = (fxs * rys) * rzs, (fxs * rys) * fzs
+                    w_single[6], w_single[7] = (fxs * fys) * rzs, (fxs * fys) * fzs
+                    i0, j0, k0 = np.int64(lx32), np.int64(ly32), np.int64(lz32)
+                    i1, j1, k1 = i0 + 1, j0 + 1, k0 + 1
                 for c in range(7, -1, -1):  # PLUS visits the corners 7..0; zero weights are skipped
                     if arith == FIXED:
                         positive = w_fixed[c] > 0
@@ -323,35 +289,71 @@ def _paste_owner(
 
 
 @functools.lru_cache(maxsize=None)
-def _kernel(linear: bool, arith: int, mode: int):
-    """The compiled loop for one method, arithmetic and mode (compiled on first use, cached on disk).
-
-    The three choices are closure constants, so every branch on them folds away at compile time."""
-    exact = arith != SINGLE
+def _splat_kernel(arith: int, mode: int):
+    """The compiled trilinear loop for one arithmetic and mode (compiled on first use, cached on
+    disk). The choices are closure constants, so every branch on them folds away at compile time."""
 
     @njit(nogil=True, cache=True)
     def kernel(owner, owner_mask, frames, q, m64, m32, runs, importance, min_value, nx, ny, nz, value, acc):
-        no_idx = np.zeros((1, 1), np.int64)
-        return _paste_owner(
-            linear, False, owner, owner_mask, frames, q, m64, m32, arith, exact, mode, runs, 0, runs.shape[0], runs[:, 0],
-            no_idx, importance, min_value, nx, ny, nz, value, acc,
-        )  # fmt: skip
+        return _splat_owner(owner, owner_mask, frames, q, m64, m32, arith, mode, runs, importance, min_value, nx, ny, nz, value, acc)
 
     return kernel
 
 
+@njit(cache=True, nogil=True)
+def _record_rows(arith, mode, frames, q, m64, m32, runs, row_lo, row_hi, offsets, out_idx, importance, min_value, nx, ny, nz):
+    """Nearest neighbour, first phase: the flat voxel index of every pixel of the runs
+    ``row_lo:row_hi`` goes to ``out_idx[frame, offsets[run] + column - first column]`` (-1 when the
+    pixel is not pasted). Branch-free loops (the torch path's roundings), which the compiler
+    vectorises."""
+    nxy = nx * ny
+    half32 = np.float32(0.5)
+    for b in range(frames.shape[0]):
+        for r in range(row_lo, row_hi):
+            y, x0, x1 = runs[r, 0], runs[r, 1], runs[r, 2]
+            frow = frames[b, y]
+            irow = importance[y] if mode == IMPORTANCE else frow
+            dst = out_idx[b]
+            base = offsets[r] - x0
+            if arith == FIXED:
+                px, py, pz, dx, dy, dz = _fixed_row(q, b, 0, y)
+                for x in range(x0, x1 + 1):
+                    i = (px + x * dx + _FIXED_HALF) >> _FIXED_BITS
+                    j = (py + x * dy + _FIXED_HALF) >> _FIXED_BITS
+                    k = (pz + x * dz + _FIXED_HALF) >> _FIXED_BITS
+                    ok = (frow[x] >= min_value) & (irow[x] != 0 if mode == IMPORTANCE else True)
+                    ok = ok & (i >= 0) & (j >= 0) & (k >= 0) & (i < nx) & (j < ny) & (k < nz)
+                    dst[base + x] = (k * nxy + j * nx + i) if ok else -1
+            elif arith == DOUBLE:
+                tx, ty, tz = _float_row(m64, b, np.float64(y))
+                ax, ay, az = m64[b, 0, 0], m64[b, 1, 0], m64[b, 2, 0]
+                for x in range(x0, x1 + 1):
+                    fi = np.floor((tx + x * ax) + _HALF_TOL)
+                    fj = np.floor((ty + x * ay) + _HALF_TOL)
+                    fk = np.floor((tz + x * az) + _HALF_TOL)
+                    ok = (frow[x] >= min_value) & (irow[x] != 0 if mode == IMPORTANCE else True)
+                    ok = ok & (fi >= 0) & (fj >= 0) & (fk >= 0) & (fi < nx) & (fj < ny) & (fk < nz)
+                    dst[base + x] = (np.int64(fk) * nxy + np.int64(fj) * nx + np.int64(fi)) if ok else -1
+            else:
+                tx32, ty32, tz32 = _float_row(m32, b, np.float32(y))
+                ax32, ay32, az32 = m32[b, 0, 0], m32[b, 1, 0], m32[b, 2, 0]
+                for x in range(x0, x1 + 1):
+                    xf = np.float32(x)
+                    fi = np.floor((tx32 + xf * ax32) + half32)
+                    fj = np.floor((ty32 + xf * ay32) + half32)
+                    fk = np.floor((tz32 + xf * az32) + half32)
+                    ok = (frow[x] >= min_value) & (irow[x] != 0 if mode == IMPORTANCE else True)
+                    ok = ok & (fi >= 0) & (fj >= 0) & (fk >= 0) & (fi < nx) & (fj < ny) & (fk < nz)
+                    dst[base + x] = (np.int64(fk) * nxy + np.int64(fj) * nx + np.int64(fi)) if ok else -1
+
+
 @functools.lru_cache(maxsize=None)
 def _record_kernel(arith: int, mode: int):
-    """Nearest neighbour, first phase: voxel indices of the runs ``row_lo:row_hi``."""
-    exact = arith != SINGLE
+    """:func:`_record_rows` for one arithmetic and mode (closure constants)."""
 
     @njit(nogil=True, cache=True)
     def record(frames, q, m64, m32, runs, row_lo, row_hi, offsets, out_idx, importance, min_value, nx, ny, nz):
-        none = np.zeros(1, np.int32)
-        return _paste_owner(
-            False, True, 0, 0, frames, q, m64, m32, arith, exact, mode, runs, row_lo, row_hi, offsets, out_idx,
-            importance, min_value, nx, ny, nz, none, none,
-        )  # fmt: skip
+        _record_rows(arith, mode, frames, q, m64, m32, runs, row_lo, row_hi, offsets, out_idx, importance, min_value, nx, ny, nz)
 
     return record
 
@@ -378,8 +380,6 @@ def _apply_kernel(exact: bool, mode: int):
     return apply
 
 
-#: two-phase nearest neighbour: threads own blocks of 2**12 consecutive voxels, in turn
-_OWNER_SHIFT = 12
 #: indices recorded per step of the two-phase nearest neighbour (bounds its scratch memory)
 _RECORD_PIXELS = 1 << 20
 
@@ -468,8 +468,8 @@ def paste(
     owners = owners_for_threads() if n_owners is None else int(n_owners)
     nx, ny, nz = (int(v) for v in size)
     runs = pixels.runs
-    if owners == 1 or method == "linear":
-        kernel = _kernel(method == "linear", int(arith), int(mode))
+    if method == "linear":
+        kernel = _splat_kernel(int(arith), int(mode))
         args = (frames, q, m64, m32, runs, imp, int(min_value), nx, ny, nz, value, acc)
         if owners == 1:
             return int(kernel(0, 0, *args))
