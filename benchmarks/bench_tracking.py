@@ -6,21 +6,29 @@ Rows (each measured in its own subprocess, so peak memory is per case):
   under ``torch.no_grad`` on the whole preprocessed sweep at once, textbook attention
   (softmax(QK^T/sqrt(d) + bias) V), default memory layout. This is how a straightforward
   implementation (and the official code) runs it.
-* ``ours fp32``: :func:`freehand3d.tracking.predict` -- inference mode, fused
+* ``ours fp32``: :func:`freehand3d.tracking.predict` -- inference mode, BatchNorm folded, fused
   scaled-dot-product attention, channels-last convolutions, local CNN in halo tiles, crops made
   per tile.
-* ``ours bf16-autocast`` (CPU) / ``ours fp16-autocast`` (CUDA): the same with ``amp=True``.
+* ``ours fp32 Winograd`` (CPU only): the same with ``winograd=True``: the local CNN's stride-1
+  3x3x3 convs with >= 128 input channels as Winograd F(2x2,3x3)
+  (:mod:`freehand3d.tracking.model.winograd`), to show what that opt-in path buys on this machine.
+* ``ours bf16-autocast`` (CPU) / ``ours fp16-autocast`` (CUDA): ``amp=True`` (Winograd is fp32/fp64
+  only, so autocast runs oneDNN/cuDNN convs in half precision). Skipped on CPUs without native
+  bf16 (AVX512-BF16 / AMX), where oneDNN's bf16 convs are reference code (~50x slower).
 
-Columns: seconds per frame (best over ``--rounds`` alternating rounds x ``--repeat`` runs), peak resident memory of the process (CPU) or
-peak allocated GPU memory (CUDA), speed-up relative to the reference on the same device, and
-max |difference| of the head output from the reference fp32 output (same random weights).
+Columns: seconds per frame (best over ``--rounds`` alternating rounds x ``--repeat`` runs), peak
+resident memory of the process (CPU) or peak allocated GPU memory (CUDA), speed-up relative to the
+reference on the same device, speed-up relative to the ~0.36 s/frame the issue reports for the
+official code on the project CPU (CPU rows), and max |difference| of the head output from the
+reference fp32 output (same random weights) relative to its largest value.
 
 Usage::
 
     python benchmarks/bench_tracking.py                 # 64 frames, 2 threads, CPU (+ CUDA if present)
     python benchmarks/bench_tracking.py --frames 16 --repeat 1
 
-The issue reports about 0.36 s/frame for the official code on the project's CPU (not measured here).
+The issue reports about 0.36 s/frame for the official code on the project's CPU (not measured here;
+quoted in the last line and in the ``vs 0.36 s`` column).
 """
 
 from __future__ import annotations
@@ -36,8 +44,25 @@ import time
 CASES = {
     "reference fp32": dict(impl="reference", amp=False),
     "ours fp32": dict(impl="ours", amp=False),
+    "ours fp32 Winograd": dict(impl="ours", amp=False, winograd=True, cpu_only=True),
     "ours autocast": dict(impl="ours", amp=True),
 }
+
+#: The official code's speed on the project CPU, as the issue reports it (not measured here).
+OFFICIAL_CPU_S_PER_FRAME = 0.36
+
+
+def _cpu_model() -> str:
+    try:
+        out = subprocess.run(["lscpu"], capture_output=True, text=True, check=True).stdout
+    except (OSError, subprocess.CalledProcessError):
+        return "unknown CPU"
+    fields = dict(line.split(":", 1) for line in out.splitlines() if ":" in line)
+    name = fields.get("Model name", "unknown CPU").strip()
+    flags = fields.get("Flags", "")
+    isa = "AVX-512" if "avx512f" in flags else "AVX2" if "avx2" in flags else "no AVX2"
+    bf16 = ", native bf16" if "avx512_bf16" in flags or "amx_bf16" in flags else ""
+    return f"{name} ({isa}{bf16})"
 
 
 def _frames(n):
@@ -74,7 +99,7 @@ def run_case(name, frames, device, threads, repeat, seed=0):
                 head = model(local, glob)["head_output"][0].double().cpu().numpy()
         else:
             attention.USE_FUSED_ATTENTION = True
-            head = predict(arr, model, device=device, amp=case["amp"])["head_output"]
+            head = predict(arr, model, device=device, amp=case["amp"], winograd=case.get("winograd", False))["head_output"]
         if device == "cuda":
             torch.cuda.synchronize()
         times.append(time.perf_counter() - start)
@@ -117,6 +142,8 @@ def main():
         # cases alternate over the rounds, so a load change on a shared machine hits all of them
         for _ in range(args.rounds):
             for name in CASES:
+                if device != "cpu" and CASES[name].get("cpu_only"):
+                    continue  # Winograd is a CPU path: on CUDA both rows would be the same run
                 if device == "cpu" and CASES[name]["amp"] and not (args.force_bf16 or cpu_has_fast_bf16()):
                     # without AVX512-BF16/AMX oneDNN runs bf16 convs in reference code (~50x slower)
                     if name not in skipped:
@@ -134,22 +161,25 @@ def main():
         ref = results["reference fp32"]
         for name in skipped:
             rows.append((device, name.replace("autocast", "bf16-autocast"), None, None, None, None))
+        ref_head = np.asarray(ref["head"])
         for name, res in results.items():
             label = name.replace("autocast", "bf16-autocast" if device == "cpu" else "fp16-autocast")
-            rows.append(
-                (device, label, res["s_per_frame"], res["peak_mb"], ref["s_per_frame"] / res["s_per_frame"],
-                 float(np.abs(np.asarray(res["head"]) - np.asarray(ref["head"])).max()))
-            )
-    print(f"DualTrack dualtrack-2024 forward, {args.frames} frames, {args.threads} CPU threads, torch {torch.__version__}")
-    header = f"{'device':6} {'case':22} {'s/frame':>9} {'peak MB':>9} {'speed-up':>9} {'max|dhead|':>11}"
+            diff = float(np.abs(np.asarray(res["head"]) - ref_head).max() / np.abs(ref_head).max())
+            rows.append((device, label, res["s_per_frame"], res["peak_mb"], ref["s_per_frame"] / res["s_per_frame"], diff))
+    print(f"DualTrack dualtrack-2024 forward, {args.frames} frames, {args.threads} CPU threads, torch {torch.__version__}, "
+          f"CPU: {_cpu_model()}" + (f", GPU: {torch.cuda.get_device_name()}" if "cuda" in devices else ""))
+    header = (f"{'device':6} {'case':24} {'s/frame':>9} {'peak MB':>9} {'vs reference':>12} {'vs 0.36 s':>10} "
+              f"{'rel max|dhead|':>15}")
     print(header)
     print("-" * len(header))
     for device, label, spf, peak, ratio, diff in rows:
         if spf is None:
-            print(f"{device:6} {label:22} skipped: no native bf16 on this CPU (--force-bf16 to measure)")
+            print(f"{device:6} {label:24} skipped: no native bf16 on this CPU (--force-bf16 to measure)")
             continue
-        print(f"{device:6} {label:22} {spf:9.4f} {peak:9.0f} {ratio:8.2f}x {diff:11.2e}")
-    print("(official DualTrack code on the project CPU, as reported in the issue: ~0.36 s/frame)")
+        vs_official = f"{OFFICIAL_CPU_S_PER_FRAME / spf:9.2f}x" if device == "cpu" else f"{'-':>10}"
+        print(f"{device:6} {label:24} {spf:9.4f} {peak:9.0f} {ratio:11.2f}x {vs_official} {diff:15.2e}")
+    print(f"(official DualTrack code on the project CPU, as reported in the issue: ~{OFFICIAL_CPU_S_PER_FRAME} s/frame; "
+          "CUDA goal: <= 0.25 s for a 546-frame sweep on an H100)")
 
 
 if __name__ == "__main__":

@@ -156,6 +156,27 @@ def test_track_is_independent_of_cnn_tiling_and_dtype_flows(small_model, frames4
     np.testing.assert_allclose(single["head_output"], double["head_output"], atol=1e-4, rtol=0)
 
 
+def test_predict_with_winograd_matches_the_direct_convolutions(frames40, monkeypatch):
+    from freehand3d.tracking import infer
+    from freehand3d.tracking.model import winograd
+
+    calls = []
+    real = winograd.winograd_conv3d
+    monkeypatch.setattr(winograd, "winograd_conv3d", lambda *a, **k: calls.append(1) or real(*a, **k))
+    monkeypatch.setattr(infer, "WINOGRAD_MIN_CHANNELS", 4)  # the small network's widths
+    cfg = refs.small_config(local_widths=(4, 4, 8, 8), local_size=32, pool_grid=2)
+    model = refs.randomize(DualTrack(cfg), seed=8)
+    frames = frames40[:12]
+    for dtype, tol in ((torch.float64, 1e-12), (torch.float32, 1e-5)):
+        direct = predict(frames, model, dtype=dtype, cnn_tile=5)["head_output"]
+        assert not calls
+        fast = predict(frames, model, dtype=dtype, cnn_tile=5, winograd=True)["head_output"]
+        assert len(calls) == 13 * 3  # 13 stride-1 3x3x3 convs, 3 CNN tiles
+        calls.clear()
+        assert np.abs(direct).max() > 1e-2
+        np.testing.assert_allclose(fast, direct, atol=tol * np.abs(direct).max(), rtol=0)
+
+
 def test_track_raw_frames_uses_the_tusrec_spacing(small_model, frames40):
     with pytest.warns(UserWarning, match="TUS-REC"):
         tracked = track(frames40[:3], small_model)
@@ -185,3 +206,5 @@ def test_predict_from_raw_frames_keeps_float64_exactness(frames40):
     np.testing.assert_allclose(out["head_output"], fx["head_output"], atol=1e-10, rtol=0)
     np.testing.assert_allclose(out["poses_global"], fx["poses_global"], atol=1e-4, rtol=0)
     np.testing.assert_allclose(out["poses_local"], fx["poses_local"], atol=1e-4, rtol=0)
+    fast = predict(frames40, model, dtype=torch.float64, winograd=True)  # Winograd F(2x2,3x3) local CNN
+    np.testing.assert_allclose(fast["head_output"], fx["head_output"], atol=1e-10, rtol=0)

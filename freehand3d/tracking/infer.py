@@ -33,6 +33,12 @@ TUSREC_SPACING = (0.229389190673828, 0.220979690551758)
 #: Global-branch frames run through the 2-D CNN at once (bounds memory for long sweeps).
 GLOBAL_CNN_BATCH = 32
 
+#: With ``predict(..., winograd=True)``, local-CNN convs with at least this many input channels run
+#: as Winograd F(2x2,3x3) on CPU (float32/float64): measured faster than oneDNN's direct conv from
+#: 128 channels on; the 64-channel layer1 at 128x128 is memory-bound in the transforms and stays
+#: a direct conv.
+WINOGRAD_MIN_CHANNELS = 128
+
 
 def compose_poses(head_output, round_float32: bool = False) -> tuple[np.ndarray, np.ndarray]:
     """Relative 6-DoF rows -> absolute and local 4x4 poses.
@@ -125,6 +131,7 @@ def predict(
     cnn_tile: int | None = None,
     progress: bool = False,
     channels_last: bool = True,
+    winograd: bool = False,
 ) -> dict[str, np.ndarray]:
     """Run the model on raw frames with bounded memory.
 
@@ -149,6 +156,12 @@ def predict(
     channels_last : store the CNN weights channels-last (faster convolutions on CPU and GPU).
         BatchNorm is always folded into the convolutions for inference. Both change results only
         at rounding level (float64 stays within 1e-12 of the unfused model).
+    winograd : on CPU without ``amp``, run the local CNN's stride-1 3x3x3 convs with at least
+        :data:`WINOGRAD_MIN_CHANNELS` input channels as Winograd F(2x2,3x3) (see
+        :mod:`freehand3d.tracking.model.winograd`; rounding-level differences only, float64 within
+        1e-10 of the official fixture). Off by default: 1.11x faster for the whole forward with
+        1 thread on the project CPU, but slower with 2 threads on a loaded machine (its many
+        smaller parallel operations suffer more from contention); see docs/tracking.md.
 
     Returns
     -------
@@ -170,7 +183,8 @@ def predict(
         cnn_tile = 1024 if device.type == "cuda" else model.local_encoder.cnn_tile
     # inference copies of the CNNs: BatchNorm folded into the convs, channels-last weights; the
     # caller's model is left as it is (apart from device/dtype)
-    local_cnn = model.local_encoder.cnn.fused_for_inference()
+    use_winograd = winograd and device.type == "cpu" and not amp
+    local_cnn = model.local_encoder.cnn.fused_for_inference(WINOGRAD_MIN_CHANNELS if use_winograd else None)
     global_cnn = model.global_encoder.cnn.fused_for_inference()
     if channels_last:
         local_cnn.to(memory_format=torch.channels_last_3d)

@@ -70,10 +70,22 @@ class _ResNet18(nn.Module):
             x = layer(x)
         return x
 
-    def fused_for_inference(self) -> "_ResNet18":
+    def fused_for_inference(self, winograd_min_channels: int | None = None) -> "_ResNet18":
         """A copy with every BatchNorm folded into the preceding conv (eval-mode statistics), so
-        inference skips one pass over each activation map. Same function up to rounding."""
+        inference skips one pass over each activation map. Same function up to rounding.
+
+        ``winograd_min_channels``: also replace the stride-1 3x3x3 block convs with at least that
+        many input channels by :class:`~freehand3d.tracking.model.winograd.WinogradConv3d`
+        (2.25x fewer multiply-adds on CPU; None: keep every conv).
+        """
         from torch.nn.utils.fusion import fuse_conv_bn_eval
+
+        from freehand3d.tracking.model.winograd import WinogradConv3d, is_winograd_eligible
+
+        def fast(conv):
+            if winograd_min_channels is None or not is_winograd_eligible(conv):
+                return conv
+            return WinogradConv3d(conv) if conv.in_channels >= winograd_min_channels else conv
 
         fused = copy.deepcopy(self).eval()
         fused.stem[0] = fuse_conv_bn_eval(fused.stem[0], fused.stem[1])
@@ -81,8 +93,8 @@ class _ResNet18(nn.Module):
         fused.stem[1] = fused.stem[4] = nn.Identity()
         for layer in fused.layers:
             for block in layer:
-                block.conv1, block.bn1 = fuse_conv_bn_eval(block.conv1, block.bn1), nn.Identity()
-                block.conv2, block.bn2 = fuse_conv_bn_eval(block.conv2, block.bn2), nn.Identity()
+                block.conv1, block.bn1 = fast(fuse_conv_bn_eval(block.conv1, block.bn1)), nn.Identity()
+                block.conv2, block.bn2 = fast(fuse_conv_bn_eval(block.conv2, block.bn2)), nn.Identity()
                 if block.downsample is not None:
                     block.downsample = fuse_conv_bn_eval(block.downsample[0], block.downsample[1])
         return fused
