@@ -15,7 +15,11 @@ of temporal tap k. Frames outside the clip are zeros, exactly like the convoluti
 
 Time is processed in chunks (one frame of halo on each side) so the 4x larger transformed input never
 exists for the whole clip; every output frame sums the same three products in the same order in
-any chunking, so the result does not depend on the chunk size.
+any chunking, so the result does not depend on the chunk size beyond the rounding of the matrix
+products (tested: float64 within 1e-12 of ``F.conv3d`` for every chunking).
+
+The matrix products go through oneDNN's float32 GEMM (``torch.ops.mkldnn._linear_pointwise``),
+which on the project's AMD CPU runs ~4x faster than ``torch.mm`` (MKL); float64 uses ``addmm``.
 """
 
 from __future__ import annotations
