@@ -26,6 +26,7 @@ Usage::
 
     python benchmarks/bench_tracking.py                 # 64 frames, 2 threads, CPU (+ CUDA if present)
     python benchmarks/bench_tracking.py --frames 16 --repeat 1
+    python benchmarks/bench_tracking.py --conv-layers --threads 1   # one conv per stage, direct vs Winograd
 
 The issue reports about 0.36 s/frame for the official code on the project's CPU (not measured here;
 quoted in the last line and in the ``vs 0.36 s`` column).
@@ -110,6 +111,35 @@ def run_case(name, frames, device, threads, repeat, seed=0):
     return {"s_per_frame": min(times) / frames, "peak_mb": peak_mb, "head": np.asarray(head).tolist()}
 
 
+def conv_layers(frames, threads, rounds):
+    """One 3x3x3 conv of each local-CNN stage (2024 widths, 256 px crops): direct (oneDNN,
+    channels-last) vs Winograd F(2x2,3x3), alternating, best of ``rounds``; printed as a table."""
+    import torch
+    import torch.nn.functional as F
+
+    from freehand3d.tracking.model.winograd import WinogradConv3d
+
+    torch.set_num_threads(threads)
+    torch.manual_seed(0)
+    print(f"one stride-1 3x3x3 conv, {frames} frames, {threads} threads, best of {rounds}: ms/frame")
+    print(f"{'layer':6} {'channels':>8} {'map':>8} {'direct':>8} {'Winograd':>9} {'ratio':>6} {'rel max|d|':>11}")
+    for layer, (ch, side) in enumerate([(64, 128), (128, 64), (256, 32), (512, 16)], start=1):
+        conv = torch.nn.Conv3d(ch, ch, 3, padding=1).eval().to(memory_format=torch.channels_last_3d)
+        fast = WinogradConv3d(conv)
+        x = torch.randn(1, ch, frames, side, side).to(memory_format=torch.channels_last_3d)
+        best = {"direct": float("inf"), "winograd": float("inf")}
+        with torch.inference_mode():
+            ref, got = conv(x), fast(x)  # warm-up (oneDNN primitive creation, kernel transform)
+            for _ in range(rounds):
+                for name, fn in (("direct", conv), ("winograd", fast)):
+                    start = time.perf_counter()
+                    fn(x)
+                    best[name] = min(best[name], time.perf_counter() - start)
+        diff = float((got - ref).abs().max() / ref.abs().max())
+        d, w = (best[k] / frames * 1000 for k in ("direct", "winograd"))
+        print(f"{layer:<6} {ch:8} {side:>4}x{side:<3} {d:8.2f} {w:9.2f} {d / w:5.2f}x {diff:11.2e}")
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--frames", type=int, default=64)
@@ -118,10 +148,15 @@ def main():
     parser.add_argument("--rounds", type=int, default=2, help="alternating rounds of all cases (best kept)")
     parser.add_argument("--device", choices=["cpu", "cuda", "all"], default="all")
     parser.add_argument("--force-bf16", action="store_true", help="measure CPU bf16 even without native support")
+    parser.add_argument("--conv-layers", action="store_true",
+                        help="instead: one conv per local-CNN stage, direct vs Winograd (CPU, --threads)")
     parser.add_argument("--case", help=argparse.SUPPRESS)  # internal: run one case in this process
     parser.add_argument("--on", default="cpu", help=argparse.SUPPRESS)
     args = parser.parse_args()
 
+    if args.conv_layers:
+        conv_layers(min(args.frames, 8), args.threads, max(args.rounds, 3))
+        return
     if args.case:
         print(json.dumps(run_case(args.case, args.frames, args.on, args.threads, args.repeat)))
         return
