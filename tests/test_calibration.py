@@ -269,16 +269,31 @@ def test_other_plus_phantoms_are_labelled_on_simulated_frames(name):
 @pytest.mark.slow
 @pytest.mark.parametrize("solver", ["plus", "ransac-lm"])
 def test_full_plus_recording(solver, device_set, plus_results, cal_sweep):
+    """With the recording's own time stamps (as PLUS uses them) both solvers give PLUS's calibration."""
     from freehand3d.io import read_sweep
 
     result = calibrate(cal_sweep, device_set.phantom, read_sweep(VAL), solver=solver,
-                       params=device_set.segmentation)
+                       params=device_set.segmentation, time_offset=False, registration_prior=None)
     assert result.frames_segmented == 188 and result.validation_frames_segmented == 94
     err = np.linalg.norm(result.calibration.labelled - plus_results.calibration.points, axis=2)
     assert (err < 1.0).all()
     angle, shift = rotation_translation_difference(result.image_to_probe, plus_results.image_to_probe)
     assert angle < 0.5 and shift < 1.0
     assert result.pre3d_validation_mean_mm < 1.3
+
+
+@pytest.mark.slow
+def test_full_plus_recording_default_estimates_the_tracker_lag(device_set, plus_results, cal_sweep):
+    """Default ransac-lm: the tracker-to-image lag estimated on the calibration frames halves the
+    held-out validation error; ImageToProbe then differs from PLUS's (which absorbs the lag)."""
+    from freehand3d.io import read_sweep
+
+    result = calibrate(cal_sweep, device_set.phantom, read_sweep(VAL), params=device_set.segmentation)
+    assert result.frames_segmented == 188 and result.validation_frames_segmented == 94
+    assert 0.3 < result.time_offset_s < 0.6
+    assert result.pre3d_validation_mean_mm <= 1.15 < plus_results.reprojection_3d["validation_mean_mm"]
+    angle, shift = rotation_translation_difference(result.image_to_probe, plus_results.image_to_probe)
+    assert angle < 5.0 and shift < 5.0
 
 
 # ------------------------------------------------------------------------------ CLI
