@@ -600,7 +600,8 @@ class Reconstructor:
 
             filled = self._state.filled().reshape(self.grid.shape)
             acc = self._state.acc[: self.grid.n_voxels].reshape(self.grid.shape).cpu().numpy()
-            return run_fill(values, filled, spec, spacing=self.grid.spacing, accumulation=acc, device=self.device)
+            return run_fill(values, filled, spec, spacing=self.grid.spacing, accumulation=acc, device=self.device,
+                            backend=self.backend)
         return values.cpu().numpy()
 
     def volume(self, fill_holes=None):
