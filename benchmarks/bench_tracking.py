@@ -8,10 +8,10 @@ Rows (each measured in its own subprocess, so peak memory is per case):
   implementation (and the official code) runs it.
 * ``ours fp32``: :func:`freehand3d.tracking.predict` -- inference mode, BatchNorm folded, fused
   scaled-dot-product attention, channels-last convolutions, local CNN in halo tiles, crops made
-  per tile.
-* ``ours fp32 Winograd`` (CPU only): the same with ``winograd=True``: the local CNN's stride-1
-  3x3x3 convs with >= 128 input channels as Winograd F(2x2,3x3)
-  (:mod:`freehand3d.tracking.model.winograd`), to show what that opt-in path buys on this machine.
+  per tile, and on CPU the local CNN's stride-1 3x3x3 convs with >= 128 input channels as
+  Winograd F(2x2,3x3) (:mod:`freehand3d.tracking.model.winograd`).
+* ``ours fp32 direct conv`` (CPU only): the same with ``winograd=False`` (oneDNN direct convs
+  everywhere), to show what the Winograd path buys on this machine.
 * ``ours bf16-autocast`` (CPU) / ``ours fp16-autocast`` (CUDA): ``amp=True`` (Winograd is fp32/fp64
   only, so autocast runs oneDNN/cuDNN convs in half precision). Skipped on CPUs without native
   bf16 (AVX512-BF16 / AMX), where oneDNN's bf16 convs are reference code (~50x slower).
@@ -45,7 +45,7 @@ import time
 CASES = {
     "reference fp32": dict(impl="reference", amp=False),
     "ours fp32": dict(impl="ours", amp=False),
-    "ours fp32 Winograd": dict(impl="ours", amp=False, winograd=True, cpu_only=True),
+    "ours fp32 direct conv": dict(impl="ours", amp=False, winograd=False, cpu_only=True),
     "ours autocast": dict(impl="ours", amp=True),
 }
 
@@ -100,7 +100,7 @@ def run_case(name, frames, device, threads, repeat, seed=0):
                 head = model(local, glob)["head_output"][0].double().cpu().numpy()
         else:
             attention.USE_FUSED_ATTENTION = True
-            head = predict(arr, model, device=device, amp=case["amp"], winograd=case.get("winograd", False))["head_output"]
+            head = predict(arr, model, device=device, amp=case["amp"], winograd=case.get("winograd", True))["head_output"]
         if device == "cuda":
             torch.cuda.synchronize()
         times.append(time.perf_counter() - start)

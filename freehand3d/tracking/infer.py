@@ -33,10 +33,10 @@ TUSREC_SPACING = (0.229389190673828, 0.220979690551758)
 #: Global-branch frames run through the 2-D CNN at once (bounds memory for long sweeps).
 GLOBAL_CNN_BATCH = 32
 
-#: With ``predict(..., winograd=True)``, local-CNN convs with at least this many input channels run
-#: as Winograd F(2x2,3x3) on CPU (float32/float64): measured faster than oneDNN's direct conv from
-#: 128 channels on; the 64-channel layer1 at 128x128 is memory-bound in the transforms and stays
-#: a direct conv.
+#: With ``predict(..., winograd=True)`` (the default), local-CNN convs with at least this many
+#: input channels run as Winograd F(2x2,3x3) on CPU (float32/float64): measured faster than
+#: oneDNN's direct conv from 128 channels on; the 64-channel layer1 at 128x128 is memory-bound in
+#: the transforms and stays a direct conv.
 WINOGRAD_MIN_CHANNELS = 128
 
 
@@ -131,7 +131,7 @@ def predict(
     cnn_tile: int | None = None,
     progress: bool = False,
     channels_last: bool = True,
-    winograd: bool = False,
+    winograd: bool = True,
 ) -> dict[str, np.ndarray]:
     """Run the model on raw frames with bounded memory.
 
@@ -159,9 +159,9 @@ def predict(
     winograd : on CPU without ``amp``, run the local CNN's stride-1 3x3x3 convs with at least
         :data:`WINOGRAD_MIN_CHANNELS` input channels as Winograd F(2x2,3x3) (see
         :mod:`freehand3d.tracking.model.winograd`; rounding-level differences only, float64 within
-        1e-10 of the official fixture). Off by default: 1.11x faster for the whole forward with
-        1 thread on the project CPU, but slower with 2 threads on a loaded machine (its many
-        smaller parallel operations suffer more from contention); see docs/tracking.md.
+        1e-10 of the official fixture). 2024 preset, 64 frames, 2 threads on the project CPU:
+        whole forward 1.21x faster; on a heavily loaded machine it can be slower (its many smaller
+        parallel operations suffer more from contention), see docs/tracking.md.
 
     Returns
     -------
