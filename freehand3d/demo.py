@@ -55,14 +55,17 @@ def step_calibration(out: Path, say: Callable[[str], None]) -> dict:
     numbers = {
         "frames_segmented": f"{result.frames_segmented}/{result.frames_total}",
         "pre3d_validation_mm": f"{result.pre3d_validation_mean_mm:.3f} ± {result.pre3d_validation_std_mm:.3f}",
-        "pre3d_validation_plus_mm": "1.247 ± 0.494",
+        "pre3d_validation_plus_mm": (f"{plus.reprojection_3d['validation_mean_mm']:.3f} ± "
+                                     f"{plus.reprojection_3d['validation_std_mm']:.3f}"),
+        "tracker_lag_estimated_s": f"{result.time_offset_s or 0.0:.3f}",
         "pre3d_calibration_mm": f"{result.pre3d_calibration_mean_mm:.3f} ± {result.pre3d_calibration_std_mm:.3f}",
         "image_to_probe_translation_vs_plus_mm": f"{d_translation:.3f}",
         "image_to_probe_rotation_vs_plus_deg": f"{d_rotation:.3f}",
         "seconds": f"{seconds:.1f}",
     }
     say(f"calibration: {numbers['frames_segmented']} frames segmented, validation PRE3D "
-        f"{numbers['pre3d_validation_mm']} mm (PLUS 1.247), ImageToProbe vs PLUS: "
+        f"{numbers['pre3d_validation_mm']} mm (PLUS {numbers['pre3d_validation_plus_mm']}) with an estimated "
+        f"tracker lag of {numbers['tracker_lag_estimated_s']} s, ImageToProbe vs PLUS's (which absorbs the lag): "
         f"{d_translation:.2f} mm / {d_rotation:.2f} deg, {seconds:.1f} s")
     pngs = sorted((folder / "overlays").glob("*.png"))[:4]
     return {"numbers": numbers, "pngs": pngs, "files": [folder / "result.json"]}
