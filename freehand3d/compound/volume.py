@@ -296,9 +296,10 @@ class Reconstructor:
         if self._importance is not None and self._importance.shape != tuple(frame_shape):
             raise ValueError(f"importance mask shape {self._importance.shape} does not match the frames")
         rows, cols = np.nonzero(mask)  # row-major: PLUS's pixel order within a frame
-        from freehand3d.compound._kernels import PixelRuns
+        if self.backend == "numba":  # the compiled kernels walk the mask's row runs
+            from freehand3d.compound._kernels import PixelRuns
 
-        self._runs = PixelRuns(mask)
+            self._runs = PixelRuns(mask)
         self._pixel_flat = torch.as_tensor(rows * frame_shape[1] + cols, dtype=torch.int64, device=self.device)
         self._pixel_xy = torch.as_tensor(np.stack([cols, rows], 1), dtype=torch.int64, device=self.device)
         self._pixel_xy_float = None

@@ -600,10 +600,7 @@ def find_echoes(
         params, channel, mu_start, cost = dedupe(params, channel, mu_start, cost)
     order = np.lexsort((params[:, 1], channel))
     params, channel, cost = params[order], channel[order], cost[order]
-    # keep the amplitude positive: a sign flip is a pi phase shift
-    negative = params[:, 0] < 0
-    params[negative, 0] *= -1
-    params[negative, 5] += np.pi
+    params = canonical_memgo(params)  # positive amplitudes: a sign flip is a pi phase shift
     toa_samples = phase_precise_delay(params, ref.params)
     good = np.isfinite(toa_samples) & (cost < max_cost) & (params[:, 0] >= 0.5 * threshold / ref.envelope_peak_per_amplitude)
     channel, toa_samples, params, cost = channel[good], toa_samples[good], params[good], cost[good]
