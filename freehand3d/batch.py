@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import contextlib
 import csv
+import gc
 import json
 import math
 import os
@@ -439,6 +440,7 @@ def start_local_cluster(n_workers: int, attempts: int = 3):
         except (AssertionError, TimeoutError):
             if attempt == attempts - 1:
                 raise
+            gc.collect()  # finalise the half-started cluster now, not inside the next start (see _client)
 
 
 @contextlib.contextmanager
@@ -463,10 +465,18 @@ def _client(scheduler, n_workers: int):
             with cluster, Client(cluster) as client:
                 yield client
         return
+    failure = None
     try:
         client = Client(scheduler, timeout="20s")
     except (OSError, TimeoutError, ValueError) as exc:
-        raise ConfigError(f"cannot connect to the Dask scheduler ({exc})", str(scheduler)) from None
+        failure = f"cannot connect to the Dask scheduler ({exc})"
+    if failure is not None:
+        # The Client that failed to connect sits in a reference cycle; whenever the cyclic GC reaches
+        # it, its __del__ closes it, which takes distributed's loop-runner lock. Collected later, inside
+        # a LocalCluster start that holds that lock, it deadlocked the process (seen in CI). Collect it
+        # now, while no lock is held.
+        gc.collect()
+        raise ConfigError(failure, str(scheduler))
     with client:
         yield client
 

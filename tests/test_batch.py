@@ -140,6 +140,11 @@ def test_bad_options_raise_before_any_work(recon_data, tmp_path):
     with pytest.raises(ConfigError, match="cannot connect to the Dask scheduler"):
         run_batch("reconstruct", recon_data, tmp_path / "o", scheduler="no-such-scheduler")
     assert not list((tmp_path / "o").glob("*.nrrd"))
+    # the Client that failed to connect is gone now: left to a later GC pass, its __del__ once ran
+    # inside the next LocalCluster start and deadlocked on distributed's loop lock
+    import gc
+
+    assert not [o for o in gc.get_objects() if type(o) is distributed.Client]
 
 
 # ---------------------------------------------------------------------------------- reconstruct
