@@ -463,6 +463,17 @@ def test_cli_errors_exit_2(tmp_path, monkeypatch, capsys):
     assert "OutputSpacing" in err and "Traceback" not in err
     assert not (tmp_path / "v.nrrd").exists()
 
+    # a request the memory guard refuses: one line on stderr, no progress bar drawn above it
+    good = DATA / "PlusDeviceSet_VolumeReconstructionOnly_SonixRP_TRUS_D70mm_NN_LATE.xml"
+    monkeypatch.setattr(sys, "argv", argv[:-1] + [str(good), "--spacing", "0.01"])
+    with pytest.raises(SystemExit) as exit_info:
+        main()
+    assert exit_info.value.code == 2
+    captured = capsys.readouterr()
+    assert captured.err.strip().splitlines() == [captured.err.strip()]
+    assert "use a spacing of at least" in captured.err and "reconstructing" not in captured.out + captured.err
+    assert not (tmp_path / "v.nrrd").exists()
+
 
 def test_stick_slabs_do_not_change_the_result():
     import torch

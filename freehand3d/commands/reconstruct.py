@@ -82,12 +82,16 @@ def reconstruct_command(
         kernels = [] if fill_holes.strip().lower() in ("none", "off", "") else parse_fill_spec(fill_holes)
     image_to_probe = _read_calibration(calibration) if calibration is not None else None
     data = read_sweep(sweep)
-    with Progress(TextColumn("reconstructing"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn()) as bar:
-        task = bar.add_task("frames", total=len(data))
+    # the bar is shown once reconstruct() has checked the inputs, so an error comes without a bar above it
+    bar = Progress(TextColumn("reconstructing"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn())
+    task = bar.add_task("frames", total=len(data))
 
-        def tick(done, total):
-            bar.update(task, completed=done, total=total)
+    def tick(done, total):
+        if not bar.live.is_started:
+            bar.start()
+        bar.update(task, completed=done, total=total)
 
+    try:
         image = reconstruct(
             data,
             spacing=spacing,
@@ -102,6 +106,9 @@ def reconstruct_command(
             max_memory=None if max_memory is None else int(max_memory * 1024**3),
             progress=tick,
         )
+    finally:
+        if bar.live.is_started:
+            bar.stop()
     write_volume_file(image, output)
     if preview is not None:
         save_preview(image, preview)

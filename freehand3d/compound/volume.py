@@ -794,6 +794,8 @@ def reconstruct(
     )
     # the compiled kernels need no temporary memory per frame: bigger steps, fewer calls
     step = 64 if rec.backend == "numba" else 8
+    if progress is not None:  # inputs, grid and memory are checked: the work starts now
+        progress(0, len(frame_indices))
     for start in range(0, len(frame_indices), step):
         chunk = frame_indices[start : start + step]
         rec.add_frames(working.frames[chunk], mats[chunk])
