@@ -8,6 +8,7 @@ its tcp address, the path a user's own scheduler takes.
 from __future__ import annotations
 
 import csv
+import gc
 import importlib
 import json
 import os
@@ -142,8 +143,6 @@ def test_bad_options_raise_before_any_work(recon_data, tmp_path):
     assert not list((tmp_path / "o").glob("*.nrrd"))
     # the Client that failed to connect is gone now: left to a later GC pass, its __del__ once ran
     # inside the next LocalCluster start and deadlocked on distributed's loop lock
-    import gc
-
     assert not [o for o in gc.get_objects() if type(o) is distributed.Client]
 
 
