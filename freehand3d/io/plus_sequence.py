@@ -39,6 +39,10 @@ Mapping to :class:`~freehand3d.sweep.Sweep`
 - A header field ``ImageToProbeTransform`` (16 numbers; freehand3d's convention, PLUS itself keeps the
   calibration in the device-set XML) -> ``sweep.image_to_probe``; written back when set.
 
+Tracker-only buffers (PLUS's stylus and tracker recordings: ``DimSize = 0 0 N``, ``ElementType =
+MET_OTHER``, no pixel data) read as N frames of shape (0, 0) with their poses and timestamps, and
+are written back the same way.
+
 Only single-channel 8-bit frames (``MET_UCHAR`` / NRRD ``uint8``) are accepted: ``Sweep`` holds
 B-mode uint8. Other element types and multi-channel (RGB) images raise :class:`InputError`
 naming the file and what was found; convert them to 8-bit grayscale first.
@@ -356,6 +360,11 @@ def _frames_from_dims(path: Path, sizes: list[int], kinds: list[str] | None, wha
     raise InputError(f"has {len(sizes)} image axes; a sequence file has 2, 3 or 4", path)
 
 
+def _tracker_only(width: int, height: int, n_frames: int) -> bool:
+    """A tracker-only buffer (PLUS's stylus / tracker recordings): frames with poses and no pixels."""
+    return n_frames > 0 and width * height == 0
+
+
 def _metaimage_layout(header: SequenceHeader) -> _Layout:
     path = header.path
     ndims = _ints(path, "NDims", header.get("NDims"), 1)[0]
@@ -366,14 +375,16 @@ def _metaimage_layout(header: SequenceHeader) -> _Layout:
     kinds = kinds_text.split() if kinds_text else None
     width, height, n_frames = _frames_from_dims(path, sizes, kinds, "DimSize")
     element = (header.get("ElementType") or "").strip()
-    if element != "MET_UCHAR":
+    if _tracker_only(width, height, n_frames):
+        pass  # tracker buffers (DimSize = 0 0 N) have no pixels; PLUS writes MET_OTHER there
+    elif element != "MET_UCHAR":
         raise InputError(
             f"ElementType is {element or 'missing'}; freehand3d sweeps need 8-bit frames (MET_UCHAR): "
             "rescale to 0..255 and save as uint8 first",
             path,
         )
     channels = _ints(path, "ElementNumberOfChannels", header.get("ElementNumberOfChannels", "1"), 1)[0]
-    if channels != 1:
+    if channels != 1 and not _tracker_only(width, height, n_frames):
         raise InputError(
             f"has {channels} channels per pixel (e.g. RGB); freehand3d sweeps are single-channel B-mode: "
             "convert the frames to 8-bit grayscale first",
@@ -409,7 +420,7 @@ def _nrrd_layout(header: SequenceHeader) -> _Layout:
         )
     width, height, n_frames = _frames_from_dims(path, sizes, kinds, "sizes")
     element = (header.get("type") or "").strip()
-    if element.lower() not in _NRRD_UINT8:
+    if element.lower() not in _NRRD_UINT8 and not _tracker_only(width, height, n_frames):
         raise InputError(
             f"pixel type is {element or 'missing'!r}; freehand3d sweeps need 8-bit frames (uint8): "
             "rescale to 0..255 and save as uint8 first",
@@ -681,13 +692,22 @@ def read_plus_sequence(path: str | os.PathLike) -> Sweep:
     header = _parse_header(path, blob)
     layout = _metaimage_layout(header) if header.container == "metaimage" else _nrrd_layout(header)
     n, h, w = layout.n_frames, layout.height, layout.width
-    if n == 0 or h == 0 or w == 0:
+    if n == 0:
         raise InputError(f"holds no image data (size {w}x{h}, {n} frames)", path)
-    raw = _pixel_bytes(header, layout, blob)
+    if _tracker_only(w, h, n):
+        # tracker-only: N frames of poses, no pixels (any pixel bytes present are ignored)
+        if not header.frame_fields:
+            raise InputError(f"holds no image data and no per-frame fields (size {w}x{h}, {n} frames)", path)
+        raw = b""
+    else:
+        raw = _pixel_bytes(header, layout, blob)
     frames = np.frombuffer(raw, dtype=np.uint8).reshape(n, h, w)
 
     orientation_key = "UltrasoundImageOrientation" if header.container == "metaimage" else "ultrasound image orientation"
-    flip_columns, flip_rows = _orientation_flips(path, header.get(orientation_key))
+    if _tracker_only(w, h, n):  # no pixels to orient; PLUS writes orientation XX there
+        flip_columns = flip_rows = False
+    else:
+        flip_columns, flip_rows = _orientation_flips(path, header.get(orientation_key))
     frames = np.ascontiguousarray(_orient(frames, flip_columns, flip_rows))
     if not frames.flags.writeable:
         frames = frames.copy()
@@ -853,6 +873,8 @@ def _compress_frames(frames: np.ndarray, gzip: bool, level: int) -> list[bytes]:
 
 
 def _disk_frames(sweep: Sweep, orientation: str | None, path: Path) -> np.ndarray:
+    if sweep.frames.size == 0:
+        return sweep.frames
     flip_columns, flip_rows = _orientation_flips(path, orientation)
     return _orient(sweep.frames, flip_columns, flip_rows)
 
@@ -901,6 +923,8 @@ def write_plus_sequence(
 def _orientation_for_write(sweep: Sweep, path: Path) -> str:
     orientation = sweep.metadata.get("UltrasoundImageOrientation")
     orientation = "MF" if orientation is None else str(orientation).strip()
+    if len(sweep) and sweep.frame_shape[0] * sweep.frame_shape[1] == 0:
+        return orientation  # tracker-only: nothing to orient (PLUS writes XX)
     _orientation_flips(path, orientation)
     return orientation
 
@@ -922,6 +946,9 @@ def _write_metaimage(sweep: Sweep, path: Path, compress: bool, level: int, detac
         spacing = f"{_format_number(sweep.spacing[0])} {_format_number(sweep.spacing[1])} {third}"
     if spacing is not None and len(spacing.split()) == 2:
         spacing = spacing + " 1"
+    pose_only = w * h == 0  # tracker-only sweep: PLUS's layout, MET_OTHER and no pixel data
+    if pose_only:
+        compress = False
     chunks = _compress_frames(frames, False, level) if compress else None
 
     lines = [("ObjectType", "Image"), ("NDims", "3")]
@@ -938,7 +965,7 @@ def _write_metaimage(sweep: Sweep, path: Path, compress: bool, level: int, detac
         ("DimSize", f"{w} {h} {n}"),
         ("Kinds", "domain domain list"),
         ("ElementSpacing", _padded_triple(spacing, "1 1 1", 3)),
-        ("ElementType", "MET_UCHAR"),
+        ("ElementType", "MET_OTHER" if pose_only else "MET_UCHAR"),
         ("Offset", _padded_triple(take("Offset"), "0 0 0", 3)),
         ("TransformMatrix", _padded_triple(take("TransformMatrix"), "1 0 0 0 1 0 0 0 1", 9)),
         ("UltrasoundImageOrientation", orientation),
