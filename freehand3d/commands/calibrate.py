@@ -1,11 +1,18 @@
-"""CLI: ``freehand3d calibrate CAL.igs.mha --phantom PHANTOM -o result.json`` (N-wire probe calibration)."""
+"""CLI of the calibration chain: ``calibrate`` (N-wire probe calibration), ``temporal-calibrate``
+(tracker lag), ``pivot-calibrate`` (stylus tip), ``register-phantom`` (PhantomToReference) and
+``segment`` (N-wire points per frame)."""
 
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Optional
+from typing import List, Optional
 
 import typer
+
+
+def _echo_warnings(caught) -> None:
+    for w in caught:
+        typer.echo(f"freehand3d: warning: {w.message}", err=True)
 
 
 def register(app: typer.Typer) -> None:
@@ -77,3 +84,37 @@ def register(app: typer.Typer) -> None:
             f"inliers; calibration PRE3D {result.pre3d_calibration_mean_mm:.3f} +- "
             f"{result.pre3d_calibration_std_mm:.3f} mm{val}{extra}; {result.seconds:.2f} s -> {output}"
         )
+
+    @app.command("temporal-calibrate")
+    def temporal_calibrate_command(
+        video: Path = typer.Argument(..., help="Video recording (water-tank bottom, or an N-wire recording with --phantom)."),
+        output: Path = typer.Option(..., "--output", "-o", help="Result JSON to write (tracker_lag_s, tracker_lag_std_s, method)."),
+        tracker: Optional[Path] = typer.Option(None, "--tracker",
+                                               help="Tracker recording (tracker-only sequence); default: VIDEO's own poses."),
+        config: Optional[Path] = typer.Option(None, "--config",
+                                              help="PLUS device set: line-search rectangle, or N-wire segmentation and PhantomToReference."),
+        phantom: Optional[str] = typer.Option(None, "--phantom", "-p",
+                                              help="N-wire phantom (name, YAML or device set): estimate the lag from VIDEO alone."),
+        clip: Optional[List[int]] = typer.Option(None, "--clip", help="Line-search rectangle X Y WIDTH HEIGHT (pixels); repeat 4 times."),
+        max_lag: Optional[float] = typer.Option(None, "--max-lag", help="Search range in s (water tank 0.5, N-wire 1.0)."),
+        polarity: str = typer.Option("best", "--polarity", help="best (better alignment) or plus (PLUS: smaller |lag|)."),
+        blocks: int = typer.Option(5, "--blocks", min=0, help="Jackknife blocks for the uncertainty (0: none)."),
+    ) -> None:
+        """Tracker-to-video lag (PLUS's TrackerLagSec sign) from a water-tank or an N-wire recording."""
+        import warnings
+
+        from freehand3d.calibration.temporal import temporal_calibrate_files
+        from freehand3d.errors import ConfigError
+
+        if clip is not None and len(clip) not in (0, 4):
+            raise ConfigError(f"--clip needs 4 numbers (X Y WIDTH HEIGHT), got {len(clip)}")
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            result = temporal_calibrate_files(
+                video, output, tracker_path=tracker, config=config, phantom=phantom,
+                clip=tuple(clip) if clip else None, max_lag_s=max_lag, polarity=polarity, n_blocks=blocks,
+            )
+        _echo_warnings(caught)
+        std = "" if result.tracker_lag_std_s != result.tracker_lag_std_s else f" +- {result.tracker_lag_std_s * 1e3:.1f}"
+        typer.echo(f"{result.method}: tracker lag {result.tracker_lag_s * 1e3:+.1f}{std} ms "
+                   f"(video frames {result.video_frames_used}, tracker samples {result.tracker_frames_used}) -> {output}")
