@@ -17,10 +17,18 @@ import numpy as np
 from freehand3d import geometry
 from freehand3d.errors import InputError
 
+#: Pixel types a sweep's frames may have (the scalar types PLUS and OpenIGTLink carry).
+PIXEL_TYPES = tuple(
+    np.dtype(t) for t in (np.uint8, np.int8, np.uint16, np.int16, np.uint32, np.int32, np.float32, np.float64)
+)
+
 #: Ultrasound image orientations PLUS writes: first letter = columns (M: marked side at column 0,
 #: U: unmarked), second = rows (F: far from transducer at the last row, N: near), optional third
 #: letter for the frame axis (A: ascending).
 ORIENTATIONS = ("MF", "MN", "UF", "UN", "MFA", "MNA", "UFA", "UNA", "MFD", "UFD", "MND", "UND")
+#: PLUS's RF-data orientations: first letter = columns (F: samples run from near to far, N: from
+#: far to near), second = rows (M / U: scan lines from the marked / unmarked side).
+RF_ORIENTATIONS = ("FM", "NM", "FU", "NU")
 
 
 @dataclass
@@ -29,8 +37,14 @@ class Sweep:
 
     Attributes
     ----------
-    frames : (N, H, W) uint8, B-mode in MF orientation (row 0 = transducer side, column 0 = marked
-        side). Readers convert other orientations to MF.
+    frames : (N, H, W) or (N, H, W, C) array of any numeric pixel type in :data:`PIXEL_TYPES`
+        (uint8 B-mode is the common case; int16 RF, uint16 / float32 envelope data, C = 3 RGB or 4
+        RGBA colour frames), kept exactly as the source had them: nothing rescales or converts
+        pixels. A stage that needs a particular range converts explicitly (:func:`to_uint8`) and says
+        so. A trailing component axis of size 1 is dropped. B-mode frames are in MF orientation (row
+        0 = transducer side, column 0 = marked side); readers convert other orientations to MF (RF
+        frames, PLUS orientations ``FM``/``NM``/``FU``/``NU``, to ``FM``: see
+        :mod:`freehand3d.io.plus_sequence`).
     spacing : (sx, sy) mm per pixel, or None when unknown (PLUS files usually keep the spacing inside
         ``image_to_probe`` instead).
     timestamps : (N,) seconds.
@@ -59,14 +73,20 @@ class Sweep:
         frames = np.asarray(self.frames)
         if frames.ndim == 2:
             frames = frames[None]
-        if frames.ndim != 3:
-            raise InputError(f"frames must be (N, H, W), got shape {frames.shape}", self.source)
-        if frames.dtype != np.uint8:
+        if frames.ndim == 4 and frames.shape[3] == 1:
+            frames = frames[..., 0]
+        if frames.ndim not in (3, 4):
             raise InputError(
-                f"frames must be uint8 B-mode images, got {frames.dtype} "
-                "(scale to 0..255 and convert first)",
+                f"frames must be (N, H, W) or (N, H, W, components), got shape {frames.shape}", self.source
+            )
+        if frames.dtype.newbyteorder("=") not in PIXEL_TYPES:
+            raise InputError(
+                f"frames have pixel type {frames.dtype}; sweeps hold "
+                f"{', '.join(np.dtype(t).name for t in PIXEL_TYPES)}",
                 self.source,
             )
+        if not frames.dtype.isnative:
+            frames = frames.astype(frames.dtype.newbyteorder("="))
         self.frames = frames
         n = len(frames)
         if self.timestamps is None:
@@ -132,6 +152,16 @@ class Sweep:
         return int(self.frames.shape[1]), int(self.frames.shape[2])
 
     @property
+    def pixel_type(self) -> np.dtype:
+        """The frames' numpy pixel type (one of :data:`PIXEL_TYPES`)."""
+        return self.frames.dtype
+
+    @property
+    def n_components(self) -> int:
+        """Values per pixel: 1 for scalar frames, C for (N, H, W, C) frames (3 = RGB, 4 = RGBA)."""
+        return 1 if self.frames.ndim == 3 else int(self.frames.shape[3])
+
+    @property
     def image_valid(self) -> np.ndarray:
         """(N,) bool from PLUS ``ImageStatus`` (all True when the source had none)."""
         status = self.frame_fields.get("ImageStatus")
@@ -142,8 +172,9 @@ class Sweep:
     def __repr__(self) -> str:
         h, w = self.frame_shape
         names = ", ".join(f"{k} ({int(v.sum())}/{len(v)} valid)" for k, v in self.valid.items())
+        pixel = self.frames.dtype.name + ("" if self.n_components == 1 else f"x{self.n_components}")
         return (
-            f"Sweep({len(self)} frames {w}x{h}, spacing={self.spacing}, "
+            f"Sweep({len(self)} frames {w}x{h} {pixel}, spacing={self.spacing}, "
             f"transforms=[{names}], calibrated={self.image_to_probe is not None})"
         )
 
@@ -214,3 +245,104 @@ class Sweep:
 
     def copy(self) -> "Sweep":
         return self.subset(slice(None))
+
+
+# ---------------------------------------------------------------------- explicit range conversion
+
+#: Methods :func:`to_uint8` knows (the CLI's ``--to-uint8`` choices).
+TO_UINT8_METHODS = ("dtype", "window", "minmax")
+# ITU-R BT.601 luma weights, the grey PLUS / VTK / OpenCV compute from RGB
+_LUMA = np.array([0.299, 0.587, 0.114])
+
+
+def to_uint8(frames, method: str = "dtype", window: tuple[float, float] | None = None, source=None) -> np.ndarray:
+    """Convert frames of any pixel type to (N, H, W) uint8 for a stage that needs an 8-bit range
+    (N-wire detection in calibration, DualTrack preprocessing), one explicit linear map for the
+    whole sweep: never a per-frame rescaling.
+
+    uint8 scalar frames are returned unchanged (no copy) by every method except ``window``.
+
+    Parameters
+    ----------
+    frames : (N, H, W) or (N, H, W, C) array (or a :class:`Sweep`, whose frames are used).
+        Colour frames (C = 3 RGB or 4 RGBA; alpha is ignored) become grey first with the ITU-R
+        BT.601 luma weights 0.299 R + 0.587 G + 0.114 B, as PLUS / VTK / OpenCV do.
+    method : str
+        - ``"dtype"`` (default): the pixel type's full range maps to 0..255: uint16 0..65535,
+          int16 -32768..32767 and so on (for uint16 that is ``round(v * 255 / 65535)``, so a uint8
+          image stored as ``v * 257`` comes back exactly). Floating-point frames have no type range:
+          they need ``window`` (or ``minmax``), and raise otherwise.
+        - ``"window"``: ``window = (low, high)`` maps to 0..255, values outside are clipped (a
+          display window, as in Slicer / ITK ``IntensityWindowing``).
+        - ``"minmax"``: the window is the minimum and maximum over the whole sweep (every frame
+          together, so relative brightness between frames is kept).
+    window : (low, high), only for ``method="window"``.
+
+    Returns
+    -------
+    (N, H, W) uint8, values ``round((v - low) * 255 / (high - low))`` clipped to 0..255.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> to_uint8(np.array([[[0, 257, 65535]]], np.uint16)).tolist()
+    [[[0, 1, 255]]]
+    >>> to_uint8(np.array([[[1000.0, 1002.0, 1004.0]]], np.float32), "window", (1000, 1004)).tolist()
+    [[[0, 128, 255]]]
+    """
+    if isinstance(frames, Sweep):
+        source = frames.source if source is None else source
+        frames = frames.frames
+    arr = np.asarray(frames)
+    if arr.ndim == 2:
+        arr = arr[None]
+    if method not in TO_UINT8_METHODS:
+        raise ValueError(f"unknown conversion {method!r}; choose one of {', '.join(TO_UINT8_METHODS)}")
+    if method == "window":
+        if window is None:
+            raise ValueError("method 'window' needs window=(low, high)")
+        low, high = (float(v) for v in window)
+        if not (np.isfinite(low) and np.isfinite(high) and high > low):
+            raise ValueError(f"window must be two finite numbers low < high, got {window}")
+    elif window is not None:
+        raise ValueError(f"window is only used with method 'window', not {method!r}")
+    if arr.ndim == 4:
+        c = arr.shape[3]
+        if c == 1:
+            arr = arr[..., 0]
+        elif c in (3, 4):
+            if arr.dtype == np.uint8 and method != "window":
+                return np.rint(arr[..., :3] @ _LUMA).astype(np.uint8)
+            arr = (arr[..., :3] @ _LUMA).astype(np.float64 if arr.dtype.itemsize > 2 else np.float32)
+        else:
+            raise InputError(f"frames have {c} components per pixel; only 1, 3 (RGB) or 4 (RGBA) convert to grey", source)
+    if arr.ndim != 3:
+        raise InputError(f"frames must be (N, H, W) or (N, H, W, C), got shape {arr.shape}", source)
+    if arr.dtype == np.uint8 and method != "window":
+        return arr
+    if method == "dtype":
+        if arr.dtype.kind == "f":
+            raise InputError(
+                f"{arr.dtype} frames have no fixed range: give a window (low, high) or use the whole-sweep "
+                "minimum..maximum (minmax) to convert them to 8 bits", source
+            )
+        info = np.iinfo(arr.dtype)
+        low, high = float(info.min), float(info.max)
+    elif method == "minmax":
+        if arr.size == 0:
+            return np.zeros(arr.shape, np.uint8)
+        finite = arr if arr.dtype.kind != "f" else arr[np.isfinite(arr)]
+        if finite.size == 0:
+            raise InputError("frames hold no finite value to take a minimum..maximum window from", source)
+        low, high = float(finite.min()), float(finite.max())
+        if high <= low:
+            high = low + 1.0
+    out = np.empty(arr.shape, np.uint8)
+    scale = 255.0 / (high - low)
+    # frame by frame: the float64 temporary stays one frame, not a sweep
+    for i in range(len(arr)):
+        x = (arr[i].astype(np.float64) - low) * scale
+        x = np.nan_to_num(x, nan=0.0)
+        np.clip(np.rint(x), 0, 255, out=x)
+        out[i] = x
+    return out

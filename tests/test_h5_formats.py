@@ -213,18 +213,40 @@ def test_missing_key_names_file_and_key(tmp_path):
         read_dualtrack_h5(path)
 
 
-def test_non_uint8_frames_are_rejected(tmp_path):
-    path = tmp_path / "float.h5"
+@pytest.mark.parametrize(
+    "dtype, components",
+    [(np.uint16, 1), (np.int16, 1), (np.float32, 1), (np.float64, 1), (np.int8, 1), (np.uint32, 1), (np.uint8, 3)],
+)
+def test_frames_keep_their_pixel_type_through_both_h5_formats(tmp_path, dtype, components):
+    rng = np.random.default_rng(3)
+    shape = (2, 4, 5) if components == 1 else (2, 4, 5, components)
+    if np.dtype(dtype).kind == "f":
+        frames = (rng.standard_normal(shape) * 1e3).astype(dtype)
+    else:
+        info = np.iinfo(dtype)
+        frames = rng.integers(info.min, info.max, shape, endpoint=True, dtype=dtype)
+    sweep = Sweep(frames, spacing=(0.2, 0.3), transforms={"ProbeToTracker": np.eye(4)},
+                  image_to_probe=geometry.scaling([0.2, 0.3, 1.0]))
+    write_tusrec(sweep, tmp_path / "scan.h5")
+    back = read_tusrec(tmp_path / "scan.h5")
+    assert back.frames.dtype == np.dtype(dtype) and back.frames.tobytes() == frames.tobytes()
+    write_dualtrack_h5(sweep, tmp_path / "dual.h5")
+    back = read_dualtrack_h5(tmp_path / "dual.h5")
+    assert back.frames.dtype == np.dtype(dtype) and back.frames.tobytes() == frames.tobytes()
+
+
+def test_unsupported_frame_types_are_rejected(tmp_path):
+    path = tmp_path / "bad.h5"
     with h5py.File(path, "w") as f:
-        f["frames"] = np.zeros((2, 4, 5), np.float32)
+        f["frames"] = np.zeros((2, 4, 5), np.int64)
         f["tforms"] = np.tile(np.eye(4), (2, 1, 1))
-    with pytest.raises(InputError, match="uint8"):
+    with pytest.raises(InputError, match="'frames'.*int64"):
         read_tusrec(path)
     with h5py.File(path, "w") as f:
-        f["images"] = np.zeros((2, 4, 5), np.uint16)
+        f["images"] = np.zeros((2, 4, 5), np.complex64)
         f["tracking"] = np.tile(np.eye(4), (2, 1, 1))
         f["spacing"] = [0.1, 0.1, 1]
-    with pytest.raises(InputError, match="'images'.*uint8"):
+    with pytest.raises(InputError, match="'images'.*complex64"):
         read_dualtrack_h5(path)
 
 

@@ -36,15 +36,39 @@ def make_sweep(n: int = 4, **kwargs) -> Sweep:
 # ---------------------------------------------------------------------------- constructor
 
 
-@pytest.mark.parametrize("dtype", [np.float32, np.uint16, np.int8, np.float64, bool])
-def test_non_uint8_frames_are_rejected(dtype):
-    with pytest.raises(InputError, match="uint8"):
+@pytest.mark.parametrize(
+    "dtype", [np.uint8, np.int8, np.uint16, np.int16, np.uint32, np.int32, np.float32, np.float64]
+)
+@pytest.mark.parametrize("components", [1, 3, 4])
+def test_every_pixel_type_and_component_count_is_kept(dtype, components):
+    shape = (2, 3, 4) if components == 1 else (2, 3, 4, components)
+    frames = np.arange(np.prod(shape)).reshape(shape).astype(dtype)
+    sweep = Sweep(frames=frames, spacing=(0.1, 0.2))
+    assert sweep.frames is frames or np.shares_memory(sweep.frames, frames)  # no conversion, no copy
+    assert sweep.pixel_type == np.dtype(dtype) and sweep.n_components == components
+    assert sweep.frame_shape == (3, 4)
+    sub = sweep.subset([1])
+    assert sub.frames.dtype == np.dtype(dtype) and sub.frames.shape == (1, *shape[1:])
+    assert np.dtype(dtype).name in repr(sweep)
+
+
+@pytest.mark.parametrize("dtype", [bool, np.int64, np.uint64, np.float16, np.complex64, object])
+def test_unsupported_pixel_types_are_rejected(dtype):
+    with pytest.raises(InputError, match="pixel type"):
         Sweep(frames=np.zeros((2, 3, 4), dtype))
+
+
+def test_big_endian_frames_become_native():
+    frames = np.arange(24, dtype=">u2").reshape(2, 3, 4)
+    sweep = Sweep(frames=frames)
+    assert sweep.frames.dtype == np.uint16 and sweep.frames.dtype.isnative
+    np.testing.assert_array_equal(sweep.frames, frames)
 
 
 def test_frame_shapes():
     assert Sweep(frames=np.zeros((3, 4), np.uint8)).frames.shape == (1, 3, 4)
-    for shape in [(5,), (1, 2, 3, 4)]:
+    assert Sweep(frames=np.zeros((2, 3, 4, 1), np.uint8)).frames.shape == (2, 3, 4)  # one component
+    for shape in [(5,), (1, 2, 3, 4, 5)]:
         with pytest.raises(InputError, match=r"\(N, H, W\)"):
             Sweep(frames=np.zeros(shape, np.uint8))
     sweep = make_sweep(3)
@@ -74,7 +98,7 @@ def test_constructor_rejects_inconsistent_input(kwargs, match):
 
 def test_error_names_the_source():
     with pytest.raises(InputError) as err:
-        Sweep(frames=np.zeros((2, 3, 4), np.float32), source="scan.h5")
+        Sweep(frames=np.zeros((2, 3, 4), np.int64), source="scan.h5")
     assert err.value.path == "scan.h5"
 
 
@@ -209,3 +233,48 @@ def test_copy_and_repr():
     clone = sweep.copy()
     np.testing.assert_array_equal(clone.image_to("Reference"), sweep.image_to("Reference"))
     assert "2 frames 8x6" in repr(sweep) and "calibrated=True" in repr(sweep)
+
+
+# ---------------------------------------------------------------------------- to_uint8
+
+
+def test_to_uint8_dtype_range_inverts_a_full_range_scaling():
+    from freehand3d.sweep import to_uint8
+
+    u8 = np.arange(256, dtype=np.uint8).reshape(1, 16, 16)
+    assert to_uint8(u8) is u8  # uint8 passes unchanged
+    np.testing.assert_array_equal(to_uint8(u8.astype(np.uint16) * 257), u8)
+    np.testing.assert_array_equal(to_uint8((u8.astype(np.int32) * 257 - 32768).astype(np.int16)), u8)
+    np.testing.assert_array_equal(to_uint8(u8.astype(np.uint32) * 16843009), u8)
+
+
+def test_to_uint8_is_one_map_for_the_whole_sweep_not_per_frame():
+    """The issue's example: two sources at 1000..1003 and 1029..1032 must not both become 0, 1, 2, 3."""
+    from freehand3d.sweep import to_uint8
+
+    frames = np.array([[[1000, 1001, 1002, 1003]], [[1029, 1030, 1031, 1032]]], np.uint16)
+    out = to_uint8(frames, "minmax")
+    np.testing.assert_array_equal(out[:, 0, 0], [0, 231])  # round(29 * 255 / 32) = round(231.1)
+    assert out.max() == 255 and len(set(out.ravel())) == 8
+    win = to_uint8(frames.astype(np.float32), "window", (1000, 1032))
+    np.testing.assert_array_equal(win, out)
+    clipped = to_uint8(frames, "window", (1001, 1002))
+    np.testing.assert_array_equal(clipped[0, 0], [0, 0, 255, 255])
+
+
+def test_to_uint8_colour_and_bad_requests():
+    from freehand3d.sweep import to_uint8
+
+    rgb = np.zeros((1, 2, 2, 3), np.uint8)
+    rgb[0, 0, 0] = [255, 0, 0]
+    rgb[0, 1, 1] = [255, 255, 255]
+    grey = to_uint8(rgb)
+    assert grey.shape == (1, 2, 2) and grey[0, 0, 0] == 76 and grey[0, 1, 1] == 255  # 0.299 * 255
+    with pytest.raises(InputError, match="window"):
+        to_uint8(np.zeros((1, 2, 2), np.float32))
+    with pytest.raises(ValueError, match="low < high"):
+        to_uint8(np.zeros((1, 2, 2), np.float32), "window", (5, 5))
+    with pytest.raises(ValueError, match="unknown"):
+        to_uint8(np.zeros((1, 2, 2), np.uint16), "percentile")
+    with pytest.raises(InputError, match="components"):
+        to_uint8(np.zeros((1, 2, 2, 2), np.uint16))

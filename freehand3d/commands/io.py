@@ -20,11 +20,21 @@ def _print_sweep(console, summary: dict) -> None:
     facts.add_row("format", summary.get("format") or "-")
     facts.add_row("frames", str(summary["n_frames"]))
     facts.add_row("frame size", f"{summary['width']} x {summary['height']} px (W x H)")
+    components = summary.get("components", 1)
+    pixel = summary.get("pixel_type", "uint8") + ("" if components == 1 else f", {components} components per pixel")
+    if summary.get("value_range") is not None:
+        low, high = summary["value_range"]
+        pixel += f", values {low:.6g} .. {high:.6g}"
+    facts.add_row("pixel type", pixel)
+    if summary.get("image_type"):
+        facts.add_row("image type", summary["image_type"])
     spacing = summary["spacing"]
     facts.add_row("spacing", "unknown (PLUS keeps it in ImageToProbe)" if spacing is None
                   else f"{spacing[0]:.6g} x {spacing[1]:.6g} mm/px")
     if summary["orientation"] is not None:
-        facts.add_row("orientation", f"{summary['orientation']} on disk; frames in memory are MF")
+        rf = summary["orientation"].strip().upper() in ("FM", "NM", "FU", "NU")
+        facts.add_row("orientation", f"{summary['orientation']} on disk; frames in memory are "
+                      + ("FM (RF: columns along the scan line, near to far)" if rf else "MF"))
     else:
         facts.add_row("orientation", "MF (the format does not record one)")
     t = summary["time"]

@@ -2,7 +2,8 @@
 
 Format
 ------
-- ``images``: (N, H, W) uint8 B-mode frames.
+- ``images``: (N, H, W) uint8 B-mode frames (other pixel types and (N, H, W, C) frames read and
+  write with their own type).
 - ``tracking``: (N, 4, 4) float, image -> world per frame, where DualTrack's *image* frame is in mm
   with its origin at the image centre, x along columns, y along rows, z out of plane.
 - ``dimensions``: (W, H, 1).
@@ -86,7 +87,7 @@ def read_dualtrack_h5(path: str | os.PathLike) -> Sweep:
     Raises
     ------
     InputError
-        Missing ``images``/``tracking``/``spacing``, non-uint8 images, shapes that disagree
+        Missing ``images``/``tracking``/``spacing``, images of a type sweeps cannot hold, shapes that disagree
         (``tracking`` vs frame count, ``dimensions`` vs image size), non-positive spacing.
     """
     import h5py
@@ -101,11 +102,10 @@ def read_dualtrack_h5(path: str | os.PathLike) -> Sweep:
             pixel_to_image = _dataset(f, "pixel_to_image", path, required=False)
     except OSError as exc:
         raise InputError(f"not a readable HDF5 file ({exc})", path) from None
-    if images.ndim != 3:
-        raise InputError(f"h5 key 'images' must be (N, H, W), got shape {images.shape}", path)
-    if images.dtype != np.uint8:
-        raise InputError(f"h5 key 'images' must be uint8 B-mode images, got {images.dtype}", path)
-    n, h, w = images.shape
+    from freehand3d.io.tusrec import _check_frames
+
+    images = _check_frames(images, "images", path)
+    n, h, w = images.shape[:3]
     tracking = _numeric(tracking, "tracking", (n, 4, 4), path)
     spacing = np.asarray(spacing).reshape(-1)
     if spacing.size not in (2, 3):
@@ -166,7 +166,7 @@ def write_dualtrack_h5(
     tracking = geometry.compose(image_to_world, geometry.invert(pixel_to_image))
     with atomic_path(path) as tmp:
         with h5py.File(tmp, "w") as f:
-            f.create_dataset("images", data=sweep.frames, dtype=np.uint8, compression=compression)
+            f.create_dataset("images", data=sweep.frames, compression=compression)  # own pixel type
             f.create_dataset("tracking", data=tracking, compression=compression)
             f.create_dataset("dimensions", data=np.array([w, h, 1]))
             f.create_dataset("spacing", data=np.array([spacing[0], spacing[1], 1.0]))

@@ -43,9 +43,20 @@ Tracker-only buffers (PLUS's stylus and tracker recordings: ``DimSize = 0 0 N``,
 MET_OTHER``, no pixel data) read as N frames of shape (0, 0) with their poses and timestamps, and
 are written back the same way.
 
-Only single-channel 8-bit frames (``MET_UCHAR`` / NRRD ``uint8``) are accepted: ``Sweep`` holds
-B-mode uint8. Other element types and multi-channel (RGB) images raise :class:`InputError`
-naming the file and what was found; convert them to 8-bit grayscale first.
+Pixel types
+-----------
+Every element type PLUS writes reads and writes unchanged (:func:`numpy_dtype` /
+:func:`met_element_type` / :func:`nrrd_type` give the mapping): ``MET_UCHAR`` uint8, ``MET_CHAR``
+int8, ``MET_USHORT`` uint16, ``MET_SHORT`` int16, ``MET_UINT`` uint32, ``MET_INT`` int32,
+``MET_FLOAT`` float32, ``MET_DOUBLE`` float64 (NRRD: ``uint8`` ... ``double`` and their synonyms),
+big- or little-endian on read, little-endian on write. Multi-component pixels
+(``ElementNumberOfChannels = C`` in MetaImage, a first NRRD axis of kind ``vector`` / ``RGB-color``
+/ ``RGBA-color`` / ...) become (N, H, W, C) frames. Round trips are bit-exact.
+
+RF data (``UltrasoundImageOrientation`` ``FM``, ``NM``, ``FU`` or ``NU``: columns along the scan
+line, rows across scan lines) is flipped to ``FM``, PLUS's own RF orientation, rather than to the
+B-mode ``MF`` (PLUS does not convert between the two families either); written back it gets its
+original orientation and bytes.
 """
 
 from __future__ import annotations
@@ -97,7 +108,44 @@ _NRRD_FIELDS = _NRRD_LAYOUT | {
 _META_ONLY = {"offset", "origin", "position", "transformmatrix", "rotation", "orientation",
               "centerofrotation", "anatomicalorientation", "elementspacing", "elementsize"}
 
-_NRRD_UINT8 = {"uchar", "unsigned char", "uint8", "uint8_t"}
+#: MetaImage element type <-> numpy pixel type (the types PLUS writes; MetaIO's MET_LONG /
+#: MET_ULONG are 4 bytes, read as int32 / uint32).
+_MET_TO_DTYPE = {
+    "MET_UCHAR": np.dtype(np.uint8), "MET_CHAR": np.dtype(np.int8),
+    "MET_USHORT": np.dtype(np.uint16), "MET_SHORT": np.dtype(np.int16),
+    "MET_UINT": np.dtype(np.uint32), "MET_INT": np.dtype(np.int32),
+    "MET_ULONG": np.dtype(np.uint32), "MET_LONG": np.dtype(np.int32),
+    "MET_FLOAT": np.dtype(np.float32), "MET_DOUBLE": np.dtype(np.float64),
+}
+_DTYPE_TO_MET = {
+    np.dtype(np.uint8): "MET_UCHAR", np.dtype(np.int8): "MET_CHAR",
+    np.dtype(np.uint16): "MET_USHORT", np.dtype(np.int16): "MET_SHORT",
+    np.dtype(np.uint32): "MET_UINT", np.dtype(np.int32): "MET_INT",
+    np.dtype(np.float32): "MET_FLOAT", np.dtype(np.float64): "MET_DOUBLE",
+}
+#: NRRD type names (every synonym of the NRRD0004 spec) -> numpy pixel type.
+_NRRD_TO_DTYPE = {
+    **dict.fromkeys(("uchar", "unsigned char", "uint8", "uint8_t"), np.dtype(np.uint8)),
+    **dict.fromkeys(("signed char", "int8", "int8_t"), np.dtype(np.int8)),
+    **dict.fromkeys(("ushort", "unsigned short", "unsigned short int", "uint16", "uint16_t"), np.dtype(np.uint16)),
+    **dict.fromkeys(("short", "short int", "signed short", "signed short int", "int16", "int16_t"), np.dtype(np.int16)),
+    **dict.fromkeys(("uint", "unsigned int", "uint32", "uint32_t"), np.dtype(np.uint32)),
+    **dict.fromkeys(("int", "signed int", "int32", "int32_t"), np.dtype(np.int32)),
+    "float": np.dtype(np.float32), "double": np.dtype(np.float64),
+}
+_DTYPE_TO_NRRD = {
+    np.dtype(np.uint8): "uint8", np.dtype(np.int8): "int8", np.dtype(np.uint16): "uint16",
+    np.dtype(np.int16): "int16", np.dtype(np.uint32): "uint32", np.dtype(np.int32): "int32",
+    np.dtype(np.float32): "float", np.dtype(np.float64): "double",
+}
+#: NRRD axis kinds that mean "components of one pixel" (a first axis of such a kind).
+_NRRD_COMPONENT_KINDS = {
+    "vector", "covariant-vector", "normal", "stub", "scalar", "complex", "2-vector", "3-color",
+    "rgb-color", "hsv-color", "xyz-color", "4-color", "rgba-color", "3-vector", "3-gradient",
+    "3-normal", "4-vector", "quaternion", "2d-symmetric-matrix", "2d-masked-symmetric-matrix",
+    "2d-matrix", "2d-masked-matrix", "3d-symmetric-matrix", "3d-masked-symmetric-matrix",
+    "3d-matrix", "3d-masked-matrix",
+}
 _NRRD_TO_META_NAMES = {
     "ultrasound image orientation": "UltrasoundImageOrientation",
     "ultrasound image type": "UltrasoundImageType",
@@ -106,6 +154,47 @@ _META_TO_NRRD_NAMES = {v: k for k, v in _NRRD_TO_META_NAMES.items()}
 
 #: zlib cannot expand data by more than about 1032:1; a header claiming more is lying.
 _MAX_DEFLATE_RATIO = 1100
+
+
+# --------------------------------------------------------------------------- pixel types
+
+
+def numpy_dtype(element_type: str) -> np.dtype:
+    """numpy pixel type of a MetaImage ``ElementType`` (``"MET_SHORT"`` -> int16) or NRRD ``type``
+    (``"short"``, ``"int16"``, ``"unsigned char"``, ... -> the same). Native byte order.
+
+    Raises
+    ------
+    ValueError
+        An element type sweeps cannot hold (e.g. ``MET_LONG_LONG``, ``MET_STRING``), or unknown.
+    """
+    text = str(element_type).strip()
+    if text.upper() in _MET_TO_DTYPE:
+        return _MET_TO_DTYPE[text.upper()]
+    low = " ".join(text.lower().split())
+    if low in _NRRD_TO_DTYPE:
+        return _NRRD_TO_DTYPE[low]
+    raise ValueError(
+        f"element type {text or '(missing)'!r} is not supported; sweeps hold "
+        + ", ".join(f"{m} ({_DTYPE_TO_NRRD[d]})" for d, m in _DTYPE_TO_MET.items())
+    )
+
+
+def met_element_type(dtype) -> str:
+    """MetaImage ``ElementType`` for a numpy pixel type (int16 -> ``"MET_SHORT"``); ValueError for a
+    type sweeps cannot hold."""
+    dt = np.dtype(dtype).newbyteorder("=")
+    if dt not in _DTYPE_TO_MET:
+        raise ValueError(f"pixel type {dt} has no PLUS element type; use one of {', '.join(d.name for d in _DTYPE_TO_MET)}")
+    return _DTYPE_TO_MET[dt]
+
+
+def nrrd_type(dtype) -> str:
+    """NRRD ``type`` for a numpy pixel type (int16 -> ``"int16"``, float32 -> ``"float"``)."""
+    dt = np.dtype(dtype).newbyteorder("=")
+    if dt not in _DTYPE_TO_NRRD:
+        raise ValueError(f"pixel type {dt} has no NRRD type; use one of {', '.join(d.name for d in _DTYPE_TO_NRRD)}")
+    return _DTYPE_TO_NRRD[dt]
 
 
 # --------------------------------------------------------------------------- header parsing
@@ -321,6 +410,12 @@ class _Layout:
     compressed_size: int | None  # MetaImage CompressedDataSize, when given
     gzip: bool  # NRRD gzip (vs MetaImage zlib)
     header_skip: int  # MetaImage HeaderSize / NRRD byte skip for detached data (-1: take the end)
+    dtype: np.dtype = np.dtype(np.uint8)  # pixel type as stored (byte order included)
+    channels: int = 1  # values per pixel
+
+    @property
+    def n_bytes(self) -> int:
+        return self.width * self.height * self.n_frames * self.channels * self.dtype.itemsize
 
 
 def _ints(path: Path, name: str, text: str | None, count: int | None = None) -> list[int]:
@@ -375,21 +470,25 @@ def _metaimage_layout(header: SequenceHeader) -> _Layout:
     kinds = kinds_text.split() if kinds_text else None
     width, height, n_frames = _frames_from_dims(path, sizes, kinds, "DimSize")
     element = (header.get("ElementType") or "").strip()
-    if _tracker_only(width, height, n_frames):
-        pass  # tracker buffers (DimSize = 0 0 N) have no pixels; PLUS writes MET_OTHER there
-    elif element != "MET_UCHAR":
-        raise InputError(
-            f"ElementType is {element or 'missing'}; freehand3d sweeps need 8-bit frames (MET_UCHAR): "
-            "rescale to 0..255 and save as uint8 first",
-            path,
-        )
+    pose_only = _tracker_only(width, height, n_frames)
+    try:
+        if pose_only:
+            dtype = np.dtype(np.uint8)  # tracker buffers (DimSize = 0 0 N) have no pixels; PLUS writes MET_OTHER there
+        else:
+            if not element.upper().startswith("MET_"):
+                raise ValueError("a MetaImage element type is one of " + ", ".join(_DTYPE_TO_MET.values()))
+            dtype = numpy_dtype(element)
+    except ValueError as exc:
+        raise InputError(f"ElementType = {element or '(missing)'}: {exc}", path) from None
     channels = _ints(path, "ElementNumberOfChannels", header.get("ElementNumberOfChannels", "1"), 1)[0]
-    if channels != 1 and not _tracker_only(width, height, n_frames):
-        raise InputError(
-            f"has {channels} channels per pixel (e.g. RGB); freehand3d sweeps are single-channel B-mode: "
-            "convert the frames to 8-bit grayscale first",
-            path,
-        )
+    if pose_only:
+        channels = 1
+    if channels < 1:
+        raise InputError(f"ElementNumberOfChannels = {channels} is not a positive number", path)
+    msb = header.get("BinaryDataByteOrderMSB") or header.get("ElementByteOrderMSB") or "False"
+    if msb.strip().lower() not in ("true", "false"):
+        raise InputError(f"BinaryDataByteOrderMSB = {msb!r} is neither True nor False", path)
+    dtype = dtype.newbyteorder(">" if msb.strip().lower() == "true" else "<")
     if (header.get("BinaryData") or "True").strip().lower() != "true":
         raise InputError("BinaryData = False (text pixel data) is not supported", path)
     compressed = (header.get("CompressedData") or "False").strip().lower() == "true"
@@ -401,7 +500,7 @@ def _metaimage_layout(header: SequenceHeader) -> _Layout:
     skip = 0
     if header.get("HeaderSize") is not None and header.data_path != header.path:
         skip = _ints(path, "HeaderSize", header.get("HeaderSize"), 1)[0]
-    return _Layout(width, height, n_frames, compressed, csize, False, skip)
+    return _Layout(width, height, n_frames, compressed, csize, False, skip, dtype, channels)
 
 
 def _nrrd_layout(header: SequenceHeader) -> _Layout:
@@ -412,20 +511,36 @@ def _nrrd_layout(header: SequenceHeader) -> _Layout:
     sizes = _ints(path, "sizes", header.get("sizes"), dim)
     kinds_text = header.get("kinds")
     kinds = kinds_text.split() if kinds_text else None
-    if kinds is not None and len(kinds) == dim and kinds[0].lower() not in ("domain", "space", "time", "list"):
+    channels = 1
+    if kinds is not None and len(kinds) == dim and kinds[0].lower() in _NRRD_COMPONENT_KINDS:
+        if dim == 2:
+            raise InputError(f"sizes: {sizes[0]} {sizes[1]} holds one line of {sizes[0]}-component pixels, not an image", path)
+        channels, sizes, kinds = sizes[0], sizes[1:], kinds[1:]
+        if channels < 1:
+            raise InputError(f"first axis ({kinds_text.split()[0]}) has {channels} components per pixel", path)
+    elif kinds is not None and len(kinds) == dim and kinds[0].lower() not in ("domain", "space", "time", "list"):
         raise InputError(
-            f"first axis is {kinds[0]!r} with {sizes[0]} components per pixel (e.g. RGB); freehand3d "
-            "sweeps are single-channel B-mode: convert the frames to 8-bit grayscale first",
+            f"first axis has kind {kinds[0]!r}: neither an image axis nor a pixel-component axis (vector, RGB-color, ...)",
             path,
         )
     width, height, n_frames = _frames_from_dims(path, sizes, kinds, "sizes")
     element = (header.get("type") or "").strip()
-    if element.lower() not in _NRRD_UINT8 and not _tracker_only(width, height, n_frames):
-        raise InputError(
-            f"pixel type is {element or 'missing'!r}; freehand3d sweeps need 8-bit frames (uint8): "
-            "rescale to 0..255 and save as uint8 first",
-            path,
-        )
+    try:
+        if _tracker_only(width, height, n_frames):
+            dtype = np.dtype(np.uint8)  # no pixels: whatever the type says does not matter
+        else:
+            dtype = numpy_dtype(element)
+            if element.upper().startswith("MET_"):
+                raise ValueError(f"{element} is a MetaImage name")
+    except ValueError as exc:
+        raise InputError(f"type: {element or '(missing)'}: {exc}", path) from None
+    endian = (header.get("endian") or "little").strip().lower()
+    if endian not in ("little", "big"):
+        raise InputError(f"endian: {endian!r} is neither little nor big", path)
+    if dtype.itemsize > 1:
+        if header.get("endian") is None:
+            raise InputError(f"type: {element} needs an 'endian:' field (little or big)", path)
+        dtype = dtype.newbyteorder("<" if endian == "little" else ">")
     encoding = (header.get("encoding") or "").strip().lower()
     if encoding in ("gz", "gzip"):
         compressed = True
@@ -443,7 +558,7 @@ def _nrrd_layout(header: SequenceHeader) -> _Layout:
             raise InputError(f"byte skip: {skip} is invalid", path)
     if header.get("line skip") or header.get("lineskip"):
         raise InputError("NRRD 'line skip' is not supported", path)
-    return _Layout(width, height, n_frames, compressed, None, True, skip)
+    return _Layout(width, height, n_frames, compressed, None, True, skip, dtype, channels)
 
 
 def header_is_volume(header: SequenceHeader) -> bool:
@@ -519,7 +634,7 @@ def _pixel_bytes(header: SequenceHeader, layout: _Layout, blob: bytearray):
             raise InputError(f"pixel data file {header.data_path.name} (named in the header): {exc.problem}", path) from None
     else:
         data = memoryview(blob)[header.data_offset:]  # a view: no copy of the pixel bytes
-    expected = layout.width * layout.height * layout.n_frames
+    expected = layout.n_bytes
     if layout.header_skip > 0:
         data = data[layout.header_skip:]
     if layout.compressed:
@@ -537,7 +652,10 @@ def _pixel_bytes(header: SequenceHeader, layout: _Layout, blob: bytearray):
     if len(data) != expected:
         raise InputError(
             f"pixel data has {len(data)} bytes but the header sizes need {expected} "
-            f"({layout.width}x{layout.height}x{layout.n_frames}): "
+            f"({layout.width}x{layout.height}x{layout.n_frames}"
+            + (f", {layout.channels} components" if layout.channels > 1 else "")
+            + (f", {layout.dtype.itemsize} bytes each" if layout.dtype.itemsize > 1 else "")
+            + "): "
             + ("truncated file or wrong sizes" if len(data) < expected else "the header sizes are wrong"),
             path,
         )
@@ -548,12 +666,15 @@ def _pixel_bytes(header: SequenceHeader, layout: _Layout, blob: bytearray):
 
 
 def _orientation_flips(path, text: str | None) -> tuple[bool, bool]:
-    """(flip columns, flip rows) that take frames stored in orientation ``text`` to MF (and back)."""
+    """(flip columns, flip rows) that take frames stored in orientation ``text`` to MF (and back);
+    RF orientations (``FM``, ``NM``, ``FU``, ``NU``) go to ``FM``."""
     code = (text or "MF").strip().upper()
+    if len(code) == 2 and code[0] in "FN" and code[1] in "MU":
+        return code[0] == "N", code[1] == "U"
     if len(code) not in (2, 3) or code[0] not in "MU" or code[1] not in "FN" or (len(code) == 3 and code[2] not in "AD"):
         raise InputError(
             f"UltrasoundImageOrientation {text!r} is not supported (expected MF, UF, MN or UN, optionally "
-            "followed by A or D)",
+            "followed by A or D, or the RF orientations FM, NM, FU, NU)",
             path,
         )
     return code[0] == "U", code[1] == "N"
@@ -671,15 +792,15 @@ def read_plus_sequence(path: str | os.PathLike) -> Sweep:
     Returns
     -------
     Sweep
-        Frames (N, H, W) uint8 in MF orientation, timestamps, every per-frame transform with its
+        Frames (N, H, W) or (N, H, W, C) of the file's pixel type, in MF orientation (RF: FM), timestamps, every per-frame transform with its
         validity, every other per-frame field (``frame_fields``) and header field (``metadata``).
         The module docstring gives the exact mapping.
 
     Raises
     ------
     InputError
-        The file is missing, truncated, inconsistent (sizes that do not match the data), not 8-bit
-        single-channel, or malformed; the message names the file and the problem.
+        The file is missing, truncated, inconsistent (sizes that do not match the data), of an
+        element type sweeps cannot hold, or malformed; the message names the file and the problem.
 
     Examples
     --------
@@ -701,7 +822,8 @@ def read_plus_sequence(path: str | os.PathLike) -> Sweep:
         raw = b""
     else:
         raw = _pixel_bytes(header, layout, blob)
-    frames = np.frombuffer(raw, dtype=np.uint8).reshape(n, h, w)
+    shape = (n, h, w) if layout.channels == 1 else (n, h, w, layout.channels)
+    frames = np.frombuffer(raw, dtype=layout.dtype).reshape(shape)
 
     orientation_key = "UltrasoundImageOrientation" if header.container == "metaimage" else "ultrasound image orientation"
     if _tracker_only(w, h, n):  # no pixels to orient; PLUS writes orientation XX there
@@ -709,7 +831,9 @@ def read_plus_sequence(path: str | os.PathLike) -> Sweep:
     else:
         flip_columns, flip_rows = _orientation_flips(path, header.get(orientation_key))
     frames = np.ascontiguousarray(_orient(frames, flip_columns, flip_rows))
-    if not frames.flags.writeable:
+    if not frames.dtype.isnative:
+        frames = frames.astype(frames.dtype.newbyteorder("="))  # a copy, native and aligned
+    if not (frames.flags.writeable and frames.flags.aligned):
         frames = frames.copy()
 
     for name, by_frame in header.frame_fields.items():
@@ -864,10 +988,15 @@ def _padded_triple(text: str | None, default: str, count: int) -> str:
     return text if len(tokens) == count else default
 
 
+def _le_bytes(frame: np.ndarray) -> bytes:
+    """One frame's pixel bytes, little-endian (what the headers written here declare)."""
+    return np.ascontiguousarray(frame, dtype=frame.dtype.newbyteorder("<")).tobytes()
+
+
 def _compress_frames(frames: np.ndarray, gzip: bool, level: int) -> list[bytes]:
     # frame by frame so memory stays at the compressed size plus one frame
     compressor = zlib.compressobj(level, zlib.DEFLATED, 31 if gzip else 15)
-    chunks = [compressor.compress(np.ascontiguousarray(frame).tobytes()) for frame in frames]
+    chunks = [compressor.compress(_le_bytes(frame)) for frame in frames]
     chunks.append(compressor.flush())
     return [c for c in chunks if c]
 
@@ -920,6 +1049,13 @@ def write_plus_sequence(
         raise InputError("unknown sequence file type (expected .mha, .mhd or .nrrd)", path)
 
 
+def _element_type_for_write(sweep: Sweep, path: Path) -> str:
+    try:
+        return met_element_type(sweep.frames.dtype)
+    except ValueError as exc:
+        raise InputError(str(exc), path) from None
+
+
 def _orientation_for_write(sweep: Sweep, path: Path) -> str:
     orientation = sweep.metadata.get("UltrasoundImageOrientation")
     orientation = "MF" if orientation is None else str(orientation).strip()
@@ -949,6 +1085,7 @@ def _write_metaimage(sweep: Sweep, path: Path, compress: bool, level: int, detac
     pose_only = w * h == 0  # tracker-only sweep: PLUS's layout, MET_OTHER and no pixel data
     if pose_only:
         compress = False
+    element_type = "MET_OTHER" if pose_only else _element_type_for_write(sweep, path)
     chunks = _compress_frames(frames, False, level) if compress else None
 
     lines = [("ObjectType", "Image"), ("NDims", "3")]
@@ -964,8 +1101,9 @@ def _write_metaimage(sweep: Sweep, path: Path, compress: bool, level: int, detac
     ordered += [
         ("DimSize", f"{w} {h} {n}"),
         ("Kinds", "domain domain list"),
+        *([("ElementNumberOfChannels", str(sweep.n_components))] if sweep.n_components > 1 else []),
         ("ElementSpacing", _padded_triple(spacing, "1 1 1", 3)),
-        ("ElementType", "MET_OTHER" if pose_only else "MET_UCHAR"),
+        ("ElementType", element_type),
         ("Offset", _padded_triple(take("Offset"), "0 0 0", 3)),
         ("TransformMatrix", _padded_triple(take("TransformMatrix"), "1 0 0 0 1 0 0 0 1", 9)),
         ("UltrasoundImageOrientation", orientation),
@@ -999,7 +1137,7 @@ def _write_metaimage(sweep: Sweep, path: Path, compress: bool, level: int, detac
                 handle.write(chunk)
         else:
             for frame in frames:
-                handle.write(np.ascontiguousarray(frame).tobytes())
+                handle.write(_le_bytes(frame))
 
     if detached:
         with atomic_path(path.parent / data_name) as tmp, open(tmp, "wb") as handle:
@@ -1020,13 +1158,21 @@ def _write_nrrd(sweep: Sweep, path: Path, compress: bool, level: int) -> None:
     lowered = {k.lower(): k for k in meta}
     sx, sy = sweep.spacing if sweep.spacing is not None else (1.0, 1.0)
     directions = f"({_format_number(sx)},0) (0,{_format_number(sy)})"
-    # PLUS's layout: a 2D+t image is three axes, the last a list of frames; one frame is plain 2D
+    _element_type_for_write(sweep, path)
+    type_name = nrrd_type(sweep.frames.dtype)
+    c = sweep.n_components
+    comp_size, comp_kind, comp_dir = ("", "", "") if c == 1 else (
+        f"{c} ", {3: "RGB-color ", 4: "RGBA-color "}.get(c, "vector "), "none ")
+    # PLUS's layout: a 2D+t image is three axes, the last a list of frames; one frame is plain 2D;
+    # multi-component pixels add a first (component) axis
     if n > 1:
-        head = ["type: uint8", "dimension: 3", "space dimension: 2", f"sizes: {w} {h} {n}",
-                "kinds: domain domain list", f"space directions: {directions} none"]
+        head = [f"type: {type_name}", f"dimension: {3 + (c > 1)}", "space dimension: 2",
+                f"sizes: {comp_size}{w} {h} {n}", f"kinds: {comp_kind}domain domain list",
+                f"space directions: {comp_dir}{directions} none"]
     else:
-        head = ["type: uint8", "dimension: 2", "space dimension: 2", f"sizes: {w} {h}",
-                "kinds: domain domain", f"space directions: {directions}"]
+        head = [f"type: {type_name}", f"dimension: {2 + (c > 1)}", "space dimension: 2",
+                f"sizes: {comp_size}{w} {h}", f"kinds: {comp_kind}domain domain",
+                f"space directions: {comp_dir}{directions}"]
     origin = None
     if "space origin" in lowered:
         text = _clean_value("space origin", meta[lowered["space origin"]], path)
@@ -1061,7 +1207,10 @@ def _write_nrrd(sweep: Sweep, path: Path, compress: bool, level: int) -> None:
                 handle.write(chunk)
         else:
             for frame in frames:
-                handle.write(np.ascontiguousarray(frame).tobytes())
+                handle.write(_le_bytes(frame))
 
 
-__all__ = ["read_plus_sequence", "write_plus_sequence", "read_plus_header", "header_is_volume", "SequenceHeader"]
+__all__ = [
+    "read_plus_sequence", "write_plus_sequence", "read_plus_header", "header_is_volume", "SequenceHeader",
+    "numpy_dtype", "met_element_type", "nrrd_type",
+]

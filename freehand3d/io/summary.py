@@ -26,7 +26,10 @@ def summarize_sweep(sweep: Sweep) -> dict:
     Returns
     -------
     dict
-        ``kind="sweep"`` plus ``n_frames``, ``width``, ``height``, ``spacing`` (or None),
+        ``kind="sweep"`` plus ``n_frames``, ``width``, ``height``, ``pixel_type`` (numpy name, e.g.
+        ``"int16"``), ``components`` (values per pixel), ``value_range`` (min, max of the finite
+        pixel values, or None), ``image_type`` (PLUS ``UltrasoundImageType``, e.g. ``BRIGHTNESS``,
+        ``RF_I_LINE_Q_LINE``, or None), ``spacing`` (or None),
         ``calibration_pixel_size`` (mm per pixel along x and y from ImageToProbe, or None),
         ``orientation``, ``transforms`` (name -> {valid, invalid, non_finite}), ``time`` (start, end,
         span, mean_rate, missing, non_increasing), ``image_status`` (word -> count or None),
@@ -65,12 +68,23 @@ def summarize_sweep(sweep: Sweep) -> dict:
         # columns 0 and 1 of ImageToProbe are the probe-frame vectors of one pixel step in x and y
         pixel_size = (float(np.linalg.norm(itp[:3, 0])), float(np.linalg.norm(itp[:3, 1])))
 
+    frames = sweep.frames
+    value_range = None
+    if frames.size:
+        finite = frames if frames.dtype.kind != "f" else frames[np.isfinite(frames)]
+        if finite.size:
+            value_range = (finite.min().item(), finite.max().item())
+
     known = {"ImageStatus"}
     return {
         "kind": "sweep",
         "n_frames": n,
         "width": w,
         "height": h,
+        "pixel_type": frames.dtype.name,
+        "components": sweep.n_components,
+        "value_range": value_range,
+        "image_type": sweep.metadata.get("UltrasoundImageType"),
         "spacing": sweep.spacing,
         "calibration_pixel_size": pixel_size,
         "orientation": sweep.metadata.get("UltrasoundImageOrientation"),

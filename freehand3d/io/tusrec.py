@@ -2,7 +2,8 @@
 
 Format (TUS-REC 2024/2025 challenge data)
 -----------------------------------------
-- ``<scan>.h5``: ``frames`` (N, 480, 640) uint8 B-mode images; ``tforms`` (N, 4, 4) float32, the
+- ``<scan>.h5``: ``frames`` (N, 480, 640) uint8 B-mode images (other pixel types and (N, H, W, C)
+  colour frames read and write with their own type); ``tforms`` (N, 4, 4) float32, the
   tracking tool -> optical camera (tracker) pose of each frame.
 - ``calib_matrix.csv`` (comma separated, usually one per dataset, in the dataset root): line 0 a
   header, lines 1-4 the pixel -> image-mm scaling ``S = diag(sx, sy, 1, 1)``, line 5 a header,
@@ -167,10 +168,16 @@ def _read_dataset(f, key: str, path: Path) -> np.ndarray:
 
 
 def _check_frames(frames: np.ndarray, key: str, path: Path) -> np.ndarray:
-    if not isinstance(frames, np.ndarray) or frames.ndim != 3:
-        raise InputError(f"h5 key '{key}' must be (N, H, W), got shape {np.shape(frames)}", path)
-    if frames.dtype != np.uint8:
-        raise InputError(f"h5 key '{key}' must be uint8 B-mode images, got {frames.dtype}", path)
+    """Frames of any pixel type a :class:`Sweep` holds, kept as stored (the challenge data is uint8)."""
+    from freehand3d.sweep import PIXEL_TYPES
+
+    if not isinstance(frames, np.ndarray) or frames.ndim not in (3, 4):
+        raise InputError(f"h5 key '{key}' must be (N, H, W) or (N, H, W, C) frames, got shape {np.shape(frames)}", path)
+    if frames.dtype.newbyteorder("=") not in PIXEL_TYPES:
+        raise InputError(
+            f"h5 key '{key}' has pixel type {frames.dtype}; frames may be "
+            + ", ".join(t.name for t in PIXEL_TYPES), path,
+        )
     return frames
 
 
@@ -202,7 +209,7 @@ def read_tusrec(path: str | os.PathLike, calib: str | os.PathLike | TusRecCalibr
     Raises
     ------
     InputError
-        Missing key, non-uint8 frames, shape mismatch, unreadable file or calibration.
+        Missing key, frames of a type sweeps cannot hold, shape mismatch, unreadable file or calibration.
     """
     import h5py
 
@@ -283,7 +290,7 @@ def write_tusrec(
     calibration = TusRecCalibration.from_image_to_probe(image_to_probe, spacing)
     with atomic_path(path) as tmp:
         with h5py.File(tmp, "w") as f:
-            f.create_dataset("frames", data=sweep.frames, dtype=np.uint8)
+            f.create_dataset("frames", data=sweep.frames)  # the sweep's own pixel type
             f.create_dataset("tforms", data=np.asarray(tforms, dtype=dtype))
     write_tusrec_calibration(calibration, calib_path if calib_path is not None else path.parent / CALIB_FILENAME)
 
