@@ -203,7 +203,7 @@ def test_live_compounding_matches_batch_reconstruction(tmp_path):
         server.start()
         out = tmp_path / "live.nrrd"
         result = run_live(IGTLSource(port=server.port, reconnect=False), reconstruct=out, grid=grid,
-                          record=tmp_path / "rec.igs.mha")
+                          record=tmp_path / "rec.igs.mha", volume_policy="block")
     assert result.frames == result.inserted == 30
     live = sitk.GetArrayFromImage(read_volume(out))
     batch = Reconstructor(grid, method="nearest", compounding="latest")

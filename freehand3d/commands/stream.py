@@ -1,4 +1,5 @@
-"""CLI: ``freehand3d stream`` (live OpenIGTLink input) and ``freehand3d replay`` (PLUS-style server)."""
+"""CLI: ``freehand3d stream`` (live OpenIGTLink input), ``freehand3d replay`` (PLUS-style server) and
+``freehand3d recover`` (finish a recording that was interrupted)."""
 
 from __future__ import annotations
 
@@ -7,14 +8,40 @@ from typing import Optional
 
 import typer
 
+_SEQUENCE_SUFFIXES = (".mha", ".mhd", ".nrrd")
+_VOLUME_SUFFIXES = (".nrrd", ".nhdr", ".mha", ".mhd", ".nii", ".nii.gz")
+
 
 def _host_port(value: str) -> tuple[str, int]:
     from freehand3d.errors import ConfigError
 
     host, _, port = value.rpartition(":")
-    if not host or not port.isdigit():
-        raise ConfigError("expected HOST:PORT", value)
+    if not host or not port.isdigit() or not 1 <= int(port) <= 65535:
+        raise ConfigError("expected HOST:PORT with a port in 1..65535", value)
     return host, int(port)
+
+
+def _check_port(port: int, option: str = "--port") -> None:
+    from freehand3d.errors import ConfigError
+
+    if not 1 <= port <= 65535:
+        raise ConfigError(f"{option} must be in 1..65535, got {port}")
+
+
+def _check_positive(value, option: str, allow_zero: bool = False) -> None:
+    from freehand3d.errors import ConfigError
+
+    if value is None:
+        return
+    if value != value or (value < 0 if allow_zero else value <= 0):
+        raise ConfigError(f"{option} must be {'>= 0' if allow_zero else '> 0'}, got {value}")
+
+
+def _check_choice(value: str, option: str, choices: tuple[str, ...]) -> None:
+    from freehand3d.errors import ConfigError
+
+    if value not in choices:
+        raise ConfigError(f"{option} must be one of {', '.join(choices)}, got {value!r}")
 
 
 def register(app: typer.Typer) -> None:
@@ -25,67 +52,140 @@ def register(app: typer.Typer) -> None:
         image_device: Optional[str] = typer.Option(None, help="IMAGE device name (default: the first one seen)."),
         reference: str = typer.Option("Reference", help="Frame the poses and the volume are in."),
         calibration: Optional[Path] = typer.Option(None, help="result.json with image_to_probe, to compose ImageToReference."),
-        record: Optional[Path] = typer.Option(None, help="Record to a PLUS sequence file (.igs.mha/.igs.nrrd)."),
+        record: Optional[Path] = typer.Option(None, help="Record to a PLUS sequence file (.igs.mha/.mhd/.igs.nrrd), written through to disk as frames arrive."),
         reconstruct: Optional[Path] = typer.Option(None, help="Live-compound into this volume (.nrrd/.mha)."),
         spacing: float = typer.Option(0.5, help="Voxel size (mm) of the live volume."),
         method: str = typer.Option("nearest", help="nearest|linear"),
         compounding: str = typer.Option("latest", help="latest|max|mean"),
         snapshot_every: Optional[float] = typer.Option(None, help="Write the volume every S seconds."),
         send_volume: Optional[str] = typer.Option(None, help="HOST:PORT to send the volume to as an IMAGE."),
-        duration: Optional[float] = typer.Option(None, help="Stop after S seconds."),
+        duration: Optional[float] = typer.Option(None, help="Stop after S seconds of wall-clock time (frames or not)."),
         frames: Optional[int] = typer.Option(None, help="Stop after N frames."),
         connect_timeout: float = typer.Option(10.0, help="Seconds to keep trying to (re)connect."),
+        image_timeout: float = typer.Option(10.0, help="Give up when no IMAGE arrives this many seconds after connecting."),
+        stall_timeout: float = typer.Option(5.0, help="Drop a connection whose message stops arriving for this many seconds."),
+        request: str = typer.Option("auto", help="auto|get|stt|none: ask on-request servers for images (STT_IMAGE/GET_IMAGE)."),
+        live_queue: int = typer.Option(4, help="Frames queued for the live volume before the oldest is dropped."),
+        live_policy: str = typer.Option("drop-oldest", help="drop-oldest|block: what a full live-volume queue does (block slows the sender)."),
+        reconnect: bool = typer.Option(True, help="Reconnect when the server goes away."),
     ) -> None:
-        """Receive frames and poses over OpenIGTLink, losslessly; record and/or compound them live."""
+        """Receive frames and poses over OpenIGTLink, losslessly; record and/or compound them live.
+
+        The recording is written through to disk as frames arrive (REC.pixels + REC.journal beside
+        REC); SIGTERM, SIGHUP and Ctrl-C finish it cleanly; after a crash `freehand3d recover REC`
+        makes it readable.
+        """
         import json
+        import time
 
         from rich.console import Console
         from rich.live import Live
 
-        from freehand3d.errors import ConfigError, InputError
+        from freehand3d.errors import ConfigError, InputError, StreamError
         from freehand3d.stream.igtl import IGTLSource
         from freehand3d.stream.live import run_live
+        from freehand3d.stream.recorder import unfinished_recording
 
+        _check_port(port)
+        _check_positive(spacing, "--spacing")
+        _check_positive(duration, "--duration")
+        _check_positive(snapshot_every, "--snapshot-every")
+        _check_positive(connect_timeout, "--connect-timeout")
+        _check_positive(image_timeout, "--image-timeout")
+        _check_positive(stall_timeout, "--stall-timeout")
+        _check_positive(live_queue, "--live-queue")
+        _check_choice(method, "--method", ("nearest", "linear"))
+        _check_choice(compounding, "--compounding", ("latest", "max", "mean"))
+        _check_choice(request, "--request", ("auto", "get", "stt", "none"))
+        _check_choice(live_policy, "--live-policy", ("drop-oldest", "block"))
+        if frames is not None and frames < 1:
+            raise ConfigError(f"--frames must be >= 1, got {frames}")
+        if record is not None:
+            if not record.name.lower().endswith(_SEQUENCE_SUFFIXES):
+                raise ConfigError("--record must be a PLUS sequence file (.igs.mha, .mhd or .igs.nrrd)", record)
+            if record.is_dir():
+                raise ConfigError("--record is a folder; give a file name", record)
+            if unfinished_recording(record):
+                raise InputError(f"an unfinished recording is in the way: run `freehand3d recover {record}` first "
+                                 "(or remove its .pixels/.journal files)", record)
+        if reconstruct is not None:
+            if not reconstruct.name.lower().endswith(_VOLUME_SUFFIXES):
+                raise ConfigError("--reconstruct must be a volume file (.nrrd, .mha, .mhd, .nii, .nii.gz)", reconstruct)
+            if reconstruct.is_dir():
+                raise ConfigError("--reconstruct is a folder; give a file name", reconstruct)
+        if record is not None and reconstruct is not None and record.resolve() == reconstruct.resolve():
+            raise ConfigError("--record and --reconstruct name the same file", record)
+        for out in (record, reconstruct):
+            if out is not None and out.parent.exists() and not out.parent.is_dir():
+                raise ConfigError("the output's folder is a file", out)
         image_to_probe = None
         if calibration is not None:
             try:
                 image_to_probe = json.loads(calibration.read_text())["image_to_probe"]
-            except (OSError, ValueError, KeyError) as exc:
+            except (OSError, ValueError, KeyError, TypeError) as exc:
                 raise InputError(f"cannot read image_to_probe ({exc.__class__.__name__}: {exc})", calibration) from None
         if record is None and reconstruct is None and frames is None and duration is None:
             raise ConfigError("nothing to do: give --record and/or --reconstruct, or --frames/--duration to just count")
         send_to = _host_port(send_volume) if send_volume else None
         source = IGTLSource(host, port, image_device=image_device, reference=reference,
-                            image_to_probe=image_to_probe, connect_timeout=connect_timeout)
+                            image_to_probe=image_to_probe, connect_timeout=connect_timeout,
+                            image_timeout=image_timeout, stall_timeout=stall_timeout, request=request,
+                            reconnect=reconnect, duration=duration)
         console = Console(stderr=True)
 
         def status(res, src) -> str:
             s = src.stats
-            fps = res.frames / max(1e-9, __import__("time").perf_counter() - started[0])
-            return (f"frames {s.frames}  fps {fps:5.1f}  transforms {s.transforms}  missed {s.missed}  "
+            return (f"frames {s.frames}  fps {res.fps:5.1f}  transforms {s.transforms}  missed {s.missed}  "
                     f"malformed {s.malformed}  reconnects {s.reconnects}")
 
-        import time
-
-        started = [time.perf_counter()]
+        last_update = [0.0]
         with Live("connecting...", console=console, refresh_per_second=4, transient=False) as live:
             def on_frame(res, src):
-                if res.frames % 10 == 1:
+                now = time.monotonic()
+                if now - last_update[0] > 0.25:
+                    last_update[0] = now
                     live.update(status(res, src))
 
             result = run_live(source, record=record, reconstruct=reconstruct, spacing=spacing, method=method,
                               compounding=compounding, snapshot_every=snapshot_every, send_volume_to=send_to,
-                              duration=duration, max_frames=frames, on_frame=on_frame)
+                              max_frames=frames, on_frame=on_frame, volume_queue=live_queue,
+                              volume_policy=live_policy)
             live.update(status(result, source))
         s = result.stats
+        if result.frames == 0:
+            raise StreamError(f"no IMAGE received in {result.seconds:.1f} s (stopped by "
+                              f"{result.stopped_by or 'end of stream'}); received: {source.stats.seen()}",
+                              f"{host}:{port}")
         typer.echo(
             f"received {result.frames} frames in {result.seconds:.1f} s ({result.fps:.1f} fps); "
             f"missed {s['missed']}, malformed {s['malformed']}, reconnects {s['reconnects']}"
+            + (f", stalled {s['stalled']}" if s["stalled"] else "")
+            + (f", {s['zero_timestamps']} frames without a timestamp stamped on receipt" if s["zero_timestamps"] else "")
         )
+        for st in result.stages:
+            typer.echo(f"  {st['name']}: {st['processed']} frames, dropped {st['dropped']} (queue full) "
+                       f"+ {st['dropped_at_exit']} (at exit) [{st['policy']}]")
+        if result.stopped_by:
+            typer.echo(f"stopped by {result.stopped_by}")
         if result.recording:
-            typer.echo(f"recording: {result.recording}")
+            typer.echo(f"recording: {result.recording} ({result.recorded} frames)")
         if result.volume:
-            typer.echo(f"volume: {result.volume} (median latency {result.latency_ms(50):.1f} ms)")
+            typer.echo(f"volume: {result.volume} (latency p50 {result.latency_ms(50):.1f} ms, "
+                       f"p95 {result.latency_ms(95):.1f} ms)")
+
+    @app.command()
+    def recover(
+        recording: Path = typer.Argument(..., help="The recording that was interrupted (REC, REC.pixels or REC.journal)."),
+    ) -> None:
+        """Finish a recording whose `stream` was killed: write REC from REC.pixels + REC.journal."""
+        from freehand3d.stream.recorder import recover_recording
+
+        out = recover_recording(recording)
+        from freehand3d.io.plus_sequence import read_plus_header
+
+        header = read_plus_header(out)
+        dims = (header.get("DimSize") or header.get("sizes") or "").split()
+        typer.echo(f"recovered {dims[2] if len(dims) > 2 else 1} frames into {out}")
 
     @app.command()
     def replay(
@@ -98,18 +198,32 @@ def register(app: typer.Typer) -> None:
         loop: bool = typer.Option(False, help="Repeat the recording until interrupted."),
         start_frame: int = typer.Option(0, help="First frame to send."),
         clients: int = typer.Option(1, help="Serve this many client connections, one after another."),
+        accept_timeout: float = typer.Option(3600.0, help="Seconds to wait for a client."),
     ) -> None:
         """Serve a recording over OpenIGTLink in PlusServer's conventions."""
+        from freehand3d.errors import ConfigError
         from freehand3d.io import read_sweep
         from freehand3d.stream.igtl import ReplayServer
 
+        _check_port(port) if port != 0 else None
+        _check_positive(fps, "--fps", allow_zero=True)
+        _check_positive(accept_timeout, "--accept-timeout")
+        _check_choice(timestamps, "--timestamps", ("original", "now"))
+        if clients < 1:
+            raise ConfigError(f"--clients must be >= 1, got {clients}")
         sweep = read_sweep(sequence)
+        if not 0 <= start_frame < len(sweep):
+            raise ConfigError(f"--start-frame must be in 0..{len(sweep) - 1}, got {start_frame}")
+        if embed is not None:
+            _, ok = sweep.transform(f"ImageTo{embed}")
+            if not ok.any():
+                raise ConfigError(f"--embed {embed}: the recording cannot give ImageTo{embed} for any frame", sequence)
         server = ReplayServer(sweep, port=port, fps=fps, image_device=image_device, embed=embed,
                               timestamps=timestamps, start_frame=start_frame, loop=loop)
         typer.echo(f"serving {len(sweep)} frames of {sequence} on 127.0.0.1:{server.port}", err=True)
         try:
             for _ in range(clients):
-                sent = server.serve_once(accept_timeout=3600)
+                sent = server.serve_once(accept_timeout=accept_timeout)
                 typer.echo(f"sent {sent} frames", err=True)
         finally:
             server.close()

@@ -22,7 +22,9 @@ PLUS conventions understood:
 
 from __future__ import annotations
 
+import bisect
 import collections
+import contextlib
 import queue
 import socket
 import struct
@@ -51,9 +53,12 @@ MAX_BODY_BYTES = 512 * 1024 * 1024
 class StreamItem:
     """One tracked frame from the stream.
 
+    ``frame`` is (H, W) or (H, W, C) in the sender's scalar type (nothing is rescaled).
     ``pose`` is ImageTo<reference> (pixels -> mm) when it could be determined, else None.
     ``transforms`` holds the interpolated tracker transforms at the frame time.
     ``received`` is the local wall-clock time (``time.time()``) when the image message was read.
+    ``spacing`` (sx, sy) mm and ``image_matrix`` (4x4 pixel -> world, first pixel at the origin)
+    are the IMAGE message's own geometry.
     """
 
     frame: np.ndarray
@@ -62,6 +67,8 @@ class StreamItem:
     device: str
     transforms: dict[str, np.ndarray] = field(default_factory=dict)
     received: float = 0.0
+    spacing: tuple[float, float] | None = None
+    image_matrix: np.ndarray | None = None
 
 
 @dataclass
@@ -75,9 +82,22 @@ class StreamStats:
     reconnects: int = 0
     missed: int = 0
     other: int = 0
+    stalled: int = 0
+    zero_timestamps: int = 0
+    requests_sent: int = 0
+    devices: dict = field(default_factory=dict)
 
     def as_dict(self) -> dict:
-        return dict(self.__dict__)
+        out = dict(self.__dict__)
+        out["devices"] = dict(self.devices)
+        return out
+
+    def seen(self) -> str:
+        """The message types and device names received so far, for error messages."""
+        if not self.devices:
+            return "no message at all"
+        parts = [f"{key} x{count}" for key, count in sorted(dict(self.devices).items(), key=lambda kv: -kv[1])[:8]]
+        return ", ".join(parts)
 
 
 def _timestamp_fields(seconds: float) -> tuple[int, int]:
@@ -88,7 +108,7 @@ def _timestamp_fields(seconds: float) -> tuple[int, int]:
     return whole, frac
 
 
-def _parse_header(raw: bytes) -> dict | None:
+def _parse_header(raw) -> dict | None:
     """Decode a 58-byte header; None if it is not plausible (used for resynchronisation)."""
     version, mtype, device, sec, frac, body_size, crc = _HEADER.unpack(raw)
     if version not in (1, 2, 3):
@@ -111,37 +131,137 @@ def _parse_header(raw: bytes) -> dict | None:
     }
 
 
-def decode_message(header: dict, body: bytes):
-    """Decode a body with pyigtl's message classes; raises ValueError when it is malformed."""
-    import pyigtl
+def pack_header(message_type: str, device: str, timestamp: float, body, version: int = 1) -> bytes:
+    """58-byte OpenIGTLink header for ``body`` (CRC-64 included)."""
+    from freehand3d.stream.crc import crc64
 
-    msg = pyigtl.MessageBase.create_message(header["message_type"])
-    if msg is None:
-        return None
-    fields = {k: header[k] for k in ("header_version", "message_type", "device_name", "timestamp", "body_size")}
+    sec, frac = _timestamp_fields(timestamp)
+    return _HEADER.pack(version, message_type.encode("ascii"), device.encode("ascii")[:20], sec, frac,
+                        len(body), crc64(body) if len(body) else 0)
+
+
+# ---------------------------------------------------------------------------- body decoding
+
+_IMAGE_HEAD = struct.Struct("> H B B B B H H H 12f 6H")
+SCALAR_TYPES = {2: np.int8, 3: np.uint8, 4: np.int16, 5: np.uint16, 6: np.int32, 7: np.uint32,
+                10: np.float32, 11: np.float64}
+SCALAR_CODES = {np.dtype(v): k for k, v in SCALAR_TYPES.items()}
+
+
+def _content(body, version: int):
+    """The message content of a body: header v2/v3 bodies start with an extended header and end
+    with metadata."""
+    if version < 2:
+        return body
+    if len(body) < 12:
+        raise ValueError("body shorter than the v2 extended header")
+    ext_size, meta_head, meta_body, _msg_id = struct.unpack_from("> H H I I", body, 0)
+    end = len(body) - meta_head - meta_body
+    if ext_size < 12 or end < ext_size:
+        raise ValueError("inconsistent v2 extended header")
+    return body[ext_size:end]
+
+
+@dataclass
+class ImageBody:
+    """A decoded IMAGE: ``pixels`` (k, j, i[, c]) native-endian, ``matrix`` 4x4 ijk -> world with
+    pixel (0, 0, 0) at the origin (the wire stores the image centre), ``spacing`` (3,) mm."""
+
+    pixels: np.ndarray
+    matrix: np.ndarray
+    spacing: np.ndarray
+    coordinates: str
+
+
+def decode_image(body, version: int = 1) -> ImageBody:
+    """Decode an IMAGE body (any scalar type, any component count); raises ValueError if malformed."""
+    content = _content(memoryview(body), version)
+    if len(content) < _IMAGE_HEAD.size:
+        raise ValueError("IMAGE body shorter than its header")
+    v = _IMAGE_HEAD.unpack_from(content, 0)
+    components, scalar, endian, coords = v[1], v[2], v[3], v[4]
+    size = np.array(v[5:8])
+    if scalar not in SCALAR_TYPES:
+        raise ValueError(f"IMAGE scalar type {scalar} is unknown")
+    if components < 1 or (size < 1).any():
+        raise ValueError("IMAGE without pixels")
+    if tuple(v[20:23]) != (0, 0, 0) or tuple(v[23:26]) != tuple(v[5:8]):
+        raise ValueError("IMAGE sub-volumes are not supported")
+    dtype = np.dtype(SCALAR_TYPES[scalar]).newbyteorder("<" if endian == 2 else ">")
+    count = int(np.prod(size)) * components
+    if len(content) - _IMAGE_HEAD.size != count * dtype.itemsize:
+        raise ValueError(f"IMAGE body holds {len(content) - _IMAGE_HEAD.size} pixel bytes, its header "
+                         f"declares {count * dtype.itemsize}")
+    pixels = np.frombuffer(content, dtype, count, _IMAGE_HEAD.size)
+    if not dtype.isnative:
+        pixels = pixels.astype(dtype.newbyteorder("="))
+    shape = (size[2], size[1], size[0]) + ((components,) if components > 1 else ())
+    pixels = pixels.reshape(shape)
+    matrix = np.eye(4)
+    matrix[:3, 0], matrix[:3, 1], matrix[:3, 2], centre = v[8:11], v[11:14], v[14:17], v[17:20]
+    # the wire carries the image centre: move it back to the first pixel
+    matrix[:3, 3] = np.asarray(centre) - matrix[:3, :3] @ ((size - 1) / 2.0)
+    spacing = np.linalg.norm(matrix[:3, :3], axis=0)
+    return ImageBody(pixels, matrix, spacing, "ras" if coords == 1 else "lps")
+
+
+def decode_transform(body, version: int = 1) -> np.ndarray:
+    content = _content(memoryview(body), version)
+    if len(content) != 48:
+        raise ValueError(f"TRANSFORM body of {len(content)} bytes (expected 48)")
+    v = struct.unpack("> 12f", content)
+    return np.array([[v[0], v[3], v[6], v[9]], [v[1], v[4], v[7], v[10]], [v[2], v[5], v[8], v[11]],
+                     [0.0, 0.0, 0.0, 1.0]])
+
+
+def decode_message(header: dict, body):
+    """IMAGE -> :class:`ImageBody`, TRANSFORM -> 4x4 matrix, anything else -> None; ValueError if malformed."""
     try:
-        msg.unpack(fields, body)
-    except Exception as exc:  # pyigtl raises struct.error, ValueError, NotImplementedError...
+        if header["message_type"] == "IMAGE":
+            return decode_image(body, header["header_version"])
+        if header["message_type"] == "TRANSFORM":
+            return decode_transform(body, header["header_version"])
+    except struct.error as exc:
         raise ValueError(f"cannot decode {header['message_type']} body: {exc}") from None
-    if header["message_type"] == "IMAGE":
-        image = np.asarray(msg.image)
-        if image.ndim not in (2, 3, 4) or image.size == 0:
-            raise ValueError("IMAGE without pixels")
-    return msg
+    return None
+
+
+# ---------------------------------------------------------------------------- reading
+
+#: bytes read per recv; a message body grows by at most this much beyond what has arrived
+_CHUNK = 4 * 1024 * 1024
+
+
+class _Stalled(Exception):
+    pass
+
+
+def request_message(message_type: str, device: str = "", body: bytes = b"") -> bytes:
+    return pack_header(message_type, device, time.time(), body) + body
 
 
 class _Reader(threading.Thread):
-    """Socket reader: exact reads, CRC check, resync, reconnect; pushes (header, message)."""
+    """Socket reader: exact reads, CRC check, resync, reconnect, requests; pushes decoded messages.
+
+    The queue it fills is bounded: when the consumer falls behind, the reader waits, the socket
+    buffer fills and TCP slows the sender down (nothing is dropped here).
+    """
 
     def __init__(self, host, port, out: queue.Queue, stats: StreamStats, reconnect: bool,
-                 connect_timeout: float, check_crc: bool):
+                 connect_timeout: float, check_crc: bool, stall_timeout: float = 5.0,
+                 request: str = "auto", image_device: str | None = None, request_interval: float = 1.0):
         super().__init__(daemon=True, name="freehand3d-igtl-reader")
         self.host, self.port, self.out, self.stats = host, port, out, stats
         self.reconnect, self.connect_timeout, self.check_crc = reconnect, connect_timeout, check_crc
+        self.stall_timeout = float(stall_timeout)
+        self.request, self.image_device, self.request_interval = request, image_device, float(request_interval)
         self.stop_event = threading.Event()
         self.connected = threading.Event()
+        self.connected_at: float | None = None
         self.error: Exception | None = None
-        self._buf = bytearray()
+        self._last_image = 0.0
+        self._polling = False
+        self._stt_sent = False
 
     def _connect(self) -> socket.socket | None:
         deadline = time.monotonic() + self.connect_timeout
@@ -151,6 +271,7 @@ class _Reader(threading.Thread):
                 sock.settimeout(0.2)
                 sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
                 sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 8 * 1024 * 1024)
+                self.connected_at = time.monotonic()
                 self.connected.set()
                 return sock
             except OSError:
@@ -159,33 +280,159 @@ class _Reader(threading.Thread):
                 time.sleep(0.1)
         return None
 
-    def _fill(self, sock: socket.socket, n: int) -> bool:
-        """Make the buffer hold at least n bytes; False when the connection ended."""
-        while len(self._buf) < n:
+    # ------------------------------------------------------------ requests
+    def _send(self, sock, message_type: str, body: bytes = b"") -> None:
+        try:
+            sock.sendall(request_message(message_type, self.image_device or "", body))
+            self.stats.requests_sent += 1
+        except OSError:
+            pass
+
+    def _requests_on_connect(self, sock) -> None:
+        self._last_image = time.monotonic()
+        self._polling = self.request == "get"
+        self._stt_sent = False
+        if self.request == "stt":
+            self._start_streaming(sock)
+        elif self.request == "get":
+            self._send(sock, "GET_IMAGE")
+
+    def _start_streaming(self, sock) -> None:
+        self._send(sock, "STT_IMAGE")
+        # STT_TDATA: resolution (ms) and coordinate name
+        self._send(sock, "STT_TDATA", struct.pack("> I 32s", 0, b""))
+        self._stt_sent = True
+
+    def _idle(self, sock) -> None:
+        """No message for a while: ask an on-request server for images."""
+        if self.request not in ("auto", "get"):
+            return
+        now = time.monotonic()
+        if now - self._last_image < self.request_interval:
+            return
+        if self.request == "auto" and not self._stt_sent:
+            self._start_streaming(sock)
+        self._send(sock, "GET_IMAGE")
+        self._polling = True
+        self._last_image = now
+
+    def _image_arrived(self, sock) -> None:
+        self._last_image = time.monotonic()
+        if self._polling:
+            self._send(sock, "GET_IMAGE")
+
+    # ------------------------------------------------------------ reading
+    def _recv_into(self, sock, view, mid_message: bool) -> bool:
+        """Fill ``view``; False when the connection ended; _Stalled when a message stops arriving."""
+        got, n = 0, len(view)
+        last = time.monotonic()
+        while got < n:
             if self.stop_event.is_set():
                 return False
             try:
-                chunk = sock.recv(max(1 << 20, n - len(self._buf)))
+                k = sock.recv_into(view[got:], min(n - got, _CHUNK))
             except socket.timeout:
+                now = time.monotonic()
+                if (mid_message or got) and now - last > self.stall_timeout:
+                    raise _Stalled
+                if not got and not mid_message:
+                    self._idle(sock)
                 continue
             except OSError:
                 return False
-            if not chunk:
+            if k == 0:
                 return False
-            self._buf += chunk
+            got += k
+            last = time.monotonic()
         return True
 
-    def _resync(self) -> None:
-        # drop bytes until a known message type appears where a header's type field would be
-        best = None
-        for t in KNOWN_TYPES:
-            pos = self._buf.find(t + b"\0", 3)
-            if pos >= 2 and (best is None or pos < best):
-                best = pos
-        drop = len(self._buf) - HEADER_SIZE if best is None else best - 2
-        drop = max(1, drop)
-        self.stats.resync_bytes += drop
-        del self._buf[:drop]
+    def _read_body(self, sock, size: int):
+        """The body, in a buffer that grows only as its bytes arrive (a bogus size costs nothing)."""
+        if size <= _CHUNK:
+            buf = bytearray(size)
+            with memoryview(buf) as view:
+                return buf if self._recv_into(sock, view, True) else None
+        buf = bytearray(_CHUNK)
+        got = 0
+        while got < size:
+            if got == len(buf):
+                buf.extend(bytes(min(size, 2 * len(buf)) - len(buf)))
+            with memoryview(buf) as view:
+                if not self._recv_into(sock, view[got:min(len(buf), got + _CHUNK)], True):
+                    return None
+            got = min(len(buf), got + _CHUNK)
+        return buf
+
+    def _put(self, entry) -> bool:
+        while not self.stop_event.is_set():
+            try:
+                self.out.put(entry, timeout=0.1)
+                return True
+            except queue.Full:
+                continue
+        return False
+
+    def _next_header(self, sock, head: bytearray, in_garbage: list) -> dict | None | bool:
+        """Read until a plausible header is in ``head``; False when the connection ended."""
+        with memoryview(head) as view:
+            if not self._recv_into(sock, view, False):
+                return False
+            while True:
+                header = _parse_header(head)
+                if header is not None:
+                    in_garbage[0] = False
+                    return header
+                if not in_garbage[0]:
+                    self.stats.malformed += 1
+                    in_garbage[0] = True
+                # drop bytes until a known message type sits where a header's type field would be
+                best = None
+                for t in KNOWN_TYPES:
+                    pos = head.find(t + b"\0", 3)
+                    if pos >= 3 and (best is None or pos < best):
+                        best = pos
+                # a type name of <= 11 characters starting at 47 or later may not be complete yet
+                drop = 45 if best is None else best - 2
+                self.stats.resync_bytes += drop
+                head[: HEADER_SIZE - drop] = head[drop:]  # same size: allowed while ``view`` exists
+                if not self._recv_into(sock, view[HEADER_SIZE - drop:], True):
+                    return False
+
+    def _serve_connection(self, sock) -> None:
+        self._requests_on_connect(sock)
+        head = bytearray(HEADER_SIZE)
+        in_garbage = [False]
+        while not self.stop_event.is_set():
+            header = self._next_header(sock, head, in_garbage)
+            if header is False:
+                return
+            body = self._read_body(sock, header["body_size"])
+            if body is None:
+                return
+            received = time.time()
+            self.stats.messages += 1
+            key = f"{header['message_type']} {header['device_name']!r}"
+            self.stats.devices[key] = self.stats.devices.get(key, 0) + 1
+            if self.check_crc and header["crc"] != 0:
+                from freehand3d.stream.crc import crc64
+
+                if crc64(body) != header["crc"]:
+                    self.stats.crc_errors += 1
+                    self.stats.malformed += 1
+                    continue
+            try:
+                msg = decode_message(header, body)
+            except ValueError:
+                self.stats.malformed += 1
+                continue
+            if msg is None:
+                self.stats.other += 1
+                continue
+            if header["message_type"] == "IMAGE" and (self.image_device is None
+                                                      or header["device_name"] == self.image_device):
+                self._image_arrived(sock)
+            if not self._put((header, msg, received)):
+                return
 
     def run(self) -> None:
         first = True
@@ -194,55 +441,30 @@ class _Reader(threading.Thread):
             if sock is None:
                 if first:
                     self.error = StreamError(f"cannot connect to {self.host}:{self.port}", f"{self.host}:{self.port}")
-                self.out.put(None)
+                self._put(None)
                 return
             if not first:
                 self.stats.reconnects += 1
-                self.out.put("reconnected")
+                self._put("reconnected")
             first = False
-            self._buf = bytearray()
-            in_garbage = False
             try:
-                while not self.stop_event.is_set():
-                    if not self._fill(sock, HEADER_SIZE):
-                        break
-                    header = _parse_header(bytes(self._buf[:HEADER_SIZE]))
-                    if header is None:
-                        if not in_garbage:
-                            self.stats.malformed += 1
-                            in_garbage = True
-                        self._resync()
-                        continue
-                    in_garbage = False
-                    total = HEADER_SIZE + header["body_size"]
-                    if not self._fill(sock, total):
-                        break
-                    body = bytes(self._buf[HEADER_SIZE:total])
-                    del self._buf[:total]
-                    received = time.time()
-                    self.stats.messages += 1
-                    if self.check_crc and header["crc"] != 0:
-                        from pyigtl.messages import CRC64
-
-                        if CRC64(body) != header["crc"]:
-                            self.stats.crc_errors += 1
-                            self.stats.malformed += 1
-                            continue
-                    try:
-                        msg = decode_message(header, body)
-                    except ValueError:
-                        self.stats.malformed += 1
-                        continue
-                    if msg is None:
-                        self.stats.other += 1
-                        continue
-                    self.out.put((header, msg, received))
+                self._serve_connection(sock)
+            except _Stalled:
+                self.stats.stalled += 1
+                self.stats.malformed += 1
+                if not self.reconnect:
+                    self.error = StreamError(
+                        f"a message from {self.host}:{self.port} stalled: no byte for {self.stall_timeout:g} s "
+                        "in the middle of a message", f"{self.host}:{self.port}")
             finally:
+                if self.request == "stt" or self._stt_sent:
+                    with contextlib.suppress(OSError):
+                        sock.sendall(request_message("STP_IMAGE") + request_message("STP_TDATA"))
                 sock.close()
                 self.connected.clear()
             if not self.reconnect:
                 break
-        self.out.put(None)
+        self._put(None)
 
 
 class IGTLSource:
@@ -260,6 +482,16 @@ class IGTLSource:
         emitted with the latest ones (extrapolation is never done: such frames get no pose).
     reconnect : reconnect when the server goes away (until ``close()``).
     connect_timeout : seconds to keep trying to (re)connect.
+    max_queue : messages buffered between the socket reader and the consumer; when full, the
+        reader waits and TCP slows the sender (nothing is dropped).
+    image_timeout : seconds after connecting without a single IMAGE (of ``image_device``) before
+        giving up with a message naming the devices that were seen (None: wait forever).
+    stall_timeout : seconds without a byte in the middle of a message before the connection is
+        dropped as stalled.
+    request : ``"auto"`` (ask with STT_IMAGE/GET_IMAGE when no IMAGE came for
+        ``request_interval`` s), ``"get"`` (poll with GET_IMAGE), ``"stt"`` (send STT_IMAGE and
+        STT_TDATA once) or ``"none"``.
+    duration : wall-clock seconds after which iteration ends (even if nothing arrives).
 
     Yields :class:`StreamItem`; ``stats`` counts frames, malformed messages, reconnects and frames
     missed across reconnections (the time gap between the last frame before and the first frame
@@ -269,30 +501,54 @@ class IGTLSource:
     def __init__(self, host: str = "127.0.0.1", port: int = 18944, image_device: str | None = None,
                  reference: str = "Reference", image_to_probe=None, transform_wait: float = 0.25,
                  reconnect: bool = True, connect_timeout: float = 10.0, check_crc: bool = True,
-                 max_queue: int = 0):
+                 max_queue: int = 64, image_timeout: float | None = None, stall_timeout: float = 5.0,
+                 request: str = "auto", request_interval: float = 1.0, duration: float | None = None):
+        if request not in ("auto", "get", "stt", "none"):
+            raise ValueError(f"request must be auto, get, stt or none, not {request!r}")
         self.host, self.port = host, int(port)
         self.image_device = image_device
         self.reference = reference
         self.image_to_probe = None if image_to_probe is None else np.asarray(image_to_probe, float)
         self.transform_wait = float(transform_wait)
+        self.image_timeout = image_timeout
+        self.duration = duration
         self.stats = StreamStats()
-        self._queue: queue.Queue = queue.Queue(maxsize=max_queue)
-        self._reader = _Reader(self.host, self.port, self._queue, self.stats, reconnect, connect_timeout, check_crc)
+        self._queue: queue.Queue = queue.Queue(maxsize=max(1, int(max_queue)))
+        self._reader = _Reader(self.host, self.port, self._queue, self.stats, reconnect, connect_timeout, check_crc,
+                               stall_timeout=stall_timeout, request=request, image_device=image_device,
+                               request_interval=request_interval)
         self._history: dict[str, collections.deque] = {}
         self._pending: collections.deque = collections.deque()
         self._intervals: collections.deque = collections.deque(maxlen=50)
         self._last_time: float | None = None
         self._started = False
         self._after_reconnect = False
+        self._stop = threading.Event()
+        self.started_at: float | None = None
+        self.ended_by: str | None = None
+
+    @property
+    def where(self) -> str:
+        return f"{self.host}:{self.port}"
 
     # -------------------------------------------------------------- lifecycle
     def start(self) -> "IGTLSource":
         if not self._started:
+            if self._reader.check_crc:
+                from freehand3d.stream.crc import warm_up
+
+                warm_up()
+            self.started_at = time.monotonic()
             self._reader.start()
             self._started = True
         return self
 
+    def stop(self) -> None:
+        """End the iteration soon (safe from a signal handler or another thread)."""
+        self._stop.set()
+
     def close(self) -> None:
+        self._stop.set()
         self._reader.stop_event.set()
         if self._started:
             self._reader.join(timeout=2.0)
@@ -315,12 +571,15 @@ class IGTLSource:
     def _transforms_at(self, t: float) -> dict[str, np.ndarray]:
         out = {}
         for name, hist in self._history.items():
-            times = np.array([h[0] for h in hist])
-            if t < times[0] or t > times[-1]:
+            if hist[-1][0] == t:  # PLUS stamps transforms and image alike: the common case
+                out[name] = hist[-1][1]
                 continue
-            idx = int(np.searchsorted(times, t))
-            if times[min(idx, len(times) - 1)] == t:
-                out[name] = hist[min(idx, len(times) - 1)][1]
+            if t < hist[0][0] or t > hist[-1][0]:
+                continue
+            times = [h[0] for h in hist]
+            idx = bisect.bisect_left(times, t)
+            if times[idx] == t:
+                out[name] = hist[idx][1]
                 continue
             lo, hi = hist[idx - 1], hist[idx]
             pose, ok = geometry.interpolate_poses([lo[0], hi[0]], np.stack([lo[1], hi[1]]), [t])
@@ -337,6 +596,8 @@ class IGTLSource:
     def _pose(self, device: str, matrix: np.ndarray, transforms: dict) -> np.ndarray | None:
         if device.endswith("_" + self.reference):
             return matrix
+        if f"ImageTo{self.reference}" in transforms:
+            return transforms[f"ImageTo{self.reference}"]
         graph = geometry.FrameGraph(transforms)
         if self.image_to_probe is not None and "ImageToProbe" not in transforms:
             graph.add("ImageToProbe", self.image_to_probe)
@@ -346,7 +607,7 @@ class IGTLSource:
             return None
 
     def _emit(self, entry) -> StreamItem:
-        t, device, frame, received, matrix, entry_after_reconnect = entry
+        t, device, frame, received, matrix, entry_after_reconnect, spacing = entry
         transforms = self._transforms_at(t)
         if self._last_time is not None:
             gap = t - self._last_time
@@ -359,14 +620,41 @@ class IGTLSource:
                 self._intervals.append(gap)
         self._last_time = t
         self.stats.frames += 1
-        return StreamItem(frame, self._pose(device, matrix, transforms), t, device, transforms, received)
+        return StreamItem(frame, self._pose(device, matrix, transforms), t, device, transforms, received,
+                          spacing, matrix)
+
+    def _no_image_error(self, seconds: float) -> StreamError:
+        wanted = f"IMAGE named {self.image_device!r}" if self.image_device else "IMAGE message"
+        return StreamError(f"no {wanted} in {seconds:.1f} s; received: {self.stats.seen()}", self.where)
 
     def __iter__(self) -> Iterator[StreamItem]:
+        return self.iter_items()
+
+    def iter_items(self, heartbeat: float | None = None) -> Iterator[StreamItem | None]:
+        """Like iterating the source; with ``heartbeat`` it also yields None after that many
+        seconds without a frame, so a consumer can do periodic work (flushing, signals)."""
         self.start()
+        deadline = None if self.duration is None else self.started_at + float(self.duration)
+        last_yield = time.monotonic()
         while True:
             now = time.time()
             while self._pending and self._ready(self._pending[0][0], now):
+                last_yield = time.monotonic()
                 yield self._emit(self._pending.popleft())
+            mono = time.monotonic()
+            if self._stop.is_set() or (deadline is not None and mono >= deadline):
+                self.ended_by = "stop" if self._stop.is_set() else "duration"
+                while self._pending:
+                    yield self._emit(self._pending.popleft())
+                return
+            if (self.image_timeout is not None and self.stats.frames == 0 and not self._pending
+                    and self._reader.connected_at is not None
+                    and mono - self._reader.connected_at > self.image_timeout):
+                self.close()
+                raise self._no_image_error(mono - self._reader.connected_at)
+            if heartbeat is not None and mono - last_yield >= heartbeat:
+                last_yield = mono
+                yield None
             try:
                 entry = self._queue.get(timeout=0.05)
             except queue.Empty:
@@ -374,6 +662,7 @@ class IGTLSource:
             if entry is None:
                 while self._pending:
                     yield self._emit(self._pending.popleft())
+                self.ended_by = "server"
                 if self._reader.error is not None:
                     raise self._reader.error
                 return
@@ -383,7 +672,7 @@ class IGTLSource:
             header, msg, received = entry
             if header["message_type"] == "TRANSFORM":
                 self.stats.transforms += 1
-                self._add_transform(header["device_name"], header["timestamp"], np.asarray(msg.matrix, float))
+                self._add_transform(header["device_name"], header["timestamp"], msg)
             elif header["message_type"] == "IMAGE":
                 device = header["device_name"]
                 if self.image_device is None:
@@ -391,25 +680,22 @@ class IGTLSource:
                 if device != self.image_device:
                     self.stats.other += 1
                     continue
-                frame = _to_frame(msg.image)
-                matrix = np.asarray(msg.ijk_to_world_matrix, float)
-                self._pending.append((header["timestamp"], device, frame, received, matrix, self._after_reconnect))
+                pixels = msg.pixels
+                if pixels.shape[0] != 1:
+                    self.close()
+                    raise StreamError(
+                        f"IMAGE {device!r} has {pixels.shape[0]} slices ({pixels.shape[2]}x{pixels.shape[1]}x"
+                        f"{pixels.shape[0]}); freehand3d records 2D frames, one slice per IMAGE, and does not "
+                        "keep only the first slice", self.where)
+                t = header["timestamp"]
+                if t == 0:  # a sender that does not stamp its messages: the receive time is the best we have
+                    self.stats.zero_timestamps += 1
+                    t = received
+                spacing = (float(msg.spacing[0]), float(msg.spacing[1]))
+                self._pending.append((t, device, pixels[0], received, msg.matrix, self._after_reconnect, spacing))
                 self._after_reconnect = False
             else:
                 self.stats.other += 1
-
-
-def _to_frame(image: np.ndarray) -> np.ndarray:
-    """(k, j, i[, c]) IGTL pixels -> (H, W) uint8 frame (mean over colour components)."""
-    img = np.asarray(image)
-    if img.ndim == 4:
-        img = img.mean(axis=-1)
-    if img.ndim == 3:
-        img = img[0]
-    if img.dtype != np.uint8:
-        lo, hi = float(img.min()), float(img.max())
-        img = np.zeros(img.shape, np.uint8) if hi <= lo else ((img - lo) * (255.0 / (hi - lo))).astype(np.uint8)
-    return np.ascontiguousarray(img)
 
 
 # ============================================================================ sending

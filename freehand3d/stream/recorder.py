@@ -1,0 +1,281 @@
+"""Write-through, crash-safe recording of a stream to a PLUS sequence file.
+
+While a session runs nothing is held in memory: every frame goes to disk as it arrives, into two
+side files next to the requested recording ``REC`` (e.g. ``sweep.igs.mha``):
+
+* ``REC.pixels`` - the raw frames, appended in arrival order (C order, the frame's own dtype);
+* ``REC.journal`` - JSON lines: a first line describing the frames (shape, dtype, spacing, reference)
+  and then one line per frame (timestamp, transforms, pose), written only *after* that frame's
+  pixels, so a journal line never refers to pixels that are not on disk.
+
+Both are handed to the operating system at least every ``flush_interval`` seconds (0.25 s by
+default), so after a ``kill -9`` at most the frames of the last ~0.5 s are missing (the page cache
+survives the death of the process; ``fsync_interval`` bounds what a power cut loses). A clean end
+(end of stream, ``--duration``, Ctrl-C, SIGTERM, SIGHUP) calls :meth:`SequenceRecorder.finish`,
+which writes ``REC`` with :func:`freehand3d.io.write_plus_sequence` (uncompressed: the frames are
+streamed from a memory map of ``REC.pixels``, never loaded) and only then removes the side files.
+After a crash, :func:`recover_recording` (``freehand3d recover REC``) does the same from whatever
+complete frames the side files hold; a torn last journal line or a half-written last frame is
+dropped.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from pathlib import Path
+
+import numpy as np
+
+from freehand3d.errors import InputError, StreamError
+
+JOURNAL_VERSION = 1
+
+
+def side_files(record: str | os.PathLike) -> tuple[Path, Path]:
+    """(pixels, journal) paths of a recording in progress."""
+    record = Path(record)
+    return record.with_name(record.name + ".pixels"), record.with_name(record.name + ".journal")
+
+
+def _matrix_list(m) -> list[float]:
+    return [float(v) for v in np.asarray(m, float).reshape(16)]
+
+
+class SequenceRecorder:
+    """Append stream items to ``REC.pixels`` / ``REC.journal``; :meth:`finish` writes ``REC``.
+
+    Parameters
+    ----------
+    path : the PLUS sequence to produce (``.igs.mha``, ``.mha``, ``.mhd``, ``.igs.nrrd``).
+    reference : name of the frame the poses are in (the pose is recorded as ``ImageTo<reference>``
+        when the server does not send that transform itself).
+    flush_interval : seconds between hand-overs of buffered bytes to the operating system.
+    fsync_interval : seconds between ``fsync`` calls (power-cut safety; 0 disables).
+    """
+
+    def __init__(self, path: str | os.PathLike, reference: str = "Reference", flush_interval: float = 0.25,
+                 fsync_interval: float = 5.0, metadata: dict | None = None):
+        self.path = Path(path)
+        self.reference = reference
+        self.flush_interval = float(flush_interval)
+        self.fsync_interval = float(fsync_interval)
+        self.metadata = dict(metadata or {})
+        self.pixels_path, self.journal_path = side_files(self.path)
+        for side in (self.pixels_path, self.journal_path):
+            if side.exists():
+                raise InputError(f"an unfinished recording is in the way ({side.name} exists): run "
+                                 f"`freehand3d recover {self.path}` first, or remove it", self.path)
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self.frames = 0
+        self.frame_shape: tuple[int, ...] | None = None
+        self.dtype: np.dtype | None = None
+        self._pixels = None
+        self._journal = None
+        self._last_flush = time.monotonic()
+        self._last_fsync = self._last_flush
+        self._unflushed = 0
+        self.finished = False
+
+    # ------------------------------------------------------------------ writing
+    def _open(self, item) -> None:
+        frame = np.asarray(item.frame)
+        self.frame_shape = tuple(int(s) for s in frame.shape)
+        self.dtype = frame.dtype
+        head = {
+            "freehand3d_recording": JOURNAL_VERSION,
+            "frame_shape": list(self.frame_shape),
+            "dtype": frame.dtype.str,
+            "reference": self.reference,
+            "spacing": self._spacing(item),
+            "metadata": self.metadata,
+            "started": time.time(),
+        }
+        # buffering: the journal is line-buffered by hand (flush on the interval), pixels unbuffered
+        # because a frame is far larger than any buffer
+        self._pixels = open(self.pixels_path, "xb", buffering=0)
+        self._journal = open(self.journal_path, "x", encoding="utf-8")
+        self._journal.write(json.dumps(head) + "\n")
+        self._journal.flush()
+
+    def _spacing(self, item):
+        """The IMAGE's own pixel spacing, when it says something: an IMAGE that embeds the pose
+        (``Image_Reference``) has the pose's scale in its matrix (already in the recorded
+        transform), and an identity matrix means the sender did not say."""
+        spacing = getattr(item, "spacing", None)
+        if spacing is None or str(getattr(item, "device", "")).endswith("_" + self.reference):
+            return None
+        spacing = [float(v) for v in spacing]
+        return None if np.allclose(spacing, 1.0, rtol=0, atol=1e-6) else spacing
+
+    def add(self, item) -> None:
+        """Write one :class:`~freehand3d.stream.igtl.StreamItem` (never drops, never buffers a frame)."""
+        if self.finished:
+            raise StreamError("the recording is already finished", self.path)
+        frame = np.ascontiguousarray(item.frame)
+        if self._pixels is None:
+            self._open(item)
+        elif frame.shape != self.frame_shape or frame.dtype != self.dtype:
+            raise StreamError(
+                f"frame {self.frames} is {frame.dtype} {frame.shape}, the recording holds "
+                f"{self.dtype} {self.frame_shape}; a PLUS sequence cannot change its frame size or type "
+                "(the frames so far are kept)", self.path)
+        view = memoryview(frame).cast("B")
+        written = 0
+        while written < len(view):  # an unbuffered write may be partial
+            written += self._pixels.write(view[written:])
+        line = {"t": float(item.timestamp)}
+        if item.transforms:
+            line["tf"] = {name: _matrix_list(m) for name, m in item.transforms.items()}
+        if item.pose is not None:
+            line["pose"] = _matrix_list(item.pose)
+        self._journal.write(json.dumps(line, separators=(",", ":")) + "\n")
+        self.frames += 1
+        self._unflushed += 1
+        self.maybe_flush()
+
+    def maybe_flush(self, now: float | None = None) -> None:
+        now = time.monotonic() if now is None else now
+        if self._journal is None or not self._unflushed:
+            return
+        if now - self._last_flush >= self.flush_interval:
+            self.flush(now)
+
+    def flush(self, now: float | None = None) -> None:
+        if self._journal is None:
+            return
+        now = time.monotonic() if now is None else now
+        self._journal.flush()  # pixels are unbuffered: already with the OS, so the journal follows them
+        self._unflushed = 0
+        self._last_flush = now
+        if self.fsync_interval > 0 and now - self._last_fsync >= self.fsync_interval:
+            os.fsync(self._pixels.fileno())
+            os.fsync(self._journal.fileno())
+            self._last_fsync = now
+
+    def close_side_files(self) -> None:
+        for handle in (self._pixels, self._journal):
+            if handle is not None and not handle.closed:
+                handle.flush()
+                handle.close()
+
+    def finish(self) -> Path | None:
+        """Write the PLUS sequence from the side files and remove them; None when no frame came."""
+        if self.finished:
+            return self.path if self.frames else None
+        self.finished = True
+        self.close_side_files()
+        if self._pixels is None:
+            return None
+        return recover_recording(self.path)
+
+    def abort(self) -> None:
+        """Close the side files and leave them for ``freehand3d recover``."""
+        self.finished = True
+        self.close_side_files()
+
+
+# ---------------------------------------------------------------------- recovery
+
+def _read_journal(journal: Path) -> tuple[dict, list[dict]]:
+    try:
+        raw = journal.read_bytes()
+    except OSError as exc:
+        raise InputError(f"cannot read the journal: {exc.strerror}", journal) from None
+    lines = raw.split(b"\n")
+    try:
+        head = json.loads(lines[0])
+        if head.get("freehand3d_recording") != JOURNAL_VERSION:
+            raise ValueError("not a freehand3d journal")
+        shape, dtype = tuple(int(s) for s in head["frame_shape"]), np.dtype(head["dtype"])
+    except (ValueError, KeyError, TypeError) as exc:
+        raise InputError(f"not a freehand3d recording journal ({exc})", journal) from None
+    head["frame_shape"], head["dtype"] = shape, dtype
+    entries = []
+    # a line is complete only when its newline was written: the last element after split is the
+    # (possibly empty) torn tail
+    for line in lines[1:-1]:
+        try:
+            entries.append(json.loads(line))
+        except ValueError:
+            break  # torn or corrupt line: everything after it is untrustworthy
+    return head, entries
+
+
+def recover_recording(record: str | os.PathLike) -> Path:
+    """Turn the side files of a recording (finished or interrupted) into the PLUS sequence ``record``.
+
+    Accepts the recording's name or either side file. Keeps every frame whose pixels and journal
+    line are both complete; removes the side files once the sequence is written (atomically).
+    Returns the path of the sequence.
+    """
+    record = Path(record)
+    for suffix in (".pixels", ".journal"):
+        if record.name.endswith(suffix):
+            record = record.with_name(record.name[: -len(suffix)])
+    pixels, journal = side_files(record)
+    missing = [p.name for p in (pixels, journal) if not p.exists()]
+    if missing:
+        if record.exists() and len(missing) == 2:
+            raise InputError("nothing to recover: the recording is complete (no .pixels/.journal beside it)", record)
+        raise InputError(f"nothing to recover: {', '.join(missing)} not found", record)
+    head, entries = _read_journal(journal)
+    shape, dtype = head["frame_shape"], head["dtype"]
+    frame_bytes = int(np.prod(shape)) * dtype.itemsize
+    n = min(len(entries), pixels.stat().st_size // frame_bytes)
+    if n == 0:
+        raise InputError("no complete frame to recover", journal)
+    entries = entries[:n]
+    sweep = _sweep_from(head, entries, pixels, n)
+    from freehand3d.io import write_sweep
+
+    # uncompressed: compressing would cost minutes for a long session and the frames are streamed
+    # from the memory map either way
+    write_sweep(sweep, record, compress=False)
+    del sweep
+    pixels.unlink()
+    journal.unlink()
+    return record
+
+
+def _sweep_from(head: dict, entries: list[dict], pixels: Path, n: int):
+    from freehand3d.sweep import Sweep
+
+    shape, dtype = head["frame_shape"], head["dtype"]
+    frames = np.memmap(pixels, dtype=dtype, mode="r", shape=(n, *shape))
+    timestamps = np.array([e["t"] for e in entries], float)
+    names: dict[str, None] = {}
+    for e in entries:
+        for name in e.get("tf", ()):
+            names.setdefault(name)
+    transforms, valid = {}, {}
+    for name in names:
+        mats = np.tile(np.eye(4), (n, 1, 1))
+        ok = np.zeros(n, bool)
+        for i, e in enumerate(entries):
+            m = e.get("tf", {}).get(name)
+            if m is not None:
+                mats[i] = np.reshape(m, (4, 4))
+                ok[i] = True
+        transforms[name], valid[name] = mats, ok
+    pose_name = f"ImageTo{head.get('reference') or 'Reference'}"
+    if pose_name not in transforms and any("pose" in e for e in entries):
+        mats = np.tile(np.eye(4), (n, 1, 1))
+        ok = np.zeros(n, bool)
+        for i, e in enumerate(entries):
+            if "pose" in e:
+                mats[i] = np.reshape(e["pose"], (4, 4))
+                ok[i] = True
+        transforms[pose_name], valid[pose_name] = mats, ok
+    kwargs = {}
+    if head.get("spacing"):
+        kwargs["spacing"] = tuple(head["spacing"][:2])
+    sweep = Sweep(frames, timestamps=timestamps, transforms=transforms, valid=valid, **kwargs)
+    for key, value in (head.get("metadata") or {}).items():
+        sweep.metadata.setdefault(key, value)
+    return sweep
+
+
+def unfinished_recording(record: str | os.PathLike) -> bool:
+    return any(p.exists() for p in side_files(record))
