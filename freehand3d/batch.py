@@ -230,7 +230,7 @@ def read_sweep_csv(csv_path, split: str | None = None) -> list[SweepEntry]:
         with open(csv_path, newline="", encoding="utf-8-sig") as fh:
             reader = csv.DictReader(fh)
             columns = [c.strip() for c in (reader.fieldnames or [])]
-            rows = [{(k or "").strip(): (v or "").strip() for k, v in row.items()} for row in reader]
+            rows = [{k.strip(): (v or "").strip() for k, v in row.items() if k is not None} for row in reader]  # extra cells (key None) ignored
     except (OSError, UnicodeDecodeError, csv.Error) as exc:
         raise InputError(f"cannot read the sweep list ({exc})", csv_path) from None
     missing = [c for c in ("sweep_id", "path") if c not in columns]

@@ -60,7 +60,7 @@ def _dataset(f, key: str, path: Path, required: bool = True):
         return None
     try:
         value = f[key][()]
-    except (OSError, TypeError, ValueError, AttributeError) as exc:
+    except (OSError, KeyError, RuntimeError, TypeError, ValueError, AttributeError) as exc:  # h5py's errors on a damaged file
         raise InputError(f"cannot read h5 key '{key}' ({exc})", path) from None
     if not isinstance(value, np.ndarray):
         value = np.asarray(value)
@@ -100,7 +100,7 @@ def read_dualtrack_h5(path: str | os.PathLike) -> Sweep:
             spacing = _dataset(f, "spacing", path)
             dimensions = _dataset(f, "dimensions", path, required=False)
             pixel_to_image = _dataset(f, "pixel_to_image", path, required=False)
-    except OSError as exc:
+    except (OSError, KeyError, RuntimeError, ValueError) as exc:  # h5py: damaged superblock / object headers
         raise InputError(f"not a readable HDF5 file ({exc})", path) from None
     from freehand3d.io.tusrec import _check_frames
 

@@ -163,7 +163,7 @@ def _read_dataset(f, key: str, path: Path) -> np.ndarray:
         raise InputError(f"missing h5 key '{key}' (has {sorted(f.keys())})", path)
     try:
         return f[key][()]
-    except (OSError, TypeError, ValueError, AttributeError) as exc:
+    except (OSError, KeyError, RuntimeError, TypeError, ValueError, AttributeError) as exc:  # h5py's errors on a damaged file
         raise InputError(f"cannot read h5 key '{key}' ({exc})", path) from None
 
 
@@ -218,7 +218,7 @@ def read_tusrec(path: str | os.PathLike, calib: str | os.PathLike | TusRecCalibr
         with h5py.File(path, "r") as f:
             frames = _check_frames(_read_dataset(f, "frames", path), "frames", path)
             tforms = _check_poses(_read_dataset(f, "tforms", path), len(frames), "tforms", path)
-    except OSError as exc:
+    except (OSError, KeyError, RuntimeError, ValueError) as exc:  # h5py: damaged superblock / object headers
         raise InputError(f"not a readable HDF5 file ({exc})", path) from None
     if calib is None:
         found = _find_calibration(path)
@@ -390,5 +390,5 @@ def read_tusrec_landmarks(path: str | os.PathLike, scan: str | None = None):
                     raise InputError(f"no landmarks for scan '{key}' (has {len(f.keys())} scans)", path)
                 return check(key, _read_dataset(f, key, path))
             return {name: check(name, _read_dataset(f, name, path)) for name in f.keys()}
-    except OSError as exc:
+    except (OSError, KeyError, RuntimeError, ValueError) as exc:  # h5py: damaged superblock / object headers
         raise InputError(f"not a readable HDF5 file ({exc})", path) from None

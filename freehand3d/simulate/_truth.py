@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import os
+import zipfile
+import zlib
 from pathlib import Path
 
 import numpy as np
@@ -22,6 +24,11 @@ def truth_path_for(sweep_path: str | os.PathLike) -> Path:
     return path.with_name(name + ".truth.npz")
 
 
+#: what numpy raises on a damaged / empty / non-npz file: EOFError for an empty file (click would
+#: print a bare "Aborted."), BadZipFile / zlib.error / KeyError for a damaged archive
+_NPZ_ERRORS = (OSError, ValueError, EOFError, KeyError, TypeError, zipfile.BadZipFile, zlib.error)
+
+
 def save_truth(path: str | os.PathLike, truth: dict, compress: bool = True) -> None:
     """Write a truth dict (str -> array-like) atomically as ``.npz``."""
     arrays = {key: np.asarray(value) for key, value in truth.items()}
@@ -35,5 +42,5 @@ def load_truth(path: str | os.PathLike) -> dict:
     try:
         with np.load(path, allow_pickle=False) as data:
             return {key: (data[key][()] if data[key].ndim == 0 else data[key]) for key in data.files}
-    except (OSError, ValueError) as exc:
+    except _NPZ_ERRORS as exc:
         raise InputError(f"cannot read simulation truth ({exc.__class__.__name__}: {exc})", path) from None

@@ -29,6 +29,7 @@ import numpy as np
 
 from freehand3d._atomic import atomic_path
 from freehand3d.errors import InputError
+from freehand3d.simulate._truth import _NPZ_ERRORS
 from freehand3d.ulm.probe import LinearProbe, echo_times
 
 __all__ = [
@@ -369,7 +370,7 @@ def load_rf(path: str | os.PathLike) -> tuple[np.ndarray, LinearProbe, dict]:
     try:
         with np.load(path) as data:
             content = {k: data[k] for k in data.files}
-    except (OSError, ValueError) as exc:
+    except _NPZ_ERRORS as exc:
         raise InputError(f"cannot read RF data ({exc})", path) from exc
     if "rf" not in content:
         raise InputError("no 'rf' array: not a freehand3d ULM RF file", path)
@@ -378,7 +379,10 @@ def load_rf(path: str | os.PathLike) -> tuple[np.ndarray, LinearProbe, dict]:
         rf = rf[None]
     if rf.ndim != 3:
         raise InputError(f"'rf' must be (n_frames, n_samples, n_elements), got shape {rf.shape}", path)
-    probe = LinearProbe.from_dict({k[6:]: v for k, v in content.items() if k.startswith("probe_")})
+    try:
+        probe = LinearProbe.from_dict({k[6:]: v for k, v in content.items() if k.startswith("probe_")})
+    except (TypeError, ValueError, OverflowError) as exc:  # e.g. a NaN or an array where a number belongs
+        raise InputError(f"bad probe settings ({exc})", path) from None
     if probe.n_elements != rf.shape[2]:
         raise InputError(f"'rf' has {rf.shape[2]} channels but the probe has {probe.n_elements} elements", path)
     acq = {k: v.item() if v.ndim == 0 else v for k, v in content.items() if not k.startswith("probe_")}
@@ -403,7 +407,7 @@ def load_ground_truth(path: str | os.PathLike) -> np.ndarray:
             if "ListPos" not in data.files:
                 raise InputError("no 'ListPos' array: not a ULM ground-truth file", path)
             list_pos = data["ListPos"]
-    except (OSError, ValueError) as exc:
+    except _NPZ_ERRORS as exc:
         raise InputError(f"cannot read ground truth ({exc})", path) from exc
     if list_pos.ndim != 3 or list_pos.shape[1] != 3:
         raise InputError(f"ListPos must be (n_bubbles, 3, n_frames), got {list_pos.shape}", path)
