@@ -151,7 +151,7 @@ def test_kill_9_loses_at_most_the_last_second(tmp_path):
     assert rec.timestamps[-1] >= killed_at - 1.0, (killed_at - rec.timestamps[-1])
 
 
-@pytest.mark.parametrize("sig", ["SIGTERM", "SIGHUP"])
+@pytest.mark.parametrize("sig", ["SIGTERM", pytest.param("SIGHUP", marks=pytest.mark.slow)])
 def test_sigterm_and_sighup_finish_the_file(tmp_path, sig):
     sweep = _indexed_sweep()
     server = ReplayServer(sweep, port=0, fps=100, timestamps="now").start()

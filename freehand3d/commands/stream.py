@@ -101,18 +101,18 @@ def register(app: typer.Typer) -> None:
         if frames is not None and frames < 1:
             raise ConfigError(f"--frames must be >= 1, got {frames}")
         if record is not None:
-            if not record.name.lower().endswith(_SEQUENCE_SUFFIXES):
-                raise ConfigError("--record must be a PLUS sequence file (.igs.mha, .mhd or .igs.nrrd)", record)
             if record.is_dir():
                 raise ConfigError("--record is a folder; give a file name", record)
+            if not record.name.lower().endswith(_SEQUENCE_SUFFIXES):
+                raise ConfigError("--record must be a PLUS sequence file (.igs.mha, .mhd or .igs.nrrd)", record)
             if unfinished_recording(record):
                 raise InputError(f"an unfinished recording is in the way: run `freehand3d recover {record}` first "
                                  "(or remove its .pixels/.journal files)", record)
         if reconstruct is not None:
-            if not reconstruct.name.lower().endswith(_VOLUME_SUFFIXES):
-                raise ConfigError("--reconstruct must be a volume file (.nrrd, .mha, .mhd, .nii, .nii.gz)", reconstruct)
             if reconstruct.is_dir():
                 raise ConfigError("--reconstruct is a folder; give a file name", reconstruct)
+            if not reconstruct.name.lower().endswith(_VOLUME_SUFFIXES):
+                raise ConfigError("--reconstruct must be a volume file (.nrrd, .mha, .mhd, .nii, .nii.gz)", reconstruct)
         if record is not None and reconstruct is not None and record.resolve() == reconstruct.resolve():
             raise ConfigError("--record and --reconstruct name the same file", record)
         for out in (record, reconstruct):
@@ -139,7 +139,7 @@ def register(app: typer.Typer) -> None:
                     f"malformed {s.malformed}  reconnects {s.reconnects}")
 
         last_update = [0.0]
-        with Live("connecting...", console=console, refresh_per_second=4, transient=False) as live:
+        with Live("connecting...", console=console, refresh_per_second=4, transient=True) as live:
             def on_frame(res, src):
                 now = time.monotonic()
                 if now - last_update[0] > 0.25:
@@ -201,11 +201,12 @@ def register(app: typer.Typer) -> None:
         accept_timeout: float = typer.Option(3600.0, help="Seconds to wait for a client."),
     ) -> None:
         """Serve a recording over OpenIGTLink in PlusServer's conventions."""
-        from freehand3d.errors import ConfigError
+        from freehand3d.errors import ConfigError, InputError
         from freehand3d.io import read_sweep
         from freehand3d.stream.igtl import ReplayServer
 
-        _check_port(port) if port != 0 else None
+        if port != 0:  # 0: any free port (printed)
+            _check_port(port)
         _check_positive(fps, "--fps", allow_zero=True)
         _check_positive(accept_timeout, "--accept-timeout")
         _check_choice(timestamps, "--timestamps", ("original", "now"))
@@ -215,7 +216,10 @@ def register(app: typer.Typer) -> None:
         if not 0 <= start_frame < len(sweep):
             raise ConfigError(f"--start-frame must be in 0..{len(sweep) - 1}, got {start_frame}")
         if embed is not None:
-            _, ok = sweep.transform(f"ImageTo{embed}")
+            try:
+                _, ok = sweep.transform(f"ImageTo{embed}")
+            except (InputError, KeyError) as exc:
+                raise ConfigError(f"--embed {embed}: {getattr(exc, 'problem', exc)}", sequence) from None
             if not ok.any():
                 raise ConfigError(f"--embed {embed}: the recording cannot give ImageTo{embed} for any frame", sequence)
         server = ReplayServer(sweep, port=port, fps=fps, image_device=image_device, embed=embed,

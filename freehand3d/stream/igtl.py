@@ -94,10 +94,12 @@ class StreamStats:
 
     def seen(self) -> str:
         """The message types and device names received so far, for error messages."""
-        if not self.devices:
-            return "no message at all"
         parts = [f"{key} x{count}" for key, count in sorted(dict(self.devices).items(), key=lambda kv: -kv[1])[:8]]
-        return ", ".join(parts)
+        text = ", ".join(parts) if parts else "no valid message"
+        if self.malformed:
+            text += f" ({self.malformed} malformed, {self.resync_bytes} bytes skipped"
+            text += f", {self.stalled} stalled)" if self.stalled else ")"
+        return text
 
 
 def _timestamp_fields(seconds: float) -> tuple[int, int]:
@@ -271,7 +273,8 @@ class _Reader(threading.Thread):
                 sock.settimeout(0.2)
                 sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
                 sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 8 * 1024 * 1024)
-                self.connected_at = time.monotonic()
+                if self.connected_at is None:  # the no-image watchdog counts from the first connection
+                    self.connected_at = time.monotonic()
                 self.connected.set()
                 return sock
             except OSError:
