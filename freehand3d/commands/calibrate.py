@@ -118,3 +118,77 @@ def register(app: typer.Typer) -> None:
         std = "" if result.tracker_lag_std_s != result.tracker_lag_std_s else f" +- {result.tracker_lag_std_s * 1e3:.1f}"
         typer.echo(f"{result.method}: tracker lag {result.tracker_lag_s * 1e3:+.1f}{std} ms "
                    f"(video frames {result.video_frames_used}, tracker samples {result.tracker_frames_used}) -> {output}")
+
+    @app.command("pivot-calibrate")
+    def pivot_calibrate_command(
+        stylus_seq: Path = typer.Argument(..., help="Tracker recording of the stylus pivoting about its tip."),
+        output: Path = typer.Option(..., "--output", "-o", help="Result JSON (stylus_tip_to_stylus, pivot_rms_mm)."),
+        stylus: str = typer.Option("StylusToReference", "--stylus",
+                                   help="Stylus transform (StylusToReference from StylusToTracker + ReferenceToTracker)."),
+        method: str = typer.Option("robust", "--method", help="robust (RANSAC + Huber) or plus (PLUS's 3-sigma LSQR)."),
+        spin: Optional[Path] = typer.Option(None, "--spin", help="Recording of the stylus spun about its shaft (orients the tip frame)."),
+        threshold: Optional[float] = typer.Option(None, "--threshold-mm", help="Inlier distance of the robust method (default: automatic)."),
+        config: Optional[Path] = typer.Option(None, "--config", help="Device set to copy into --plus-config."),
+        plus_config: Optional[Path] = typer.Option(None, "--plus-config", help="Write the device set with StylusTipToStylus."),
+        seed: int = typer.Option(0, "--seed", help="RANSAC seed."),
+    ) -> None:
+        """Stylus pivot calibration: StylusTipToStylus and the pivot error."""
+        from freehand3d.calibration.pivot import pivot_calibrate_files
+
+        result = pivot_calibrate_files(stylus_seq, output, stylus=stylus, method=method, spin_path=spin,
+                                       threshold_mm=threshold, config=config, plus_config=plus_config, seed=seed)
+        tip = result.stylus_tip_to_stylus[:3, 3]
+        if result.pivot_rms_mm > 2.0:
+            typer.echo(f"freehand3d: warning: the tip moves by {result.pivot_rms_mm:.1f} mm RMS about the pivot: "
+                       "was the tip held fixed in a divot while the stylus pivoted?", err=True)
+        typer.echo(f"{method}: tip ({tip[0]:.2f}, {tip[1]:.2f}, {tip[2]:.2f}) mm, pivot RMS {result.pivot_rms_mm:.3f} mm "
+                   f"(mean {result.pivot_mean_mm:.3f}), {int(result.inliers.sum())}/{len(result.inliers)} poses -> {output}")
+
+    @app.command("register-phantom")
+    def register_phantom_command(
+        stylus_seq: Path = typer.Argument(..., help="Tracker recording of the stylus touching the phantom's landmarks."),
+        config: Path = typer.Option(..., "--config", help="Device set with the phantom's <Landmarks> and StylusTipToStylus."),
+        output: Path = typer.Option(..., "--output", "-o", help="Result JSON (phantom_to_reference, fre_mm)."),
+        detect_landmarks: bool = typer.Option(False, "--detect-landmarks",
+                                              help="Find the landmark touches automatically (PLUS's detection)."),
+        landmark_frames: Optional[List[int]] = typer.Option(None, "--landmark-frame",
+                                                            help="Frame index where the tip rests on each landmark, in order (repeat)."),
+        stylus_calibration: Optional[Path] = typer.Option(None, "--stylus-calibration",
+                                                          help="pivot-calibrate result JSON (instead of the device set's StylusTipToStylus)."),
+        plus_config: Optional[Path] = typer.Option(None, "--plus-config",
+                                                   help="Write the device set with PhantomToReference (what calibrate reads)."),
+        estimate: str = typer.Option("plus", "--estimate", help="Landmark position: plus (PLUS's samples) or dwell (whole rest)."),
+    ) -> None:
+        """Phantom registration (PhantomToReference) from stylus-tip landmark points."""
+        from freehand3d.calibration.landmarks import register_phantom_files
+        from freehand3d.errors import ConfigError
+
+        if estimate not in ("plus", "dwell"):
+            raise ConfigError(f"--estimate must be plus or dwell, not {estimate!r}")
+        tip = None
+        if stylus_calibration is not None:
+            tip = _read_stylus_calibration(stylus_calibration)
+        result = register_phantom_files(stylus_seq, config, output, detect=detect_landmarks or not landmark_frames,
+                                        stylus_tip_to_stylus=tip, estimate=estimate, plus_config=plus_config,
+                                        landmark_frames=list(landmark_frames) if landmark_frames else None)
+        typer.echo(f"registered {len(result.per_landmark_mm)} landmarks, FRE {result.fre_mm:.3f} mm RMS "
+                   f"(max {result.fre_max_mm:.3f}) -> {output}")
+
+
+def _read_stylus_calibration(path: Path):
+    import json
+
+    import numpy as np
+
+    from freehand3d.errors import InputError
+
+    try:
+        data = json.loads(Path(path).read_text())
+        matrix = np.array(data["stylus_tip_to_stylus"], float)
+    except FileNotFoundError:
+        raise InputError("file not found", path) from None
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        raise InputError(f"is not a pivot-calibrate result (no 4x4 stylus_tip_to_stylus: {exc})", path) from None
+    if matrix.shape != (4, 4) or not np.isfinite(matrix).all():
+        raise InputError("stylus_tip_to_stylus is not a finite 4x4 matrix", path)
+    return matrix
