@@ -17,7 +17,7 @@ LAMBDA = PROBE.wavelength
 def test_two_channel_localization_of_a_noiseless_point(pair):
     truth = np.array([0.37, 7.3])
     rf = simulate_rf(np.array([[[truth[0]], [truth[1]], [1.0]]]), PROBE)[0]
-    found = localize_frame(rf, PROBE, channels=np.array(pair))
+    found = localize_frame(rf, PROBE, channels=np.array(pair), pulse="analytic")
     assert found.shape == (1, 2)
     assert np.linalg.norm(found[0] - truth) < 0.01 * LAMBDA
 
@@ -27,7 +27,7 @@ def test_steered_plane_wave_localization():
     list_pos = np.concatenate([truth, np.ones((2, 1))], axis=1)[:, :, None]
     angle = np.radians(1.0)
     rf = simulate_rf(list_pos, PROBE, tx_angle=angle)[0]
-    found = localize_frame(rf, PROBE, tx_angle=angle, channels=32)
+    found = localize_frame(rf, PROBE, tx_angle=angle, channels=32, pulse="analytic")
     assert len(found) == 2
     for t in truth:
         assert np.min(np.linalg.norm(found - t, axis=1)) < 0.05 * LAMBDA
@@ -41,7 +41,7 @@ def few_frames():
 
 def test_gulm_on_simulated_frames_finds_bubbles_precisely(few_frames):
     list_pos, rf = few_frames
-    points = localize(rf, PROBE, channels=16)
+    points = localize(rf, PROBE, channels=16, pulse="analytic")
     assert points.shape[1] == 3 and set(np.unique(points[:, 0])) <= {0, 1, 2}
     result = evaluate(points, list_pos, LAMBDA, ssim=False)
     assert result["recall"] > 0.8 and result["precision"] > 0.8
@@ -51,7 +51,7 @@ def test_gulm_on_simulated_frames_finds_bubbles_precisely(few_frames):
 def test_gulm_beats_das_wa_error_on_the_same_frames(few_frames):
     list_pos, rf = few_frames
     list_pos, rf = list_pos[:, :, :2], rf[:2]  # two frames keep the beamformer affordable here
-    gulm = evaluate(localize(rf, PROBE, channels=32), list_pos, LAMBDA, ssim=False)
+    gulm = evaluate(localize(rf, PROBE, channels=32, pulse="analytic"), list_pos, LAMBDA, ssim=False)
     depths = list_pos[:, 1, :][np.isfinite(list_pos[:, 1, :])]
     das = evaluate(localize_das_wa(rf, PROBE, z_range=(depths.min() - 0.5, depths.max() + 0.5)), list_pos, LAMBDA, ssim=False)
     assert das["tp"] > 0 and gulm["tp"] > 0

@@ -39,30 +39,65 @@ def simulate(
 
 @ulm_app.command("localize")
 def localize(
-    rf: Path = typer.Argument(..., help="rf.npz written by 'ulm simulate' (or in its layout)."),
+    rf: Path = typer.Argument(..., help="RF file: rf.npz (layout of 'ulm simulate'), a PALA RF .mat or a Verasonics .mat (RcvData, Receive, Trans)."),
     out: Path = typer.Option(..., "-o", "--out", help="Points CSV (frame,x_mm,z_mm)."),
     channels: int = typer.Option(128, "--channels", help="Channels used, spread evenly over the aperture."),
     method: str = typer.Option("gulm", "--method", help="gulm (geometric) | das-wa (beamforming baseline)."),
+    baseline_mm: Optional[float] = typer.Option(None, "--baseline-mm", help="G-ULM channel-pair baseline in mm (default: derived from the probe, see docs/ulm.md)."),
+    gap: Optional[int] = typer.Option(None, "--gap", help="G-ULM channel-pair gap in selected channels (overrides --baseline-mm)."),
+    bandwidth_mm: Optional[float] = typer.Option(None, "--bandwidth-mm", help="G-ULM mean-shift radius in mm (default lambda/4)."),
+    min_cluster_size: Optional[int] = typer.Option(None, "--min-cluster-size", help="G-ULM intersection points a bubble needs (default 10 percent of the channel pairs)."),
+    false_alarms: float = typer.Option(0.1, "--false-alarms", help="Noise-floor detection threshold: expected noise detections per frame (CFAR; both methods)."),
+    threshold_db: Optional[float] = typer.Option(None, "--threshold-db", help="Also require echoes/pixels this many dB below the frame maximum (default -26; the noise floor applies too)."),
 ) -> None:
-    """Localize microbubbles in every frame."""
+    """Localize microbubbles in every frame (warns when the pulse is estimated from the data)."""
+    import math
+
+    from freehand3d.errors import ConfigError
     from freehand3d.ulm.files import localize_file
 
-    points = localize_file(rf, out, method=method, channels=channels, progress=True)
+    options = {}
+    for name, value, low in (("--baseline-mm", baseline_mm, 0.0), ("--bandwidth-mm", bandwidth_mm, 0.0)):
+        if value is not None and not (math.isfinite(value) and value > low):
+            raise ConfigError(f"must be a positive number of mm, got {value:g}", name)
+        if value is not None and value > 50:
+            raise ConfigError(f"{value:g} mm is beyond any probe aperture (give mm, not um)", name)
+    for name, value in (("--gap", gap), ("--min-cluster-size", min_cluster_size)):
+        if value is not None and value < 1:
+            raise ConfigError(f"must be at least 1, got {value}", name)
+    if not (math.isfinite(false_alarms) and 0 < false_alarms <= 100):
+        raise ConfigError(f"must be in (0, 100] detections per frame, got {false_alarms:g}", "--false-alarms")
+    if threshold_db is not None and not (math.isfinite(threshold_db) and threshold_db < 0):
+        raise ConfigError(f"must be negative dB (below the maximum), got {threshold_db:g}", "--threshold-db")
+    options["false_alarms"] = false_alarms
+    if threshold_db is not None:
+        options["threshold_db"] = threshold_db
+    if method == "gulm":
+        for key, value in (("baseline", baseline_mm), ("gap", gap), ("bandwidth", bandwidth_mm), ("min_cluster_size", min_cluster_size)):
+            if value is not None:
+                options[key] = value
+    elif any(v is not None for v in (baseline_mm, gap, bandwidth_mm, min_cluster_size)):
+        raise ConfigError("--baseline-mm/--gap/--bandwidth-mm/--min-cluster-size apply to --method gulm only", "--method")
+    points = localize_file(rf, out, method=method, channels=channels, progress=True, **options)
     typer.echo(f"wrote {len(points)} localizations to {out}")
 
 
 @ulm_app.command("evaluate")
 def evaluate(
     points: Path = typer.Argument(..., help="Points CSV from 'ulm localize'."),
-    gt: Path = typer.Argument(..., help="gt.npz with PALA ListPos."),
+    gt: Path = typer.Argument(..., help="Ground truth: gt.npz (ListPos in mm, x,z,amplitude) or PALA ListPos (.mat Media.ListPos, x,y,z in wavelengths)."),
     as_json: bool = typer.Option(False, "--json", help="Print JSON instead of a table."),
+    convention: str = typer.Option("both", "--convention", help="ours (one-to-one assignment) | pala (greedy nearest, per-frame mean 'RMSE') | both."),
 ) -> None:
-    """PALA-style scores: error (lambda/10), Jaccard, TP/FP/FN, SSIM."""
+    """Scores: error (lambda/10), Jaccard, TP/FP/FN in our and PALA's pairing conventions, SSIM."""
     import json
 
+    from freehand3d.errors import ConfigError
     from freehand3d.ulm.files import evaluate_files
 
-    result = evaluate_files(points, gt)
+    if convention not in ("ours", "pala", "both"):
+        raise ConfigError(f"use ours, pala or both, got {convention!r}", "--convention")
+    result = evaluate_files(points, gt, convention=convention)
     if as_json:
         typer.echo(json.dumps(result, indent=2))
         return
@@ -80,11 +115,12 @@ def render(
     points: Path = typer.Argument(..., help="Points CSV from 'ulm localize'."),
     out: Path = typer.Option(..., "-o", "--out", help="Density map PNG."),
     pixel_mm: Optional[float] = typer.Option(None, "--pixel-mm", help="Pixel size in mm (default wavelength/10)."),
+    gamma: float = typer.Option(0.5, "--gamma", help="Display gamma (< 1 shows single tracks next to busy vessels)."),
 ) -> None:
     """Render localizations as a density map (ULM image)."""
     from freehand3d.ulm.files import render_file
 
-    density = render_file(points, out, pixel=pixel_mm)
+    density = render_file(points, out, pixel=pixel_mm, gamma=gamma)
     typer.echo(f"wrote {out} ({density.shape[1]} x {density.shape[0]} px)")
 
 

@@ -17,7 +17,11 @@ Noise follows PALA's model (Heiles et al. 2022; eq. 9 of Hahne & Sznitman 2023):
 Gaussian term ``amplitude_db`` higher (power -2 dBW into 0.2 ohm), both smoothed by a 2-D Gaussian of
 1.5 pixels, applied (as in the G-ULM paper) to the channel data, samples x channels. That low-pass
 keeps little of the noise inside the probe band; ``add_pala_noise(..., smoothing="receive-band")``
-is a harder variant that band-passes the noise instead.
+is a harder variant that band-passes the noise instead. :func:`add_noise_snr` sets the noise by its
+in-band SNR instead of a clutter level (the G-ULM authors' noise shape: white Gaussian noise smoothed
+by a 2-D Gaussian of 1.5 samples x channels, so neighbouring channels' noise is correlated).
+
+The RF and ground-truth files are read and written by :mod:`freehand3d.ulm.files` (re-exported here).
 """
 
 from __future__ import annotations
@@ -27,15 +31,15 @@ from pathlib import Path
 
 import numpy as np
 
-from freehand3d._atomic import atomic_path
 from freehand3d.errors import InputError
-from freehand3d.simulate._truth import _NPZ_ERRORS
+from freehand3d.ulm.files import load_ground_truth, load_rf, save_ground_truth, save_rf  # noqa: F401  (moved; kept importable)
 from freehand3d.ulm.probe import LinearProbe, echo_times
 
 __all__ = [
     "simulate_bubbles",
     "simulate_rf",
     "add_pala_noise",
+    "add_noise_snr",
     "reference_pulse",
     "simulate_dataset",
     "save_rf",
@@ -279,6 +283,46 @@ def add_pala_noise(
     return out.reshape(rf.shape).astype(np.float32)
 
 
+def in_band(rf: np.ndarray, probe: LinearProbe) -> np.ndarray:
+    """RF (..., n_samples, n_elements) band-passed as the localizers see it (:func:`freehand3d.ulm.echoes.bandpass`)."""
+    from freehand3d.ulm.echoes import bandpass
+
+    return bandpass(rf, probe, axis=-2)
+
+
+def add_noise_snr(
+    rf: np.ndarray,
+    probe: LinearProbe,
+    snr_db: float | None,
+    seed: int = 0,
+    *,
+    sigma: float = 1.5,
+    noise_only: bool = False,
+) -> np.ndarray:
+    """Add noise of a given in-band SNR to RF data (..., n_samples, n_elements); returns float32.
+
+    Noise shape (the G-ULM authors' model): white Gaussian noise smoothed by a 2-D Gaussian of
+    ``sigma`` samples x channels. Level, per frame: in-band SNR = 20 log10(max |B rf| / std(B noise))
+    with B the localizers' receive band-pass (:func:`in_band`), i.e. the strongest echo sample of the
+    frame against the in-band noise RMS. ``snr_db=None`` returns the data unchanged; ``noise_only``
+    returns the noise alone at the level the frame would have set (for false-positive checks).
+    """
+    from scipy.ndimage import gaussian_filter
+
+    rf = np.asarray(rf, dtype=np.float64)
+    if snr_db is None:
+        return rf.astype(np.float32)
+    rng = np.random.default_rng(seed)
+    frames = rf.reshape((-1,) + rf.shape[-2:])
+    out = np.empty_like(frames)
+    for i, frame in enumerate(frames):
+        noise = gaussian_filter(rng.standard_normal(frame.shape), sigma)
+        peak = np.max(np.abs(in_band(frame, probe)))
+        noise *= peak * 10 ** (-snr_db / 20) / np.std(in_band(noise, probe))
+        out[i] = noise if noise_only else frame + noise
+    return out.reshape(rf.shape).astype(np.float32)
+
+
 def simulate_rf(
     list_pos: np.ndarray,
     probe: LinearProbe | None = None,
@@ -350,68 +394,6 @@ def simulate_rf(
     if clutter_db is not None:
         rf = add_pala_noise(rf, probe, clutter_db, seed=seed + 7919, smoothing=noise_smoothing)
     return rf
-
-
-def save_rf(path: str | os.PathLike, rf: np.ndarray, probe: LinearProbe, *, tx_angle: float = 0.0, t0: float = 0.0, **extra) -> None:
-    """Write RF data and acquisition parameters to an ``.npz`` file (atomically).
-
-    Keys: ``rf`` (n_frames, n_samples, n_elements) float32, ``tx_angle`` (radians), ``t0`` (s), one
-    key per :class:`LinearProbe` field prefixed ``probe_``, plus ``extra`` scalars.
-    """
-    fields = {f"probe_{k}": np.asarray(v) for k, v in probe.to_dict().items()}
-    with atomic_path(path) as tmp:
-        with open(tmp, "wb") as fh:
-            np.savez_compressed(fh, rf=np.asarray(rf, dtype=np.float32), tx_angle=np.asarray(tx_angle), t0=np.asarray(t0), **fields, **{k: np.asarray(v) for k, v in extra.items()})
-
-
-def load_rf(path: str | os.PathLike) -> tuple[np.ndarray, LinearProbe, dict]:
-    """Read an ``.npz`` written by :func:`save_rf`: (rf, probe, {"tx_angle", "t0", ...})."""
-    path = Path(path)
-    try:
-        with np.load(path) as data:
-            content = {k: data[k] for k in data.files}
-    except _NPZ_ERRORS as exc:
-        raise InputError(f"cannot read RF data ({exc})", path) from exc
-    if "rf" not in content:
-        raise InputError("no 'rf' array: not a freehand3d ULM RF file", path)
-    rf = content.pop("rf")
-    if rf.ndim == 2:
-        rf = rf[None]
-    if rf.ndim != 3:
-        raise InputError(f"'rf' must be (n_frames, n_samples, n_elements), got shape {rf.shape}", path)
-    try:
-        probe = LinearProbe.from_dict({k[6:]: v for k, v in content.items() if k.startswith("probe_")})
-    except (TypeError, ValueError, OverflowError) as exc:  # e.g. a NaN or an array where a number belongs
-        raise InputError(f"bad probe settings ({exc})", path) from None
-    if probe.n_elements != rf.shape[2]:
-        raise InputError(f"'rf' has {rf.shape[2]} channels but the probe has {probe.n_elements} elements", path)
-    acq = {k: v.item() if v.ndim == 0 else v for k, v in content.items() if not k.startswith("probe_")}
-    acq.setdefault("tx_angle", 0.0)
-    acq.setdefault("t0", 0.0)
-    return rf, probe, acq
-
-
-def save_ground_truth(path: str | os.PathLike, list_pos: np.ndarray, probe: LinearProbe | None = None) -> None:
-    """Write PALA ListPos (n_bubbles, 3, n_frames; x, z mm, amplitude) to ``.npz`` (atomically)."""
-    probe = probe or LinearProbe()
-    with atomic_path(path) as tmp:
-        with open(tmp, "wb") as fh:
-            np.savez_compressed(fh, ListPos=np.asarray(list_pos, dtype=np.float64), units=np.asarray("mm"), wavelength=np.asarray(probe.wavelength))
-
-
-def load_ground_truth(path: str | os.PathLike) -> np.ndarray:
-    """Read ListPos (n_bubbles, 3, n_frames) from a file written by :func:`save_ground_truth`."""
-    path = Path(path)
-    try:
-        with np.load(path) as data:
-            if "ListPos" not in data.files:
-                raise InputError("no 'ListPos' array: not a ULM ground-truth file", path)
-            list_pos = data["ListPos"]
-    except _NPZ_ERRORS as exc:
-        raise InputError(f"cannot read ground truth ({exc})", path) from exc
-    if list_pos.ndim != 3 or list_pos.shape[1] != 3:
-        raise InputError(f"ListPos must be (n_bubbles, 3, n_frames), got {list_pos.shape}", path)
-    return list_pos
 
 
 def simulate_dataset(

@@ -84,9 +84,10 @@ def weighted_average_localize(
     x: np.ndarray,
     z: np.ndarray,
     *,
-    threshold_db: float = -26.0,
+    threshold_db: float | None = -26.0,
     radius: int = 2,
     max_bubbles: int | None = None,
+    false_alarms: float | None = 0.1,
 ) -> np.ndarray:
     """Regional maxima of an envelope image refined by intensity-weighted centroids.
 
@@ -94,8 +95,13 @@ def weighted_average_localize(
     ----------
     envelope : array (nz, nx)
         Non-negative image on the grid (x, z).
-    threshold_db : float
-        Maxima below this level relative to the image maximum are ignored.
+    threshold_db : float or None
+        Maxima below this level relative to the image maximum are ignored (None: off).
+    false_alarms : float or None
+        Noise-floor (CFAR-like) rule, the same as G-ULM's echo detection: each depth row's noise
+        sigma (Rayleigh, median / sqrt(ln 4), then a running median over 21 rows so that one
+        bubble's side lobes do not set its own row's floor) times k = sqrt(2 ln(n_pixels /
+        false_alarms)); pure noise yields about ``false_alarms`` maxima per image. None: off.
     radius : int
         Half-width (pixels) of the centroid window.
     max_bubbles : int, optional
@@ -110,7 +116,18 @@ def weighted_average_localize(
     peak = envelope.max() if envelope.size else 0.0
     if peak <= 0:
         return np.zeros((0, 2))
-    is_max = (envelope == maximum_filter(envelope, size=2 * radius + 1, mode="constant")) & (envelope >= peak * 10 ** (threshold_db / 20))
+    level = np.zeros(envelope.shape[0])
+    if threshold_db is not None:
+        level[:] = peak * 10 ** (threshold_db / 20)
+    if false_alarms is not None:
+        from scipy.ndimage import median_filter
+
+        from freehand3d.ulm.pulse import noise_floor
+
+        sigma = median_filter(noise_floor(envelope, axis=1), size=21, mode="nearest")
+        k = np.sqrt(2 * np.log(max(envelope.size, 2) / false_alarms))
+        level = np.maximum(level, k * sigma)
+    is_max = (envelope == maximum_filter(envelope, size=2 * radius + 1, mode="constant")) & (envelope >= level[:, None]) & (envelope > 0)
     # maxima on the border cannot be refined symmetrically
     is_max[:radius], is_max[-radius:], is_max[:, :radius], is_max[:, -radius:] = False, False, False, False
     zi, xi = np.nonzero(is_max)
@@ -137,7 +154,8 @@ def localize_das_wa(
     channels: int | np.ndarray = 128,
     z_range: tuple[float, float] | None = None,
     pixel: float | None = None,
-    threshold_db: float = -26.0,
+    threshold_db: float | None = -26.0,
+    false_alarms: float | None = 0.1,
     radius: int = 2,
     f_number: float = 1.0,
     progress: bool = False,
@@ -146,10 +164,16 @@ def localize_das_wa(
     :func:`freehand3d.ulm.pipeline.localize` ((K, 2) for one frame, (K, 3) (frame, x, z) for many).
 
     ``z_range`` (mm) defaults to 1 mm .. the deepest depth the recording reaches below the array.
+    ``threshold_db`` and ``false_alarms``: see :func:`weighted_average_localize`. Channels with
+    NaN/Inf samples are left out of that frame.
     """
     from freehand3d.ulm.pipeline import select_channels
 
-    probe = probe or LinearProbe()
+    if probe is None:
+        from freehand3d.ulm.pipeline import _warn
+
+        _warn("no probe given: assuming the L22-14v-like LinearProbe() defaults")
+        probe = LinearProbe()
     rf = np.asarray(rf)
     single = rf.ndim == 2
     frames_rf = rf[None] if single else rf
@@ -165,8 +189,12 @@ def localize_das_wa(
         frames = track(frames, description="DAS + WA")
     out = []
     for f in frames:
-        image = beamform_das(frames_rf[f], probe, x, z, tx_angle=tx_angle, t0=t0, f_number=f_number, channels=chosen)
-        pos = weighted_average_localize(np.abs(image), x, z, threshold_db=threshold_db, radius=radius)
+        frame = frames_rf[f]
+        usable = np.isfinite(frame).all(axis=0)
+        use = chosen if usable[chosen].all() else chosen[usable[chosen]]  # NaN channels sit the frame out
+        frame = np.where(np.isfinite(frame), frame, 0.0) if not usable.all() else frame
+        image = beamform_das(frame, probe, x, z, tx_angle=tx_angle, t0=t0, f_number=f_number, channels=use)
+        pos = weighted_average_localize(np.abs(image), x, z, threshold_db=threshold_db, radius=radius, false_alarms=false_alarms)
         out.append(np.column_stack([np.full(len(pos), f), pos]))
     if single:
         return out[0][:, 1:]

@@ -47,6 +47,7 @@ __all__ = [
     "bandpass",
     "analytic_signal",
     "canonical_memgo",
+    "cfar_threshold",
 ]
 
 N_PARAMS = 6  # a, mu, s, eta, w, phi
@@ -294,6 +295,25 @@ def detect_onsets(envelope: np.ndarray, threshold: float | np.ndarray, min_dista
     return np.split(samples, split)
 
 
+def cfar_threshold(envelope: np.ndarray, false_alarms: float = 0.1, threshold_db: float | None = None) -> np.ndarray:
+    """Per-channel detection threshold of an envelope (n_samples, n_channels): the noise floor rule.
+
+    threshold_c = k sigma_c with sigma_c the channel's Rayleigh noise sigma (median / sqrt(ln 4)) and
+    k = sqrt(2 ln(N / false_alarms)), N = n_samples x n_channels: for Rayleigh noise
+    P(envelope > k sigma) = exp(-k^2 / 2), so about ``false_alarms`` noise samples per frame pass.
+    With ``threshold_db`` the level relative to the frame maximum is a floor as well (noiseless data
+    have sigma ~ 0).
+    """
+    from freehand3d.ulm.pulse import noise_floor
+
+    n = envelope.size
+    k = np.sqrt(2 * np.log(max(n, 2) / false_alarms))
+    threshold = k * noise_floor(envelope, axis=0)
+    if threshold_db is not None and envelope.size:
+        threshold = np.maximum(threshold, envelope.max() * 10 ** (threshold_db / 20))
+    return np.maximum(threshold, np.finfo(float).tiny)
+
+
 def bandpass(rf: np.ndarray, probe: LinearProbe, *, low: float = 0.35, high: float = 1.65, axis: int = 0) -> np.ndarray:
     """Zero-phase band-pass of RF along ``axis``: keep ``low``..``high`` times the centre frequency.
 
@@ -457,12 +477,14 @@ def find_echoes(
     probe: LinearProbe,
     *,
     t0: float = 0.0,
-    threshold_db: float = -26.0,
-    noise_factor: float = 5.0,
+    threshold_db: float | None = -26.0,
+    false_alarms: float = 0.1,
     max_cost: float = 0.35,
     iterations: int = 12,
     backfit_passes: int = 1,
     reference: ReferenceFit | None = None,
+    detect_band: tuple[float, float] | None = None,
+    peak_onsets: bool = True,
 ) -> Echoes:
     """Detect and MEMGO-fit the echoes of every channel of one RF frame.
 
@@ -474,10 +496,12 @@ def find_echoes(
         Sampling rate, centre frequency, reference pulse.
     t0 : float
         Time (s) of sample 0.
-    threshold_db : float
-        Detection threshold relative to the frame's envelope maximum.
-    noise_factor : float
-        Also require the echo to exceed this many times the robust noise level of the envelope.
+    threshold_db : float or None
+        Also require echoes to reach this level relative to the frame's envelope maximum (None: off).
+    false_alarms : float
+        Noise-floor (CFAR-like) threshold: each channel's envelope noise floor sigma_c (Rayleigh,
+        from its median, :func:`freehand3d.ulm.pulse.noise_floor`) times k = sqrt(2 ln(N / false_alarms)),
+        N = samples x channels, so pure noise crosses it about ``false_alarms`` times per frame.
     max_cost : float
         Fits with a larger relative residual are discarded (overlapping or noise echoes).
     iterations : int
@@ -499,8 +523,11 @@ def find_echoes(
     fs = probe.sampling_frequency
     analytic = analytic_signal(rf, axis=0)
     envelope = np.abs(analytic)
-    noise = np.median(envelope) / np.sqrt(np.log(4.0))  # Rayleigh median -> sigma
-    threshold = max(envelope.max() * 10 ** (threshold_db / 20), noise_factor * noise)
+    if detect_band is not None:
+        det_env = np.abs(analytic_signal(bandpass(rf, probe, low=detect_band[0], high=detect_band[1]), axis=0))
+    else:
+        det_env = envelope
+    threshold = cfar_threshold(det_env, false_alarms, threshold_db)  # (n_channels,)
     half = ref.half_window
     offsets = np.arange(-half, half + 1)
     _, _, s_ref, eta_ref, w_ref, _ = ref.params
@@ -554,7 +581,16 @@ def find_echoes(
         keep = np.zeros(len(order), bool)
         keep[order[keep_sorted]] = True
         return params[keep], channel[keep], mu_start[keep], cost[keep]
-    params, channel = initial_from(analytic, envelope, detect_onsets(envelope, threshold, min_distance, peak_delay))
+    onsets = detect_onsets(det_env, threshold, min_distance, peak_delay)
+    if peak_onsets:
+        # in noise the envelope maximum is a steadier mark than the steepest rise: add the maxima
+        # above the threshold (moved back to onset time); duplicates on one echo are removed below
+        is_peak = (det_env >= maximum_filter1d(det_env, size=2 * min_distance + 1, axis=0)) & (det_env >= threshold[None, :])
+        is_peak[0] = is_peak[-1] = False
+        shift = int(round(peak_delay))
+        extra = [np.flatnonzero(is_peak[:, c]) - shift for c in range(n_channels)]
+        onsets = [np.unique(np.concatenate([o, e[e >= 0]])) for o, e in zip(onsets, extra)]
+    params, channel = initial_from(analytic, envelope, onsets)
     mu_start = params[:, 1].copy()
     residual = rf
     for sweep in range(1 + max(0, int(backfit_passes))):
@@ -567,7 +603,7 @@ def find_echoes(
             res_analytic = analytic_signal(residual, axis=0)
             res_env = np.abs(res_analytic)
             model_env = maximum_filter1d(np.abs(analytic_signal(model, axis=0)), size=4 * half + 1, axis=0)
-            res_threshold = np.maximum(threshold, 2.0 * ref.residual_level * model_env)
+            res_threshold = np.maximum(threshold[None, :], 2.0 * ref.residual_level * model_env)
             new_onsets = detect_onsets(res_env, res_threshold, min_distance, peak_delay)
             new_params, new_channel = initial_from(res_analytic, res_env, new_onsets)
             if len(new_params):
@@ -602,7 +638,7 @@ def find_echoes(
     params, channel, cost = params[order], channel[order], cost[order]
     params = canonical_memgo(params)  # positive amplitudes: a sign flip is a pi phase shift
     toa_samples = phase_precise_delay(params, ref.params)
-    good = np.isfinite(toa_samples) & (cost < max_cost) & (params[:, 0] >= 0.5 * threshold / ref.envelope_peak_per_amplitude)
+    good = np.isfinite(toa_samples) & (cost < max_cost) & (params[:, 0] >= 0.5 * threshold[channel] / ref.envelope_peak_per_amplitude)
     channel, toa_samples, params, cost = channel[good], toa_samples[good], params[good], cost[good]
     counts = np.bincount(channel, minlength=n_channels)
     width = max(1, int(counts.max()) if counts.size else 1)

@@ -1,6 +1,17 @@
-"""PALA-style localization metrics: pairing with a true-positive gate, error, Jaccard, SSIM.
+"""Localization metrics in two conventions, error, Jaccard, SSIM.
 
-Pairing (per frame, exactly):
+Two pairing conventions are computed, under distinct key names so they are never mixed up:
+
+* **ours** (keys without prefix: ``error_lambda10``, ``jaccard``, ...): exact one-to-one assignment,
+  below;
+* **PALA / G-ULM paper** (keys prefixed ``pala_``): per frame, greedy nearest pairing within the gate
+  (the globally closest remaining detection/truth pair is taken first, both leave the pool, repeat
+  until no pair is within lambda/4); ``pala_rmse_lambda10`` is what the papers call "RMSE": the mean
+  over frames of each frame's mean TP distance (not a root-mean-square); ``pala_jaccard`` the same
+  TP / (TP + FP + FN) summed over frames. Our ``rms_error_lambda10`` is a true root-mean-square over
+  all TP pairs and is not the papers' number.
+
+Our pairing (per frame, exactly):
 
 1. Distances between every detection and every ground-truth bubble present in that frame
    (ListPos rows that are not NaN) are computed.
@@ -25,7 +36,7 @@ from __future__ import annotations
 import numpy as np
 from scipy.optimize import linear_sum_assignment
 
-__all__ = ["pair_frame", "evaluate"]
+__all__ = ["pair_frame", "pair_frame_greedy", "evaluate"]
 
 
 def pair_frame(detections: np.ndarray, truth: np.ndarray, gate: float) -> tuple[np.ndarray, np.ndarray]:
@@ -47,6 +58,27 @@ def pair_frame(detections: np.ndarray, truth: np.ndarray, gate: float) -> tuple[
     return rows[keep], cols[keep]
 
 
+def pair_frame_greedy(detections: np.ndarray, truth: np.ndarray, gate: float) -> tuple[np.ndarray, np.ndarray]:
+    """PALA-style greedy pairing of one frame: closest remaining pair first, within ``gate``."""
+    detections = np.asarray(detections, float).reshape(-1, 2)
+    truth = np.asarray(truth, float).reshape(-1, 2)
+    if len(detections) == 0 or len(truth) == 0:
+        return np.zeros(0, int), np.zeros(0, int)
+    dist = np.linalg.norm(detections[:, None, :] - truth[None, :, :], axis=2)
+    rows, cols = np.nonzero(dist <= gate)
+    order = np.argsort(dist[rows, cols], kind="stable")
+    used_d, used_t = set(), set()
+    out_d, out_t = [], []
+    for r, c in zip(rows[order].tolist(), cols[order].tolist()):
+        if r in used_d or c in used_t:
+            continue
+        used_d.add(r)
+        used_t.add(c)
+        out_d.append(r)
+        out_t.append(c)
+    return np.asarray(out_d, int), np.asarray(out_t, int)
+
+
 def evaluate(
     points: np.ndarray,
     list_pos: np.ndarray,
@@ -54,6 +86,7 @@ def evaluate(
     *,
     gate: float | None = None,
     ssim: bool = True,
+    convention: str = "both",
 ) -> dict:
     """Score localizations against PALA ListPos ground truth.
 
@@ -69,13 +102,18 @@ def evaluate(
         True-positive gate in mm; default wavelength / 4.
     ssim : bool
         Also compute the SSIM of the density maps.
+    convention : {"both", "ours", "pala"}
+        Which pairing convention(s) to report (see the module docstring).
 
     Returns
     -------
     dict
-        error_lambda10, error_std_lambda10, rmse_lambda10, jaccard, precision, recall, tp, fp, fn,
-        frames, ssim (if asked).
+        ours: error_lambda10, error_std_lambda10, rms_error_lambda10, jaccard, precision, recall,
+        tp, fp, fn; PALA: pala_rmse_lambda10, pala_jaccard, pala_precision, pala_recall, pala_tp,
+        pala_fp, pala_fn; frames, gate_mm, ssim (if asked).
     """
+    if convention not in ("both", "ours", "pala"):
+        raise ValueError(f"convention must be 'both', 'ours' or 'pala', got {convention!r}")
     points = np.asarray(points, float).reshape(-1, 3)
     list_pos = np.asarray(list_pos, float)
     gate = wavelength / 4 if gate is None else gate
@@ -83,6 +121,8 @@ def evaluate(
     frame_of = np.round(points[:, 0]).astype(int)
     errors = []
     tp = fp = fn = 0
+    pala_frame_means = []
+    ptp = pfp = pfn = 0
     order = np.argsort(frame_of, kind="stable")
     bounds = np.searchsorted(frame_of[order], np.arange(n_frames + 1))
     for f in range(n_frames):
@@ -94,23 +134,43 @@ def evaluate(
         tp += len(di)
         fp += len(det) - len(di)
         fn += len(truth) - len(ti)
+        if convention != "ours":
+            gd, gt_ = pair_frame_greedy(det, truth, gate)
+            if len(gd):
+                pala_frame_means.append(np.mean(np.linalg.norm(det[gd] - truth[gt_], axis=1)))
+            ptp += len(gd)
+            pfp += len(det) - len(gd)
+            pfn += len(truth) - len(gt_)
     stray = np.sum((frame_of < 0) | (frame_of >= n_frames))
     fp += int(stray)
+    pfp += int(stray)
     errors = np.concatenate(errors) if errors else np.zeros(0)
     unit = wavelength / 10
-    result = {
-        "error_lambda10": float(np.mean(errors) / unit) if len(errors) else float("nan"),
-        "error_std_lambda10": float(np.std(errors) / unit) if len(errors) else float("nan"),
-        "rmse_lambda10": float(np.sqrt(np.mean(errors**2)) / unit) if len(errors) else float("nan"),
-        "jaccard": tp / (tp + fp + fn) if (tp + fp + fn) else float("nan"),
-        "precision": tp / (tp + fp) if (tp + fp) else float("nan"),
-        "recall": tp / (tp + fn) if (tp + fn) else float("nan"),
-        "tp": int(tp),
-        "fp": int(fp),
-        "fn": int(fn),
-        "frames": int(n_frames),
-        "gate_mm": float(gate),
-    }
+    nan = float("nan")
+    result = {}
+    if convention != "pala":
+        result.update({
+            "error_lambda10": float(np.mean(errors) / unit) if len(errors) else nan,
+            "error_std_lambda10": float(np.std(errors) / unit) if len(errors) else nan,
+            "rms_error_lambda10": float(np.sqrt(np.mean(errors**2)) / unit) if len(errors) else nan,
+            "jaccard": tp / (tp + fp + fn) if (tp + fp + fn) else nan,
+            "precision": tp / (tp + fp) if (tp + fp) else nan,
+            "recall": tp / (tp + fn) if (tp + fn) else nan,
+            "tp": int(tp),
+            "fp": int(fp),
+            "fn": int(fn),
+        })
+    if convention != "ours":
+        result.update({
+            "pala_rmse_lambda10": float(np.mean(pala_frame_means) / unit) if pala_frame_means else nan,
+            "pala_jaccard": ptp / (ptp + pfp + pfn) if (ptp + pfp + pfn) else nan,
+            "pala_precision": ptp / (ptp + pfp) if (ptp + pfp) else nan,
+            "pala_recall": ptp / (ptp + pfn) if (ptp + pfn) else nan,
+            "pala_tp": int(ptp),
+            "pala_fp": int(pfp),
+            "pala_fn": int(pfn),
+        })
+    result.update({"frames": int(n_frames), "gate_mm": float(gate)})
     if ssim:
         from skimage.metrics import structural_similarity
 

@@ -17,6 +17,8 @@ Stages (each importable and testable on its own):
 
 from __future__ import annotations
 
+import warnings
+
 import numpy as np
 
 from freehand3d.ulm.cluster import mean_shift
@@ -24,7 +26,44 @@ from freehand3d.ulm.echoes import Echoes, find_echoes, reference_fit
 from freehand3d.ulm.intersect import intersect_plane_wave
 from freehand3d.ulm.probe import LinearProbe
 
-__all__ = ["select_channels", "echo_paths", "match_echoes", "refine_positions", "suppress_ghosts", "localize", "localize_frame"]
+__all__ = ["default_baseline", "derived_parameters", "resolve_pulse", "mask_nonfinite", "select_channels", "echo_paths", "match_echoes", "refine_positions", "suppress_ghosts", "localize", "localize_frame"]
+
+
+def _warn(message: str) -> None:
+    from freehand3d.ulm.files import ULMWarning
+
+    warnings.warn(message, ULMWarning, stacklevel=3)
+
+
+def mask_nonfinite(rf: np.ndarray) -> tuple[np.ndarray, np.ndarray, int]:
+    """(rf with NaN/Inf set to 0, per-channel "usable" mask, count of bad samples) of one frame
+    (n_samples, n_elements). A channel with any non-finite sample is left out of that frame only."""
+    finite = np.isfinite(rf)
+    if finite.all():
+        return rf, np.ones(rf.shape[1], bool), 0
+    return np.where(finite, rf, 0.0), finite.all(axis=0), int((~finite).sum())
+
+
+def resolve_pulse(rf: np.ndarray, probe: LinearProbe, pulse=None):
+    """The reference two-way pulse to use: ``pulse`` as given (callable or (t, values)); for None
+    the pulse estimated from ``rf`` (:func:`freehand3d.ulm.pulse.estimate_pulse`) with a warning;
+    ``"analytic"`` the probe's model pulse (:meth:`LinearProbe.two_way_pulse`). When the data hold too
+    few clean echoes to estimate it, the model pulse is used, with a warning saying so."""
+    if isinstance(pulse, str):
+        if pulse != "analytic":
+            raise ValueError(f"pulse must be None, 'analytic', a callable or (t, values), got {pulse!r}")
+        return None
+    if pulse is not None:
+        return pulse
+    from freehand3d.ulm.pulse import estimate_pulse
+
+    try:
+        estimated = estimate_pulse(rf, probe)
+    except ValueError as exc:
+        _warn(f"no pulse given and {exc}; using the probe's analytic pulse model (times of arrival may be biased)")
+        return None
+    _warn("no pulse given: using the two-way pulse estimated from the data (median of isolated echoes)")
+    return estimated
 
 
 def select_channels(n_elements: int, channels: int) -> np.ndarray:
@@ -36,6 +75,41 @@ def select_channels(n_elements: int, channels: int) -> np.ndarray:
 
 def _direction(tx_angle: float) -> np.ndarray:
     return np.array([np.sin(tx_angle), np.cos(tx_angle)])
+
+
+def default_baseline(probe: LinearProbe) -> float:
+    """Default channel-pair baseline (mm): 3 mm, at most a quarter of the aperture.
+
+    The lateral scatter of an intersection grows as (path error) x depth / baseline, so a longer
+    baseline tolerates noisier times of arrival; a longer one also pairs more unrelated echoes and
+    the two channels see the bubble under more different angles. Measured on PyMUST data at in-band
+    SNR 30 dB (benchmarks/bench_ulm_pymust.py, docs/ulm.md): L11-5v-like 0.8 / 3 / 6 mm -> Jaccard
+    65 / 82 / 74 %, L22-14v-like 0.8 / 1.5 / 3 mm -> 82 / 95 / 98 %.
+    """
+    aperture = probe.pitch * (probe.n_elements - 1)
+    return float(min(3.0, aperture / 4))
+
+
+def derived_parameters(probe: LinearProbe, channels: int = 128) -> dict:
+    """The G-ULM parameters :func:`localize` uses by default for this probe and channel count."""
+    chosen = select_channels(probe.n_elements, channels)
+    spacing = float(np.median(np.diff(probe.element_x[chosen])))
+    baseline = default_baseline(probe)
+    gap = int(max(1, min(len(chosen) // 4 or 1, round(baseline / spacing))))
+    n_pairs = max(1, len(chosen) - gap)
+    lam = probe.wavelength
+    return {
+        "baseline_mm": baseline,
+        "gap": gap,
+        "pair_baseline_mm": gap * spacing,
+        "bandwidth_mm": lam / 4,
+        "tolerance_mm": lam / 8,
+        "min_cluster_size": 1 if n_pairs < 4 else 3,
+        "min_votes": 1,
+        "false_alarms": 0.1,
+        "threshold_db": -26.0,
+        "max_cost": 0.7,
+    }
 
 
 def echo_paths(toa: np.ndarray, probe: LinearProbe, tx_angle: float = 0.0) -> np.ndarray:
@@ -219,15 +293,16 @@ def localize_frame(
     bandwidth: float | None = None,
     min_cluster_size: int | None = None,
     gap: int | None = None,
-    baseline: float = 0.8,
+    baseline: float | None = None,
     tolerance: float | None = None,
     refine: bool = False,
-    threshold_db: float = -26.0,
-    max_cost: float = 0.5,
+    threshold_db: float | None = -26.0,
+    false_alarms: float = 0.1,
+    max_cost: float = 0.7,
     merge_radius: float | None = None,
     ghost_radius: float | None = None,
     ghost_ratio: float = 3.0,
-    min_votes: int = 2,
+    min_votes: int = 1,
     pulse=None,
     echoes: Echoes | None = None,
 ) -> np.ndarray:
@@ -239,22 +314,30 @@ def localize_frame(
     if rf.ndim != 2 or rf.shape[1] != probe.n_elements:
         raise ValueError(f"rf must be (n_samples, {probe.n_elements}), got {rf.shape}")
     chosen = select_channels(probe.n_elements, channels) if np.ndim(channels) == 0 else np.asarray(channels, int)
+    rf, usable, _ = mask_nonfinite(rf)
+    if not usable[chosen].all():  # channels with NaN/Inf samples sit this frame out
+        chosen = chosen[usable[chosen]]
+        echoes = None
+        if len(chosen) < 2:
+            return np.zeros((0, 2))
     element_x = probe.element_x[chosen]
     lam = probe.wavelength
     bandwidth = lam / 4 if bandwidth is None else bandwidth
     tolerance = lam / 8 if tolerance is None else tolerance
     if gap is None:
+        baseline = default_baseline(probe) if baseline is None else baseline
         spacing = np.median(np.diff(element_x)) if len(element_x) > 1 else probe.pitch
         gap = int(max(1, min(len(chosen) // 4 or 1, round(baseline / spacing))))
     if echoes is None:
-        reference = reference_fit(probe, pulse)
-        echoes = find_echoes(rf[:, chosen], probe, t0=t0, threshold_db=threshold_db, max_cost=max_cost, reference=reference)
+        reference = reference_fit(probe, resolve_pulse(rf, probe, pulse))
+        echoes = find_echoes(rf[:, chosen], probe, t0=t0, threshold_db=threshold_db, false_alarms=false_alarms, max_cost=max_cost, reference=reference)
     paths = echo_paths(echoes.toa, probe, tx_angle)
     points = match_echoes(paths, element_x, tx_angle=tx_angle, gap=gap, amplitude=echoes.amplitude, tolerance=tolerance, min_votes=min_votes)
     n_pairs = max(1, len(chosen) - gap)
     if min_cluster_size is None:
-        # few pairs (tiny channel counts) cannot outvote anything; many pairs: 10 % must agree
-        min_cluster_size = 1 if n_pairs < 4 else max(2, int(round(0.1 * n_pairs)))
+        # few pairs (tiny channel counts) cannot outvote anything; otherwise three validated pairs:
+        # in noise a weak bubble's echoes pass the noise floor in only a handful of channels
+        min_cluster_size = 1 if n_pairs < 4 else 3
     centres, sizes = mean_shift(points, bandwidth, min_cluster_size=min_cluster_size)
     centres = suppress_ghosts(centres, sizes, merge_radius=lam / 2 if merge_radius is None else merge_radius, ghost_radius=2 * lam if ghost_radius is None else ghost_radius, ghost_ratio=ghost_ratio)
     if refine and len(centres):
@@ -272,15 +355,16 @@ def localize(
     bandwidth: float | None = None,
     min_cluster_size: int | None = None,
     gap: int | None = None,
-    baseline: float = 0.8,
+    baseline: float | None = None,
     tolerance: float | None = None,
     refine: bool = False,
-    threshold_db: float = -26.0,
-    max_cost: float = 0.5,
+    threshold_db: float | None = -26.0,
+    false_alarms: float = 0.1,
+    max_cost: float = 0.7,
     merge_radius: float | None = None,
     ghost_radius: float | None = None,
     ghost_ratio: float = 3.0,
-    min_votes: int = 2,
+    min_votes: int = 1,
     pulse=None,
     progress: bool = False,
 ):
@@ -301,27 +385,32 @@ def localize(
     bandwidth : float, optional
         Mean-shift radius (mm); default lambda / 4.
     min_cluster_size : int, optional
-        Intersection points a bubble needs; default 10 % of the channel pairs (at least 2; 1 when
-        fewer than 4 pairs exist).
+        Intersection points a bubble needs; default 3 (1 when fewer than 4 pairs exist).
     gap : int, optional
         Channel-pair separation in selected channels; default the one nearest ``baseline`` mm.
-    baseline : float
-        Target element separation (mm) of the intersected channel pairs when ``gap`` is None.
+    baseline : float, optional
+        Target element separation (mm) of the intersected channel pairs when ``gap`` is None;
+        default :func:`default_baseline` (3 mm, at most a quarter of the aperture).
     tolerance : float, optional
         Re-projection tolerance (mm of path); default lambda / 8.
     refine : bool
         Refine cluster centres by least-squares multilateration over all channels.
-    threshold_db : float
-        Echo detection threshold relative to the frame maximum.
+    threshold_db : float or None
+        Echoes must also reach this level relative to the frame maximum (None: noise floor only).
+    false_alarms : float
+        Noise-floor (CFAR) echo threshold: expected noise crossings per frame
+        (:func:`freehand3d.ulm.echoes.cfar_threshold`).
     max_cost : float
-        Largest relative MEMGO residual of an accepted echo.
+        Largest relative MEMGO residual of an accepted echo (0.7: a noisy but real echo leaves a
+        large residual; geometry, not the fit, rejects noise).
     merge_radius, ghost_radius, ghost_ratio
         Satellite-cluster suppression (:func:`suppress_ghosts`); defaults lambda / 2, 2 lambda, 3.
     min_votes : int
         Check channels that must confirm an intersection (:func:`match_echoes`).
-    pulse : callable or (t, values), optional
+    pulse : callable, (t, values), "analytic" or None
         Two-way pulse of the acquisition (envelope maximum at t = 0), e.g. the one stored in
-        ``rf.npz``; default the probe's analytic pulse. Sets the MEMGO reference and onset offset.
+        ``rf.npz``; None estimates it from the data (with a warning, :func:`resolve_pulse`);
+        "analytic" takes the probe's model pulse. Sets the MEMGO reference and onset offset.
     progress : bool
         Show a progress bar over frames.
 
@@ -329,9 +418,21 @@ def localize(
     -------
     numpy.ndarray (K, 2) for one frame, or (K, 3) with columns (frame, x, z) for several; mm.
     """
-    probe = probe or LinearProbe()
+    if probe is None:
+        _warn("no probe given: assuming the L22-14v-like LinearProbe() defaults")
+        probe = LinearProbe()
     rf = np.asarray(rf)
-    kwargs = dict(tx_angle=tx_angle, t0=t0, channels=channels, bandwidth=bandwidth, min_cluster_size=min_cluster_size, gap=gap, baseline=baseline, tolerance=tolerance, refine=refine, threshold_db=threshold_db, max_cost=max_cost, merge_radius=merge_radius, ghost_radius=ghost_radius, ghost_ratio=ghost_ratio, min_votes=min_votes, pulse=pulse)
+    if rf.ndim not in (2, 3):
+        raise ValueError("rf must be (n_samples, n_elements) or (n_frames, n_samples, n_elements)")
+    bad = ~np.isfinite(rf)
+    if bad.any():
+        per_channel = bad.any(axis=-2)
+        _warn(f"{int(bad.sum())} NaN/Inf RF samples in {int(per_channel.sum())} channel-frame(s): those channels are left out of those frames")
+        if bad.all():
+            raise ValueError("every RF sample is NaN or infinite")
+    pulse = resolve_pulse(np.where(bad, 0.0, rf) if bad.any() else rf, probe, pulse)
+    pulse = "analytic" if pulse is None else pulse  # resolved once for all frames
+    kwargs = dict(tx_angle=tx_angle, t0=t0, channels=channels, bandwidth=bandwidth, min_cluster_size=min_cluster_size, gap=gap, baseline=baseline, tolerance=tolerance, refine=refine, threshold_db=threshold_db, false_alarms=false_alarms, max_cost=max_cost, merge_radius=merge_radius, ghost_radius=ghost_radius, ghost_ratio=ghost_ratio, min_votes=min_votes, pulse=pulse)
     if rf.ndim == 2:
         return localize_frame(rf, probe, **kwargs)
     if rf.ndim != 3:
