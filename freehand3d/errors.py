@@ -34,6 +34,11 @@ class CheckpointError(InputError):
     """A model checkpoint does not match the architecture (missing, unexpected or mis-shaped keys)."""
 
 
+class OutputError(Freehand3DError):
+    """An output cannot be written: its folder is missing, read-only or a file, a folder is in the
+    way of the file, or the disk is full."""
+
+
 class ResourceError(Freehand3DError):
     """A request would need more memory (or another resource) than allowed."""
 
@@ -44,3 +49,10 @@ class StreamError(Freehand3DError):
 
 class CalibrationError(Freehand3DError):
     """Calibration cannot proceed, e.g. too few usable frames."""
+
+
+def describe_os_error(exc: OSError) -> str:
+    """``'<file>: <reason>'`` for an OSError (read-only folder, full disk, a folder in the way ...)."""
+    reason = exc.strerror or exc.__class__.__name__
+    where = exc.filename if exc.filename is not None else None
+    return f"{where}: {reason}" if where is not None else f"{reason} ({exc})"

@@ -690,6 +690,7 @@ def reconstruct(
     backend: str | None = None,
     max_memory: int | None = None,
     progress=None,
+    phase=None,
 ):
     """Reconstruct a tracked sweep into a volume.
 
@@ -725,6 +726,9 @@ def reconstruct(
         Byte limit for the buffers (default: half the available RAM); a
         :class:`~freehand3d.errors.ResourceError` suggesting a spacing is raised before allocating.
     progress : callable(done, total), optional
+        Called as frames are inserted.
+    phase : callable(description), optional
+        Called when a later long phase starts (``"filling holes"``).
 
     Returns
     -------
@@ -739,7 +743,7 @@ def reconstruct(
     if spacing is None:
         spacing = cfg.output_spacing if cfg is not None else 0.5
     spacing = tuple(float(v) for v in np.broadcast_to(np.asarray(spacing, float), (3,)))
-    if min(spacing) <= 0:
+    if not all(math.isfinite(v) and v > 0 for v in spacing):
         raise ConfigError(f"spacing must be positive, got {spacing}", "spacing")
     method = method or (cfg.method if cfg is not None else "nearest")
     compounding = compounding or (cfg.compounding if cfg is not None else "mean")
@@ -801,6 +805,8 @@ def reconstruct(
         rec.add_frames(working.frames[chunk], mats[chunk])
         if progress is not None:
             progress(min(start + step, len(frame_indices)), len(frame_indices))
+    if phase is not None and rec.fill_holes_spec:
+        phase("filling holes")
     return rec.volume()
 
 
