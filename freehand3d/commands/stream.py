@@ -68,6 +68,7 @@ def register(app: typer.Typer) -> None:
         live_queue: int = typer.Option(4, help="Frames queued for the live volume before the oldest is dropped."),
         live_policy: str = typer.Option("drop-oldest", help="drop-oldest|block: what a full live-volume queue does (block slows the sender)."),
         reconnect: bool = typer.Option(True, help="Reconnect when the server goes away."),
+        max_message_mb: float = typer.Option(256.0, help="A message declaring a larger body is treated as garbage (MB)."),
     ) -> None:
         """Receive frames and poses over OpenIGTLink, losslessly; record and/or compound them live.
 
@@ -94,6 +95,7 @@ def register(app: typer.Typer) -> None:
         _check_positive(image_timeout, "--image-timeout")
         _check_positive(stall_timeout, "--stall-timeout")
         _check_positive(live_queue, "--live-queue")
+        _check_positive(max_message_mb, "--max-message-mb")
         _check_choice(method, "--method", ("nearest", "linear"))
         _check_choice(compounding, "--compounding", ("latest", "max", "mean"))
         _check_choice(request, "--request", ("auto", "get", "stt", "none"))
@@ -130,7 +132,8 @@ def register(app: typer.Typer) -> None:
         source = IGTLSource(host, port, image_device=image_device, reference=reference,
                             image_to_probe=image_to_probe, connect_timeout=connect_timeout,
                             image_timeout=image_timeout, stall_timeout=stall_timeout, request=request,
-                            reconnect=reconnect, duration=duration)
+                            reconnect=reconnect, duration=duration,
+                            max_message_bytes=int(max_message_mb * 2**20))
         console = Console(stderr=True)
 
         def status(res, src) -> str:

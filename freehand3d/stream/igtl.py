@@ -45,8 +45,9 @@ KNOWN_TYPES = (
     b"QTDATA", b"SENSOR", b"COMMAND", b"RTS_COMMAND", b"GET_IMAGE", b"CAPABILITY", b"NDARRAY",
     b"VIDEO", b"STT_TDATA", b"STP_TDATA", b"GET_STATUS", b"IMGMETA", b"LBMETA", b"TRAJ",
 )
-#: body size above which a header is considered corrupt (a 4K RGB volume slab is far below this)
-MAX_BODY_BYTES = 512 * 1024 * 1024
+#: default body size above which a header is considered corrupt (a 4096x4096 RGBA float32 frame is
+#: 256 MiB; an 820x616 uint8 frame 0.5 MB)
+MAX_BODY_BYTES = 256 * 1024 * 1024
 
 
 @dataclass
@@ -110,7 +111,7 @@ def _timestamp_fields(seconds: float) -> tuple[int, int]:
     return whole, frac
 
 
-def _parse_header(raw) -> dict | None:
+def _parse_header(raw, max_body: int = MAX_BODY_BYTES) -> dict | None:
     """Decode a 58-byte header; None if it is not plausible (used for resynchronisation)."""
     version, mtype, device, sec, frac, body_size, crc = _HEADER.unpack(raw)
     if version not in (1, 2, 3):
@@ -121,7 +122,7 @@ def _parse_header(raw) -> dict | None:
     dev = device.split(b"\0", 1)[0]
     if any(c < 32 or c > 126 for c in dev):
         return None
-    if body_size > MAX_BODY_BYTES:
+    if body_size > max_body:
         return None
     return {
         "header_version": version,
@@ -251,8 +252,11 @@ class _Reader(threading.Thread):
 
     def __init__(self, host, port, out: queue.Queue, stats: StreamStats, reconnect: bool,
                  connect_timeout: float, check_crc: bool, stall_timeout: float = 5.0,
-                 request: str = "auto", image_device: str | None = None, request_interval: float = 1.0):
+                 request: str = "auto", image_device: str | None = None, request_interval: float = 1.0,
+                 max_body: int = MAX_BODY_BYTES):
         super().__init__(daemon=True, name="freehand3d-igtl-reader")
+        self.max_body = int(max_body)
+        self._pushback = bytearray()  # bytes read ahead while resynchronising
         self.host, self.port, self.out, self.stats = host, port, out, stats
         self.reconnect, self.connect_timeout, self.check_crc = reconnect, connect_timeout, check_crc
         self.stall_timeout = float(stall_timeout)
@@ -328,6 +332,10 @@ class _Reader(threading.Thread):
     def _recv_into(self, sock, view, mid_message: bool) -> bool:
         """Fill ``view``; False when the connection ended; _Stalled when a message stops arriving."""
         got, n = 0, len(view)
+        if self._pushback:
+            got = min(n, len(self._pushback))
+            view[:got] = self._pushback[:got]
+            del self._pushback[:got]
         last = time.monotonic()
         while got < n:
             if self.stop_event.is_set():
@@ -358,8 +366,8 @@ class _Reader(threading.Thread):
         buf = bytearray(_CHUNK)
         got = 0
         while got < size:
-            if got == len(buf):
-                buf.extend(bytes(min(size, 2 * len(buf)) - len(buf)))
+            if got == len(buf):  # grow by a quarter: the overshoot beyond what arrived stays small
+                buf.extend(bytes(min(size, len(buf) + max(_CHUNK, len(buf) // 4)) - len(buf)))
             with memoryview(buf) as view:
                 if not self._recv_into(sock, view[got:min(len(buf), got + _CHUNK)], True):
                     return None
@@ -380,28 +388,61 @@ class _Reader(threading.Thread):
         with memoryview(head) as view:
             if not self._recv_into(sock, view, False):
                 return False
+        while True:
+            header = _parse_header(head, self.max_body)
+            if header is not None:
+                in_garbage[0] = False
+                return header
+            if not in_garbage[0]:
+                self.stats.malformed += 1
+                in_garbage[0] = True
+            # garbage: read ahead in large pieces and look for a known message type where a
+            # header's type field would be (bytes 2..13), then re-read the header from there
+            window = bytes(head) + bytes(self._pushback)
+            self._pushback.clear()
+            first = 3  # the header at 0 was rejected; later windows start with a kept tail
             while True:
-                header = _parse_header(head)
-                if header is not None:
-                    in_garbage[0] = False
-                    return header
-                if not in_garbage[0]:
-                    self.stats.malformed += 1
-                    in_garbage[0] = True
-                # drop bytes until a known message type sits where a header's type field would be
                 best = None
                 for t in KNOWN_TYPES:
-                    pos = head.find(t + b"\0", 3)
-                    if pos >= 3 and (best is None or pos < best):
+                    pos = window.find(t + b"\0", first)
+                    if pos >= first and (best is None or pos < best):
                         best = pos
-                # a type name of <= 11 characters starting at 47 or later may not be complete yet
-                drop = 45 if best is None else best - 2
-                self.stats.resync_bytes += drop
-                head[: HEADER_SIZE - drop] = head[drop:]  # same size: allowed while ``view`` exists
-                if not self._recv_into(sock, view[HEADER_SIZE - drop:], True):
+                if best is not None:
+                    self.stats.resync_bytes += best - 2
+                    self._pushback += window[best - 2:]
+                    break
+                # keep a tail that could hold the start of a header whose type is not complete yet
+                keep = 15
+                self.stats.resync_bytes += max(0, len(window) - keep)
+                window = window[-keep:]
+                first = 2
+                chunk = bytearray(1 << 20)
+                with memoryview(chunk) as cview:
+                    got = self._recv_some(sock, cview)
+                if got is None:
+                    return False
+                window += bytes(chunk[:got])
+            with memoryview(head) as view:
+                if not self._recv_into(sock, view, True):
                     return False
 
+    def _recv_some(self, sock, view) -> int | None:
+        """Up to len(view) bytes, whatever has arrived (at least 1); None when the connection ended."""
+        last = time.monotonic()
+        while not self.stop_event.is_set():
+            try:
+                k = sock.recv_into(view)
+            except socket.timeout:
+                if time.monotonic() - last > self.stall_timeout:
+                    raise _Stalled from None
+                continue
+            except OSError:
+                return None
+            return k or None
+        return None
+
     def _serve_connection(self, sock) -> None:
+        self._pushback.clear()
         self._requests_on_connect(sock)
         head = bytearray(HEADER_SIZE)
         in_garbage = [False]
@@ -495,6 +536,8 @@ class IGTLSource:
         ``request_interval`` s), ``"get"`` (poll with GET_IMAGE), ``"stt"`` (send STT_IMAGE and
         STT_TDATA once) or ``"none"``.
     duration : wall-clock seconds after which iteration ends (even if nothing arrives).
+    max_message_bytes : a header declaring a larger body is taken for garbage (resynchronised
+        over); a body's memory grows only as its bytes arrive.
 
     Yields :class:`StreamItem`; ``stats`` counts frames, malformed messages, reconnects and frames
     missed across reconnections (the time gap between the last frame before and the first frame
@@ -505,7 +548,8 @@ class IGTLSource:
                  reference: str = "Reference", image_to_probe=None, transform_wait: float = 0.25,
                  reconnect: bool = True, connect_timeout: float = 10.0, check_crc: bool = True,
                  max_queue: int = 64, image_timeout: float | None = None, stall_timeout: float = 5.0,
-                 request: str = "auto", request_interval: float = 1.0, duration: float | None = None):
+                 request: str = "auto", request_interval: float = 1.0, duration: float | None = None,
+                 max_message_bytes: int = MAX_BODY_BYTES):
         if request not in ("auto", "get", "stt", "none"):
             raise ValueError(f"request must be auto, get, stt or none, not {request!r}")
         self.host, self.port = host, int(port)
@@ -519,7 +563,7 @@ class IGTLSource:
         self._queue: queue.Queue = queue.Queue(maxsize=max(1, int(max_queue)))
         self._reader = _Reader(self.host, self.port, self._queue, self.stats, reconnect, connect_timeout, check_crc,
                                stall_timeout=stall_timeout, request=request, image_device=image_device,
-                               request_interval=request_interval)
+                               request_interval=request_interval, max_body=max_message_bytes)
         self._history: dict[str, collections.deque] = {}
         self._pending: collections.deque = collections.deque()
         self._intervals: collections.deque = collections.deque(maxlen=50)

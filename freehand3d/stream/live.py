@@ -188,6 +188,7 @@ class LiveResult:
     first_frame_s: float | None = None
     last_frame_s: float | None = None
     latencies: LatencyHistogram = field(default_factory=LatencyHistogram)
+    receive_latencies: LatencyHistogram = field(default_factory=LatencyHistogram)
     stats: dict = field(default_factory=dict)
     stages: list[dict] = field(default_factory=list)
     recording: str | None = None
@@ -204,7 +205,12 @@ class LiveResult:
         return (self.frames - 1) / span if span > 0 else 0.0
 
     def latency_ms(self, q: float) -> float:
+        """Live volume: send (or receive) -> inserted, percentile ``q`` in ms."""
         return self.latencies.percentile(q) * 1e3
+
+    def receive_latency_ms(self, q: float) -> float:
+        """Send (or receive) -> handed to the consumers (recorded), percentile ``q`` in ms."""
+        return self.receive_latencies.percentile(q) * 1e3
 
 
 def _grid_from_items(items: list[StreamItem], spacing: float, margin_mm: float):
@@ -382,6 +388,8 @@ def run_live(
                 result.last_frame_s = now
                 if recorder is not None:
                     recorder.add(item)
+                result.receive_latencies.add(
+                    max(0.0, time.time() - (item.timestamp if wall_timestamps[0] else item.received)))
                 for stage in stages:
                     stage.offer(item)
                 if on_frame is not None:
