@@ -47,7 +47,7 @@ def localize(
     gap: Optional[int] = typer.Option(None, "--gap", help="G-ULM channel-pair gap in selected channels (overrides --baseline-mm)."),
     bandwidth_mm: Optional[float] = typer.Option(None, "--bandwidth-mm", help="G-ULM mean-shift radius in mm (default lambda/4)."),
     min_cluster_size: Optional[int] = typer.Option(None, "--min-cluster-size", help="G-ULM intersection points a bubble needs (default 10 percent of the channel pairs)."),
-    false_alarms: float = typer.Option(0.1, "--false-alarms", help="Noise-floor detection threshold: expected noise detections per frame (CFAR; both methods)."),
+    false_alarms: Optional[float] = typer.Option(None, "--false-alarms", help="Noise-floor (CFAR) threshold as expected noise crossings per frame (default: gulm 10 echoes, rejected by geometry; das-wa 0.1 pixels)."),
     threshold_db: Optional[float] = typer.Option(None, "--threshold-db", help="Also require echoes/pixels this many dB below the frame maximum (default -26; the noise floor applies too)."),
 ) -> None:
     """Localize microbubbles in every frame (warns when the pulse is estimated from the data)."""
@@ -65,11 +65,12 @@ def localize(
     for name, value in (("--gap", gap), ("--min-cluster-size", min_cluster_size)):
         if value is not None and value < 1:
             raise ConfigError(f"must be at least 1, got {value}", name)
-    if not (math.isfinite(false_alarms) and 0 < false_alarms <= 100):
-        raise ConfigError(f"must be in (0, 100] detections per frame, got {false_alarms:g}", "--false-alarms")
+    if false_alarms is not None and not (math.isfinite(false_alarms) and 0 < false_alarms <= 1000):
+        raise ConfigError(f"must be in (0, 1000] detections per frame, got {false_alarms:g}", "--false-alarms")
     if threshold_db is not None and not (math.isfinite(threshold_db) and threshold_db < 0):
         raise ConfigError(f"must be negative dB (below the maximum), got {threshold_db:g}", "--threshold-db")
-    options["false_alarms"] = false_alarms
+    if false_alarms is not None:
+        options["false_alarms"] = false_alarms
     if threshold_db is not None:
         options["threshold_db"] = threshold_db
     if method == "gulm":

@@ -344,6 +344,7 @@ class ReferenceFit:
     half_window: int  # samples each side of mu that hold the pulse
     envelope_peak_per_amplitude: float  # envelope max / a
     residual_level: float = 0.0  # envelope of (pulse - its MEMGO fit), relative to the pulse envelope
+    main_lobe: float = 0.0  # samples the envelope stays above half its maximum (FWHM)
 
 
 _REF_CACHE: dict = {}
@@ -391,7 +392,8 @@ def reference_fit(probe: LinearProbe, pulse=None) -> ReferenceFit:
     # what one MEMGO component cannot model (e.g. side lobes of a windowed pulse) stays in the
     # residual of every echo; backfitting must not take it for echoes of its own
     leftover = np.abs(analytic_signal(y_fine - memgo(t_fine, params))).max() / env.max()
-    fit = ReferenceFit(params=params, onset_to_mu=float(params[1] - onset), half_window=half, envelope_peak_per_amplitude=float(env.max() / params[0]), residual_level=float(leftover))
+    above = t_fine[env >= 0.5 * env.max()]
+    fit = ReferenceFit(params=params, onset_to_mu=float(params[1] - onset), half_window=half, envelope_peak_per_amplitude=float(env.max() / params[0]), residual_level=float(leftover), main_lobe=float(above[-1] - above[0]))
     _REF_CACHE[key] = fit
     return fit
 
@@ -562,19 +564,22 @@ def find_echoes(
         np.add.at(model, (idx_c, np.broadcast_to(ch[:, None], idx.shape)), own)
         return model
 
-    min_distance = max(3, half)
+    # onsets closer than the pulse's main lobe cannot be told apart; the 2 % support (side lobes of
+    # a measured pulse included) would hide echoes a few samples from a stronger one
+    min_distance = max(3, int(np.ceil(ref.main_lobe))) if ref.main_lobe > 0 else max(3, half)
+    same_echo = 0.5 * min_distance  # two fits closer than this sit on one echo
     peak_delay = ref.onset_to_mu + envelope_peak(ref.params) - ref.params[1]
 
     def dedupe(params, channel, mu_start, cost):
         """Two components on one echo split its energy and spoil both: keep the better fit."""
         peak = envelope_peak(params)
-        order = np.lexsort((cost, np.round(peak / (0.5 * half)), channel))
+        order = np.lexsort((cost, np.round(peak / same_echo), channel))
         ch_s, pk_s = channel[order], peak[order]
         keep_sorted = np.ones(len(order), bool)
         last_peak = {}
         for n, (c, pk) in enumerate(zip(ch_s.tolist(), pk_s.tolist())):
             prev = last_peak.get(c)
-            if prev is not None and abs(pk - prev) < 0.5 * half:
+            if prev is not None and abs(pk - prev) < same_echo:
                 keep_sorted[n] = False
             else:
                 last_peak[c] = pk
@@ -614,7 +619,7 @@ def find_echoes(
                 pos = np.clip(np.searchsorted(key[order], new_key), 1, max(1, len(key) - 1))
                 if len(key):
                     near = np.minimum(np.abs(key[order][pos - 1] - new_key), np.abs(key[order][np.minimum(pos, len(key) - 1)] - new_key))
-                    fresh = near > 0.5 * half
+                    fresh = near > same_echo
                 else:
                     fresh = np.ones(len(new_key), bool)
                 params = np.concatenate([params, new_params[fresh]])

@@ -95,7 +95,7 @@ def derived_parameters(probe: LinearProbe, channels: int = 128) -> dict:
     chosen = select_channels(probe.n_elements, channels)
     spacing = float(np.median(np.diff(probe.element_x[chosen])))
     baseline = default_baseline(probe)
-    gap = int(max(1, min(len(chosen) // 4 or 1, round(baseline / spacing))))
+    gap = int(max(1, min(len(chosen) // 5 or 1, round(baseline / spacing))))
     n_pairs = max(1, len(chosen) - gap)
     lam = probe.wavelength
     return {
@@ -106,7 +106,7 @@ def derived_parameters(probe: LinearProbe, channels: int = 128) -> dict:
         "tolerance_mm": lam / 8,
         "min_cluster_size": 1 if n_pairs < 4 else 3,
         "min_votes": 1,
-        "false_alarms": 0.1,
+        "false_alarms": 10.0,
         "threshold_db": -26.0,
         "max_cost": 0.7,
     }
@@ -297,7 +297,7 @@ def localize_frame(
     tolerance: float | None = None,
     refine: bool = False,
     threshold_db: float | None = -26.0,
-    false_alarms: float = 0.1,
+    false_alarms: float = 10.0,
     max_cost: float = 0.7,
     merge_radius: float | None = None,
     ghost_radius: float | None = None,
@@ -327,7 +327,7 @@ def localize_frame(
     if gap is None:
         baseline = default_baseline(probe) if baseline is None else baseline
         spacing = np.median(np.diff(element_x)) if len(element_x) > 1 else probe.pitch
-        gap = int(max(1, min(len(chosen) // 4 or 1, round(baseline / spacing))))
+        gap = int(max(1, min(len(chosen) // 5 or 1, round(baseline / spacing))))
     if echoes is None:
         reference = reference_fit(probe, resolve_pulse(rf, probe, pulse))
         echoes = find_echoes(rf[:, chosen], probe, t0=t0, threshold_db=threshold_db, false_alarms=false_alarms, max_cost=max_cost, reference=reference)
@@ -359,7 +359,7 @@ def localize(
     tolerance: float | None = None,
     refine: bool = False,
     threshold_db: float | None = -26.0,
-    false_alarms: float = 0.1,
+    false_alarms: float = 10.0,
     max_cost: float = 0.7,
     merge_radius: float | None = None,
     ghost_radius: float | None = None,
@@ -387,7 +387,8 @@ def localize(
     min_cluster_size : int, optional
         Intersection points a bubble needs; default 3 (1 when fewer than 4 pairs exist).
     gap : int, optional
-        Channel-pair separation in selected channels; default the one nearest ``baseline`` mm.
+        Channel-pair separation in selected channels; default the one nearest ``baseline`` mm, at
+        most a fifth of the channels (so most pairs keep both check channels).
     baseline : float, optional
         Target element separation (mm) of the intersected channel pairs when ``gap`` is None;
         default :func:`default_baseline` (3 mm, at most a quarter of the aperture).
@@ -399,7 +400,10 @@ def localize(
         Echoes must also reach this level relative to the frame maximum (None: noise floor only).
     false_alarms : float
         Noise-floor (CFAR) echo threshold: expected noise crossings per frame
-        (:func:`freehand3d.ulm.echoes.cfar_threshold`).
+        (:func:`freehand3d.ulm.echoes.cfar_threshold`); default 10: the geometric checks reject
+        unmatched noise echoes (noise-only PyMUST frames at 10 and 30 dB: 0 detections with 1, 10
+        and 30), and the lower threshold keeps weak echoes (16 channels, L22-14v-like, 30 dB:
+        Jaccard 84 % with 0.1, 88 % with 10).
     max_cost : float
         Largest relative MEMGO residual of an accepted echo (0.7: a noisy but real echo leaves a
         large residual; geometry, not the fit, rejects noise).
