@@ -255,3 +255,40 @@ def test_receives_from_pyigtls_own_server():
     for item, frame, pose in zip(received, frames, poses):
         assert np.array_equal(item.frame, frame)
         np.testing.assert_allclose(item.pose, pose, atol=1e-4)
+
+
+def test_replay_v2_metadata_is_read_by_pyigtls_client():
+    """Interop the other way: pyigtl's client decodes our header-v2 IMAGE/TRANSFORM with metadata."""
+    import pyigtl
+
+    sweep = _sweep(n=3)
+    with ReplayServer(sweep, port=0, fps=5, header_version=2) as server:
+        server.start()
+        client = pyigtl.OpenIGTLinkClient("127.0.0.1", server.port)
+        try:
+            msg = client.wait_for_message("Image", timeout=10)
+            tf = client.wait_for_message("ProbeToTracker", timeout=10)
+        finally:
+            client.stop()
+    assert msg is not None and msg.header_version == 2
+    assert msg.metadata["FrameNumber"] in ("0", "1", "2")
+    k = int(msg.metadata["FrameNumber"])
+    assert np.array_equal(msg.image[0], sweep.frames[k])
+    assert tf.metadata["TransformStatus"] == "OK"
+
+
+def test_replay_on_request_answers_stt_get_and_stp():
+    """An on-request replay sends nothing until asked; our client asks (STT_IMAGE / GET_IMAGE)."""
+    sweep = _sweep(n=20)
+    with ReplayServer(sweep, port=0, fps=100, on_request=True) as server:
+        server.start()
+        source = IGTLSource(port=server.port, reconnect=False, request_interval=0.3)
+        items = []
+        for item in source:
+            items.append(item)
+            if len(items) == 20:
+                break
+        source.close()
+        server.wait(5)
+    assert np.array_equal(np.stack([it.frame for it in items]), sweep.frames)
+    assert server.requests.get("STT_IMAGE") == 1 and source.stats.requests_sent >= 2

@@ -202,6 +202,8 @@ def register(app: typer.Typer) -> None:
         start_frame: int = typer.Option(0, help="First frame to send."),
         clients: int = typer.Option(1, help="Serve this many client connections, one after another."),
         accept_timeout: float = typer.Option(3600.0, help="Seconds to wait for a client."),
+        header_version: int = typer.Option(2, help="OpenIGTLink header version: 2 (metadata: TransformStatus, FrameNumber, frame fields) or 1."),
+        on_request: bool = typer.Option(False, help="Send nothing until the client asks (STT_IMAGE starts the stream, GET_IMAGE gets one frame)."),
     ) -> None:
         """Serve a recording over OpenIGTLink in PlusServer's conventions."""
         from freehand3d.errors import ConfigError, InputError
@@ -215,6 +217,8 @@ def register(app: typer.Typer) -> None:
         _check_choice(timestamps, "--timestamps", ("original", "now"))
         if clients < 1:
             raise ConfigError(f"--clients must be >= 1, got {clients}")
+        if header_version not in (1, 2):
+            raise ConfigError(f"--header-version must be 1 or 2, got {header_version}")
         sweep = read_sweep(sequence)
         if not 0 <= start_frame < len(sweep):
             raise ConfigError(f"--start-frame must be in 0..{len(sweep) - 1}, got {start_frame}")
@@ -226,7 +230,8 @@ def register(app: typer.Typer) -> None:
             if not ok.any():
                 raise ConfigError(f"--embed {embed}: the recording cannot give ImageTo{embed} for any frame", sequence)
         server = ReplayServer(sweep, port=port, fps=fps, image_device=image_device, embed=embed,
-                              timestamps=timestamps, start_frame=start_frame, loop=loop)
+                              timestamps=timestamps, start_frame=start_frame, loop=loop,
+                              header_version=header_version, on_request=on_request)
         typer.echo(f"serving {len(sweep)} frames of {sequence} on 127.0.0.1:{server.port}", err=True)
         try:
             for _ in range(clients):

@@ -44,6 +44,8 @@ KNOWN_TYPES = (
     b"IMAGE", b"TRANSFORM", b"STRING", b"STATUS", b"POINT", b"POSITION", b"POLYDATA", b"TDATA",
     b"QTDATA", b"SENSOR", b"COMMAND", b"RTS_COMMAND", b"GET_IMAGE", b"CAPABILITY", b"NDARRAY",
     b"VIDEO", b"STT_TDATA", b"STP_TDATA", b"GET_STATUS", b"IMGMETA", b"LBMETA", b"TRAJ",
+    b"STT_IMAGE", b"STP_IMAGE", b"RTS_IMAGE", b"RTS_TDATA", b"GET_TRANS", b"GET_TDATA", b"STT_QTDATA",
+    b"STP_QTDATA", b"RTS_QTDATA", b"GET_POINT", b"GET_IMGMETA", b"GET_LBMETA", b"GET_CAPABIL",
 )
 #: default body size above which a header is considered corrupt (a 4096x4096 RGBA float32 frame is
 #: 256 MiB; an 820x616 uint8 frame 0.5 MB)
@@ -111,13 +113,14 @@ def _timestamp_fields(seconds: float) -> tuple[int, int]:
     return whole, frac
 
 
-def _parse_header(raw, max_body: int = MAX_BODY_BYTES) -> dict | None:
-    """Decode a 58-byte header; None if it is not plausible (used for resynchronisation)."""
+def _parse_header(raw, max_body: int = MAX_BODY_BYTES, any_type: bool = False) -> dict | None:
+    """Decode a 58-byte header; None if it is not plausible (used for resynchronisation).
+    ``any_type`` accepts any printable type name (not only the known ones)."""
     version, mtype, device, sec, frac, body_size, crc = _HEADER.unpack(raw)
     if version not in (1, 2, 3):
         return None
     mtype = mtype.rstrip(b"\0")
-    if mtype not in KNOWN_TYPES:
+    if mtype not in KNOWN_TYPES and not (any_type and mtype and all(48 <= c < 91 or c == 95 for c in mtype)):
         return None
     dev = device.split(b"\0", 1)[0]
     if any(c < 32 or c > 126 for c in dev):
@@ -766,13 +769,71 @@ def transform_message(matrix: np.ndarray, device: str, timestamp: float):
     return pyigtl.TransformMessage(np.asarray(matrix, float), timestamp=timestamp, device_name=device)
 
 
+def _with_metadata(content: bytes, version: int, metadata: dict | None, message_id: int = 0) -> bytes:
+    """Body for header ``version``: v1 is the content; v2/v3 wrap it in the extended header and
+    append the metadata (ASCII values)."""
+    if version < 2:
+        return content
+    head, body = [struct.pack("> H", len(metadata or {}))], []
+    for key, value in (metadata or {}).items():
+        k, v = str(key).encode("utf-8"), str(value).encode("utf-8")
+        head.append(struct.pack("> H H I", len(k), 3, len(v)))  # 3: IANA US-ASCII
+        body += [k, v]
+    meta_head, meta_body = b"".join(head), b"".join(body)
+    return b"".join([struct.pack("> H H I I", 12, len(meta_head), len(meta_body), message_id), content,
+                     meta_head, meta_body])
+
+
+def pack_image(frame: np.ndarray, device: str, timestamp: float, image_to_world=None, version: int = 1,
+               metadata: dict | None = None, message_id: int = 0) -> bytes:
+    """IMAGE message for a (H, W) or (H, W, C) frame of any OpenIGTLink scalar type, sent as is."""
+    frame = np.asarray(frame)
+    if frame.dtype.newbyteorder("=") not in SCALAR_CODES:
+        raise ValueError(f"OpenIGTLink IMAGE cannot carry {frame.dtype}")
+    h, w = frame.shape[:2]
+    components = frame.shape[2] if frame.ndim == 3 else 1
+    matrix = np.eye(4) if image_to_world is None else np.asarray(image_to_world, float)
+    size = np.array([w, h, 1])
+    centre = matrix[:3, :3] @ ((size - 1) / 2.0) + matrix[:3, 3]
+    little = frame.dtype.byteorder == "<" or (frame.dtype.byteorder in "=|" and np.little_endian)
+    head = _IMAGE_HEAD.pack(1, components, SCALAR_CODES[frame.dtype.newbyteorder("=")], 2 if little else 1, 2,
+                            w, h, 1, *matrix[:3, 0], *matrix[:3, 1], *matrix[:3, 2], *centre, 0, 0, 0, w, h, 1)
+    body = _with_metadata(head + np.ascontiguousarray(frame).tobytes(), version, metadata, message_id)
+    return pack_header("IMAGE", device, timestamp, body, version) + body
+
+
+def pack_transform(matrix, device: str, timestamp: float, version: int = 1, metadata: dict | None = None,
+                   message_id: int = 0) -> bytes:
+    m = np.asarray(matrix, float)
+    content = struct.pack("> 12f", *m[:3, 0], *m[:3, 1], *m[:3, 2], *m[:3, 3])
+    body = _with_metadata(content, version, metadata, message_id)
+    return pack_header("TRANSFORM", device, timestamp, body, version) + body
+
+
+#: STATUS codes (OpenIGTLink): 1 OK, 2 unknown error, 13 not ready ...
+STATUS_OK = 1
+
+
+def pack_status(message: str, device: str = "", code: int = STATUS_OK, error_name: str = "",
+                timestamp: float | None = None, version: int = 1) -> bytes:
+    content = struct.pack("> H q 20s", code, 0, error_name.encode("ascii")[:20]) + message.encode("utf-8") + b"\0"
+    body = _with_metadata(content, version, {})
+    return pack_header("STATUS", device, time.time() if timestamp is None else timestamp, body, version) + body
+
+
 class ReplayServer:
     """Serve a sweep over OpenIGTLink the way PlusServer does, one connected client at a time.
 
     For every frame it sends one TRANSFORM per valid transform of the sweep (``ProbeToTracker``,
-    ``ReferenceToTracker`` ...; plus ``ImageToReference`` when the sweep can compute it), then the
-    IMAGE: named ``image_device`` with an identity matrix, or ``<image_device>_<embed>`` carrying
-    ``ImageTo<embed>`` when ``embed`` is given (PLUS's EmbeddedTransformToFrame).
+    ``ReferenceToTracker`` ...), then the IMAGE in the sweep's own pixel type and component count:
+    named ``image_device`` with the sweep's pixel spacing in its matrix, or ``<image_device>_<embed>``
+    carrying ``ImageTo<embed>`` when ``embed`` is given (PLUS's EmbeddedTransformToFrame).
+
+    With header version 2 (the default) every message carries metadata (``TransformStatus`` for
+    transforms, ``FrameNumber`` and the frame's own fields for images). A STATUS message opens and
+    closes each session. The client's requests are answered: ``GET_IMAGE`` (the next frame),
+    ``GET_TRANSFORM``/``GET_TRANS`` (the current transforms), ``GET_STATUS``; ``STP_<type>`` pauses
+    the stream and ``STT_<type>`` resumes it, each acknowledged with ``RTS_<type>``.
 
     Parameters
     ----------
@@ -781,16 +842,24 @@ class ReplayServer:
     fps : frames per second; 0 = as fast as the socket takes them.
     timestamps : "original" (the sweep's) or "now" (send time, for latency measurements).
     start_frame, n_frames, loop : which frames to play.
+    header_version : 1 or 2.
+    on_request : send nothing until asked: ``STT_IMAGE``/``STT_TDATA`` start the stream,
+        ``GET_IMAGE`` gets one frame.
     """
 
     def __init__(self, sweep, port: int = 18944, fps: float = 0.0, image_device: str = "Image",
                  embed: str | None = None, timestamps: str = "original", start_frame: int = 0,
-                 n_frames: int | None = None, loop: bool = False, host: str = "127.0.0.1"):
+                 n_frames: int | None = None, loop: bool = False, host: str = "127.0.0.1",
+                 header_version: int = 2, on_request: bool = False):
+        if header_version not in (1, 2):
+            raise ValueError("header_version must be 1 or 2")
         self.sweep = sweep
         self.fps = float(fps)
         self.image_device = image_device
         self.embed = embed
         self.timestamps = timestamps
+        self.header_version = int(header_version)
+        self.on_request = bool(on_request)
         self.start_frame, self.loop = int(start_frame), loop
         self.n_frames = len(sweep) - self.start_frame if n_frames is None else int(n_frames)
         self._listener = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
@@ -802,9 +871,14 @@ class ReplayServer:
         self._listener.listen(1)
         self.port = self._listener.getsockname()[1]
         self.sent = 0
+        self.requests: dict[str, int] = {}
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self._poses = self._embedded_poses()
+        self._image_matrix = None
+        if sweep.spacing is not None and embed is None:
+            self._image_matrix = np.diag([sweep.spacing[0], sweep.spacing[1], 1.0, 1.0])
+        self._message_id = 0
 
     def _embedded_poses(self):
         if self.embed is None:
@@ -812,51 +886,140 @@ class ReplayServer:
         mats, ok = self.sweep.transform(f"ImageTo{self.embed}")
         return mats, ok
 
-    def frame_messages(self, index: int, now: float | None = None) -> bytes:
-        """Wire bytes for frame ``index`` (transforms then image)."""
-        sweep = self.sweep
-        t = float(sweep.timestamps[index]) if self.timestamps == "original" else (now or time.time())
+    def _next_id(self) -> int:
+        self._message_id = (self._message_id + 1) & 0xFFFFFFFF
+        return self._message_id
+
+    def transform_messages(self, index: int, t: float) -> list[bytes]:
+        sweep, v = self.sweep, self.header_version
         parts = []
         for name, mats in sweep.transforms.items():
             if sweep.valid[name][index]:
-                parts.append(pack_message(transform_message(mats[index], name, t)))
-        matrix, device = None, self.image_device
+                parts.append(pack_transform(mats[index], name, t, v, {"TransformStatus": "OK"}, self._next_id()))
+        return parts
+
+    def frame_messages(self, index: int, now: float | None = None) -> bytes:
+        """Wire bytes for frame ``index`` (transforms then image)."""
+        sweep, v = self.sweep, self.header_version
+        t = float(sweep.timestamps[index]) if self.timestamps == "original" else (now or time.time())
+        parts = self.transform_messages(index, t)
+        matrix, device = self._image_matrix, self.image_device
         if self._poses is not None:
             mats, ok = self._poses
             if ok[index]:
                 matrix, device = mats[index], f"{self.image_device}_{self.embed}"
-        parts.append(pack_message(image_message(sweep.frames[index], device, t, matrix)))
+        metadata = None
+        if v >= 2:
+            metadata = {"FrameNumber": index}
+            for name, values in sweep.frame_fields.items():
+                text = str(values[index]).strip()
+                if text and "\n" not in text:
+                    metadata[name] = text
+        parts.append(pack_image(sweep.frames[index], device, t, matrix, v, metadata, self._next_id()))
         return b"".join(parts)
+
+    # ------------------------------------------------------------------ one session
+    def _requests(self, conn, session) -> None:
+        """Read the client's messages; answer GET_, STT_, STP_ (runs in its own thread)."""
+        buf = bytearray()
+        while not self._stop.is_set() and not session["done"].is_set():
+            try:
+                chunk = conn.recv(65536)
+            except socket.timeout:
+                continue
+            except OSError:
+                return
+            if not chunk:
+                return
+            buf += chunk
+            while len(buf) >= HEADER_SIZE:
+                header = _parse_header(bytes(buf[:HEADER_SIZE]), max_body=1 << 20, any_type=True)
+                if header is None:
+                    del buf[:1]  # not a header: resynchronise byte by byte (requests are tiny)
+                    continue
+                if len(buf) < HEADER_SIZE + header["body_size"]:
+                    break
+                del buf[:HEADER_SIZE + header["body_size"]]
+                self._answer(conn, session, header["message_type"])
+
+    def _send(self, conn, session, data: bytes) -> None:
+        with session["lock"]:
+            conn.sendall(data)
+
+    def _answer(self, conn, session, mtype: str) -> None:
+        self.requests[mtype] = self.requests.get(mtype, 0) + 1
+        v = self.header_version
+        try:
+            if mtype == "GET_IMAGE":
+                session["get"].set()
+            elif mtype in ("GET_TRANSFORM", "GET_TRANS", "GET_TDATA"):
+                idx = session["index"]
+                self._send(conn, session, b"".join(self.transform_messages(idx, time.time())))
+            elif mtype == "GET_STATUS":
+                self._send(conn, session, pack_status("ready", version=v))
+            elif mtype.startswith("STT_"):
+                session["streaming"].set()
+                self._send(conn, session, self._rts(mtype[4:]))
+            elif mtype.startswith("STP_"):
+                session["streaming"].clear()
+                self._send(conn, session, self._rts(mtype[4:]))
+        except OSError:
+            pass
+
+    def _rts(self, kind: str) -> bytes:
+        body = _with_metadata(b"\x01", self.header_version, {})  # status 1: OK
+        return pack_header(f"RTS_{kind}"[:12], "", time.time(), body, self.header_version) + body
 
     def serve_once(self, accept_timeout: float = 30.0) -> int:
         """Wait for one client, play the frames to it, close. Returns frames sent."""
         self._listener.settimeout(accept_timeout)
         try:
             conn, _ = self._listener.accept()
-        except socket.timeout:
+        except (socket.timeout, OSError):
             return 0
         conn.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        conn.settimeout(0.2)
+        session = {"lock": threading.Lock(), "streaming": threading.Event(), "get": threading.Event(),
+                   "done": threading.Event(), "index": self.start_frame % len(self.sweep)}
+        if not self.on_request:
+            session["streaming"].set()
+        reader = threading.Thread(target=self._requests, args=(conn, session), daemon=True,
+                                  name="freehand3d-replay-requests")
+        reader.start()
         period = 1.0 / self.fps if self.fps > 0 else 0.0
         sent = 0
         t0 = time.perf_counter()
         try:
+            self._send(conn, session, pack_status(f"freehand3d replay: {self.n_frames} frames",
+                                                  version=self.header_version))
+            k = 0
             while not self._stop.is_set():
-                for k in range(self.n_frames):
-                    if self._stop.is_set():
+                if k >= self.n_frames:
+                    if not self.loop:
                         break
-                    idx = (self.start_frame + k) % len(self.sweep)
-                    if period:
-                        delay = t0 + sent * period - time.perf_counter()
-                        if delay > 0:
-                            time.sleep(delay)
-                    conn.sendall(self.frame_messages(idx))
-                    sent += 1
-                    self.sent += 1
-                if not self.loop:
-                    break
+                    k = 0
+                if not session["streaming"].is_set():
+                    # paused or on request: one frame per GET_IMAGE
+                    if not session["get"].wait(0.05):
+                        continue
+                    session["get"].clear()
+                    t0 = time.perf_counter() - sent * period
+                elif period:
+                    delay = t0 + sent * period - time.perf_counter()
+                    if delay > 0:
+                        time.sleep(delay)
+                idx = (self.start_frame + k) % len(self.sweep)
+                session["index"] = idx
+                self._send(conn, session, self.frame_messages(idx))
+                sent += 1
+                self.sent += 1
+                k += 1
+            self._send(conn, session, pack_status("end of recording", version=self.header_version))
         except OSError:
             pass
         finally:
+            session["done"].set()
+            reader.join(1.0)
             conn.close()
         return sent
 

@@ -99,12 +99,15 @@ class SequenceRecorder:
         self._journal.write(json.dumps(head) + "\n")
         self._journal.flush()
 
+    def _embedded(self, item) -> bool:
+        return str(getattr(item, "device", "")).endswith("_" + self.reference)
+
     def _spacing(self, item):
         """The IMAGE's own pixel spacing, when it says something: an IMAGE that embeds the pose
         (``Image_Reference``) has the pose's scale in its matrix (already in the recorded
         transform), and an identity matrix means the sender did not say."""
         spacing = getattr(item, "spacing", None)
-        if spacing is None or str(getattr(item, "device", "")).endswith("_" + self.reference):
+        if spacing is None or self._embedded(item):
             return None
         spacing = [float(v) for v in spacing]
         return None if np.allclose(spacing, 1.0, rtol=0, atol=1e-6) else spacing
@@ -126,8 +129,13 @@ class SequenceRecorder:
         while written < len(view):  # an unbuffered write may be partial
             written += self._pixels.write(view[written:])
         line = {"t": float(item.timestamp)}
-        if item.transforms:
-            line["tf"] = {name: _matrix_list(m) for name, m in item.transforms.items()}
+        transforms = dict(item.transforms)
+        matrix = getattr(item, "image_matrix", None)
+        if matrix is not None and not self._embedded(item) and not np.allclose(matrix, np.eye(4), rtol=0, atol=1e-9):
+            # the IMAGE's own pixel -> world matrix (spacing, direction, first-pixel origin)
+            transforms.setdefault("ImageToWorld", matrix)
+        if transforms:
+            line["tf"] = {name: _matrix_list(m) for name, m in transforms.items()}
         if item.pose is not None:
             line["pose"] = _matrix_list(item.pose)
         self._journal.write(json.dumps(line, separators=(",", ":")) + "\n")
