@@ -13,6 +13,7 @@ from __future__ import annotations
 import dataclasses
 import os
 import time
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
@@ -110,6 +111,7 @@ class CalibrationResult:
     registration_change_deg: float | None = None
     registration_change_mm: float | None = None
     time_offset_s: float | None = None
+    notes: list[str] = field(default_factory=list)
     calibration: SegmentedSweep = field(repr=False, default=None)
     validation: SegmentedSweep | None = field(repr=False, default=None)
 
@@ -129,6 +131,7 @@ class CalibrationResult:
             "registration_change_deg": self.registration_change_deg,
             "registration_change_mm": self.registration_change_mm,
             "time_offset_s": self.time_offset_s,
+            "warnings": list(self.notes),
             "solver": self.solver,
             "detection": self.detection,
             "point_order": self.point_order,
@@ -274,6 +277,87 @@ def choose_point_order(seg: SegmentedSweep, phantom: NWirePhantom, phantom_to_re
     return _median_pre3d(flipped, phantom, phantom_to_reference, image_to_probe) < plain
 
 
+def _time_sorted(sweep: Sweep, what: str) -> tuple[Sweep, str | None]:
+    """The sweep in timestamp order, and a note when it had to be sorted (or cannot be placed in
+    time). Frames out of time order used to drop the lag model silently (issue 17)."""
+    t = np.asarray(sweep.timestamps, float)
+    if len(t) < 2 or not np.all(np.isfinite(t)):
+        return sweep, None
+    if np.all(np.diff(t) > 0):
+        return sweep, None
+    order = np.argsort(t, kind="stable")
+    if np.any(np.diff(t[order]) <= 0):
+        return sweep, (f"the {what} frames share timestamps, so the tracker lag cannot be estimated "
+                       "or applied; calibrating without it (--no-time-offset)")
+    return sweep.subset(order), f"the {what} frames were out of time order; sorted them by timestamp (frame indices in the result refer to the sorted order)"
+
+
+def _check_poses(sweep: Sweep, what: str) -> np.ndarray:
+    """Valid ProbeToReference poses, checked before the (slow) segmentation."""
+    try:
+        _, pose_ok = sweep.transform("ProbeToReference")
+    except Exception as exc:  # noqa: BLE001 - reported as the user's input problem
+        raise CalibrationError(f"the {what} recording has no ProbeToReference pose ({exc})", sweep.source) from None
+    pose_ok = np.asarray(pose_ok, bool)
+    if what == "calibration" and pose_ok.sum() < MIN_FRAMES:
+        raise CalibrationError(
+            f"only {int(pose_ok.sum())} of {len(sweep)} frames have a valid ProbeToReference pose (tracker "
+            f"status OK for both probe and reference); calibration needs at least {MIN_FRAMES}", sweep.source)
+    return pose_ok
+
+
+def unexplained_layer_fraction(sweep: Sweep, seg: "SegmentedSweep", phantom: NWirePhantom,
+                               params: SegmentationParams, detection: str = "hessian",
+                               max_frames: int = 15) -> tuple[int, int]:
+    """(frames showing an extra N-wire-like triple of dots, frames checked): on segmented frames,
+    the candidate dots the labelling left over are searched for three collinear dots parallel to
+    the labelled layers and of a similar span. A phantom definition that is a subset of the real
+    phantom (fCal 1.0's 2 layers on an fCal 1.2 recording with 3) leaves such a layer in every
+    frame and calibrates several degrees wrong with a good PRE3D (issue 17)."""
+    idx = np.flatnonzero(seg.segmented)
+    if len(idx) == 0:
+        return 0, 0
+    idx = idx[np.linspace(0, len(idx) - 1, min(max_frames, len(idx))).astype(int)]
+    spacing = _spacing_of(sweep, params)
+    tol_px = 2.0 * params.collinear_points_max_distance_from_line_mm / spacing
+    n_layers = len(phantom.nwires)
+    hits = 0
+    for i in idx:
+        pts = detect_points(sweep.frames[i], spacing, detection, params=params,
+                            max_candidates=3 * n_layers + 9)
+        lab = seg.labelled[i].reshape(n_layers, 3, 2)
+        d = np.linalg.norm(pts[:, None, :] - seg.labelled[i][None], axis=-1).min(axis=1)
+        rest = pts[d > 3.0]
+        if len(rest) < 3:
+            continue
+        dirs = lab[:, 2] - lab[:, 0]
+        spans = np.linalg.norm(dirs, axis=1)
+        mean_dir = (dirs / spans[:, None]).mean(axis=0)
+        mean_dir /= np.linalg.norm(mean_dir)
+        found = False
+        for a in range(len(rest)):
+            for b in range(len(rest)):
+                if a == b:
+                    continue
+                v = rest[b] - rest[a]
+                span = np.linalg.norm(v)
+                if span < 0.5 * spans.min() or span > 2.0 * spans.max():
+                    continue
+                if abs(v @ mean_dir) / span < np.cos(np.radians(5.0)):
+                    continue
+                normal = np.array([-v[1], v[0]]) / span
+                along = (rest - rest[a]) @ v / span ** 2
+                off = np.abs((rest - rest[a]) @ normal)
+                middle = (along > 0.1) & (along < 0.9) & (off < tol_px)
+                if middle.any():
+                    found = True
+                    break
+            if found:
+                break
+        hits += found
+    return hits, len(idx)
+
+
 def calibrate(
     sweep: Sweep,
     phantom: NWirePhantom,
@@ -288,6 +372,7 @@ def calibrate(
     registration_prior: RegistrationPrior | str | None = "auto",
     time_offset: bool = True,
     max_time_offset_s: float = 1.0,
+    fixed_time_offset_s: float | None = None,
     ransac_iterations: int = 3000,
     ransac_threshold_mm: float = 0.5,
     point_order: str = "auto",
@@ -322,6 +407,9 @@ def calibrate(
         and apply it to the validation frames. Skipped (``time_offset_s`` None) when the timestamps
         do not increase strictly.
     max_time_offset_s : bound of that offset.
+    fixed_time_offset_s : a tracker lag measured beforehand (``temporal-calibrate``'s
+        ``tracker_lag_s``, same sign): the poses are read at ``timestamp + lag`` for the calibration
+        and validation frames and no lag is estimated.
     point_order : ``"right-to-left"`` (PLUS: wire 1 is the rightmost dot), ``"left-to-right"``, or
         ``"auto"``: decided from the tracked poses (:func:`choose_point_order`).
     progress : called with 1 after each segmented frame (calibration then validation).
@@ -341,6 +429,11 @@ def calibrate(
         raise ConfigError(f"unknown solver {solver!r}; use one of {', '.join(SOLVERS)}")
     if not (np.isfinite(max_time_offset_s) and max_time_offset_s > 0):
         raise ConfigError(f"max_time_offset_s must be a positive number of seconds, got {max_time_offset_s!r}")
+    if fixed_time_offset_s is not None:
+        if not (np.isfinite(fixed_time_offset_s) and abs(fixed_time_offset_s) <= 10):
+            raise ConfigError(f"the given time offset must be a finite number of seconds within +-10, "
+                              f"got {fixed_time_offset_s!r}")
+        time_offset = False
     started = time.perf_counter()
     params = params or SegmentationParams()
     ptr = _phantom_to_reference(phantom, sweep, phantom_to_reference)
@@ -349,12 +442,30 @@ def calibrate(
             raise ConfigError(f"unknown registration prior {registration_prior!r}; give a RegistrationPrior, None "
                               "or 'auto'")
         registration_prior = DEFAULT_REGISTRATION_PRIOR if phantom_to_reference is None else None
+    notes: list[str] = []
+    if time_offset or fixed_time_offset_s:
+        sweep, note = _time_sorted(sweep, "calibration")
+        if note:
+            notes.append(note)
+            warnings.warn(note, stacklevel=2)
+        if validation is not None:
+            validation, note = _time_sorted(validation, "validation")
+            if note:
+                notes.append(note)
+                warnings.warn(note, stacklevel=2)
+    pose_ok = _check_poses(sweep, "calibration")
     seg = segment_sweep(sweep, phantom, params, detection, progress=progress, keep_candidates=keep_candidates)
+    if fixed_time_offset_s:
+        if not _timestamps_increase(seg):
+            raise CalibrationError("the frames' timestamps do not increase strictly, so --time-offset-s "
+                                   "cannot be applied", sweep.source)
+        seg.probe_to_reference = seg.shifted_poses(float(fixed_time_offset_s))
     n_usable = int(seg.usable.sum())
     if n_usable < MIN_FRAMES:
         raise CalibrationError(
-            f"only {n_usable} of {len(sweep)} frames are usable (N-wires segmented and pose valid); "
-            f"calibration needs at least {MIN_FRAMES}",
+            f"only {n_usable} of {len(sweep)} frames are usable: the N-wires were segmented in "
+            f"{int(seg.segmented.sum())} frames and {int(pose_ok.sum())} have a valid pose "
+            f"({int((seg.segmented & pose_ok).sum())} both); calibration needs at least {MIN_FRAMES}",
             sweep.source,
         )
     n_layers = len(phantom.nwires)
@@ -393,6 +504,14 @@ def calibrate(
                 poses = frame_poses[obs_frames]
         probe_points = phantom_points_in_probe(points, poses, ptr_out)
     time_offset_s = None if map_fit is None or track is None else map_fit.time_offset_s
+    if fixed_time_offset_s is not None:
+        time_offset_s = float(fixed_time_offset_s)
+    if fixed_time_offset_s is None and time_offset_s is not None and abs(time_offset_s) > 0.95 * max_time_offset_s:
+        note = (f"the tracker lag estimate {time_offset_s:+.3f} s sits at its +-{max_time_offset_s:g} s bound: "
+                "the true lag may be larger or the fit failed; measure it with temporal-calibrate and pass "
+                "--time-offset-s, or use --no-time-offset")
+        notes.append(note)
+        warnings.warn(note, stacklevel=2)
     cal_mean, cal_std = best_fraction_stats(pre3d_errors(itp, pixels, probe_points))
 
     # in-plane error per wire on the calibration frames
@@ -410,9 +529,9 @@ def calibrate(
             val_shifted = val_seg
             if time_offset_s:
                 if not _timestamps_increase(val_seg):
-                    raise CalibrationError("the validation frames' timestamps do not increase strictly, "
-                                           "so the time offset cannot be applied (use time_offset=False)",
-                                           validation.source)
+                    raise CalibrationError("the validation frames' timestamps do not increase strictly (some "
+                                           "frames share a timestamp), so the tracker lag cannot be applied "
+                                           "to them; calibrate with --no-time-offset", validation.source)
                 val_shifted = dataclasses.replace(val_seg, probe_to_reference=val_seg.shifted_poses(time_offset_s))
             if point_order == "left-to-right" or (
                 point_order == "auto" and choose_point_order(val_shifted, phantom, ptr_out, itp)
@@ -420,7 +539,15 @@ def calibrate(
                 val_seg.labelled = val_shifted.labelled = mirror_labels(val_seg.labelled, n_layers)
             vp, vx, vposes, _ = _observations(val_shifted, phantom)
             val_mean, val_std = best_fraction_stats(pre3d_errors(itp, vp, phantom_points_in_probe(vx, vposes, ptr_out)))
+    extra, checked = unexplained_layer_fraction(sweep, seg, phantom, params, detection)
+    if checked and extra >= max(3, 0.6 * checked):
+        note = (f"{extra} of {checked} checked frames show a further N-wire layer that the phantom definition "
+                f"({len(phantom.nwires)} layers) does not have: a definition that is a subset of the real phantom "
+                "calibrates several degrees wrong with a good PRE3D; check --phantom")
+        notes.append(note)
+        warnings.warn(note, stacklevel=2)
     return CalibrationResult(
+        notes=notes,
         image_to_probe=itp,
         phantom_to_reference=ptr_out,
         phantom_to_reference_given=ptr,
@@ -506,6 +633,7 @@ def calibrate_files(
     progress_factory: Callable[[int], Callable[[int], None]] | None = None,
     registration_prior: RegistrationPrior | str | None = "auto",
     time_offset: bool = True,
+    fixed_time_offset_s: float | None = None,
 ) -> CalibrationResult:
     """File-level calibration (what ``freehand3d calibrate`` runs): read the recordings, phantom and
     settings, calibrate, write ``result.json`` and the optional PLUS device set, ITK ``.tfm`` and
@@ -552,7 +680,7 @@ def calibrate_files(
     result = calibrate(sweep, phantom_model, validation, solver=solver, seed=seed, params=params,
                        detection=detection, phantom_to_reference=ptr, progress=progress,
                        keep_candidates=overlay is not None, registration_prior=registration_prior,
-                       time_offset=time_offset)
+                       time_offset=time_offset, fixed_time_offset_s=fixed_time_offset_s)
     summary = result.to_dict()
     summary["calibration_file"] = os.fspath(calibration_path)
     summary["validation_file"] = None if validation_path is None else os.fspath(validation_path)

@@ -43,6 +43,9 @@ def register(app: typer.Typer) -> None:
         time_offset: bool = typer.Option(
             True, "--time-offset/--no-time-offset",
             help="Estimate a constant tracker-to-image time offset on the calibration frames (ransac-lm, lm)."),
+        time_offset_s: Optional[float] = typer.Option(
+            None, "--time-offset-s",
+            help="Use this tracker lag (s, temporal-calibrate's tracker_lag_s) instead of estimating one."),
     ) -> None:
         """Calibrate a tracked probe (ImageToProbe) from an N-wire phantom recording."""
         from rich.console import Console
@@ -60,9 +63,16 @@ def register(app: typer.Typer) -> None:
             raise ConfigError("--registration-prior-deg and --registration-prior-mm must be > 0 "
                               "(use --fixed-registration to keep the registration as given)")
 
+        import warnings
+
+        if time_offset_s is not None and not time_offset:
+            raise ConfigError("--time-offset-s and --no-time-offset contradict each other: give one")
         console = Console(stderr=True)
-        with Progress(TextColumn("segmenting frames"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
-                      console=console, transient=True) as bar:
+        with warnings.catch_warnings(record=True) as caught, Progress(
+                TextColumn("segmenting frames"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+                console=console, transient=True) as bar:
+            warnings.simplefilter("always")
+
             def factory(total: int):
                 task = bar.add_task("segment", total=total)
                 return lambda n: bar.advance(task, n)
@@ -71,7 +81,9 @@ def register(app: typer.Typer) -> None:
                 calibration, phantom, output, validation_path=validation, solver=solver, config=config,
                 plus_config=plus_config, tfm=tfm, overlay=overlay, detection=detection, seed=seed,
                 progress_factory=factory, registration_prior=prior, time_offset=time_offset,
+                fixed_time_offset_s=time_offset_s,
             )
+        _echo_warnings([w for w in caught if issubclass(w.category, UserWarning)])
         val = ("" if result.pre3d_validation_mean_mm is None else
                f", validation PRE3D {result.pre3d_validation_mean_mm:.3f} +- {result.pre3d_validation_std_mm:.3f} mm "
                f"({result.validation_frames_segmented}/{result.validation_frames_total} frames)")

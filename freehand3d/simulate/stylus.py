@@ -124,7 +124,7 @@ def landmark_touch_poses(
 ):
     """A continuous stylus recording touching each landmark in turn: StylusToReference
     (N, 4, 4) and the index of the landmark touched per frame (-1 while moving). The stylus
-    keeps a fixed tilt while it dwells and wanders between landmarks."""
+    pivots by up to 20 degrees about its tip while it rests on a landmark."""
     rng = np.random.default_rng(seed)
     lm = geometry_apply(phantom_to_reference, np.asarray(landmarks_phantom, float))
     tip = np.asarray(tip, float)
@@ -142,8 +142,12 @@ def landmark_touch_poses(
         for s in np.linspace(0, 1, 10, endpoint=False):
             poses.append(_pose_with_tip(base, tip, (1 - s) * above + s * target))
             labels.append(-1)
-        for _ in range(dwell_frames):
-            poses.append(_pose_with_tip(base, tip, target + rng.normal(size=3) * noise_mm))
+        # pivot the stylus about its resting tip (what PLUS's detector looks for)
+        for j in range(dwell_frames):
+            phase = 2 * np.pi * j / dwell_frames + k
+            amount = np.radians(20.0) * min(1.0, 4.0 * j / dwell_frames)  # ease in: the tip settles first
+            swing = Rotation.from_rotvec(amount * np.array([np.cos(phase), np.sin(phase), 0.0]))
+            poses.append(_pose_with_tip(swing * base, tip, target + rng.normal(size=3) * noise_mm))
             labels.append(k)
         position = target + np.array([0, 0, 30.0])
     return np.array(poses), np.array(labels)
