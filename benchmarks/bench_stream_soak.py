@@ -101,18 +101,35 @@ class RssSampler(threading.Thread):
         self.stop = threading.Event()
         self.t0 = time.monotonic()
 
+    def _anon_mb(self) -> float:
+        """RssAnon: resident memory that is not file-backed (a memory map of the pixel file, which
+        the kernel can drop at any time, counts in RSS but not here)."""
+        try:
+            with open(f"/proc/{self.proc.pid}/status") as f:
+                for line in f:
+                    if line.startswith("RssAnon:"):
+                        return int(line.split()[1]) / 1024
+        except OSError:
+            pass
+        return float("nan")
+
     def run(self):
         while not self.stop.is_set():
             try:
                 rss = self.proc.memory_info().rss / 2**20
             except Exception:  # noqa: BLE001 - process gone
                 return
-            self.samples.append((time.monotonic() - self.t0, rss, self.extra() if self.extra else 0))
+            self.samples.append((time.monotonic() - self.t0, rss, self.extra() if self.extra else 0,
+                                 self._anon_mb()))
             self.stop.wait(self.period)
 
     @property
     def peak(self) -> float:
         return max((s[1] for s in self.samples), default=float("nan"))
+
+    @property
+    def peak_anon(self) -> float:
+        return max((s[3] for s in self.samples), default=float("nan"))
 
 
 def _pixel_frames(pixels: Path) -> int:
@@ -152,21 +169,34 @@ def soak(args) -> None:
     header = read_plus_header(rec)
     recorded = int((header.get("DimSize") or "0 0 0").split()[2])
     size_gb = rec.stat().st_size / 1e9
-    samples = np.array([(t, r, f) for t, r, f in sampler.samples if f > 0])
-    warm = samples[samples[:, 2] >= 0.1 * args.frames]
-    slope = np.polyfit(warm[:, 2] / 1000.0, warm[:, 1], 1)[0] if len(warm) > 3 else float("nan")
-    slope_t = np.polyfit(warm[:, 0] / 60.0, warm[:, 1], 1)[0] if len(warm) > 3 else float("nan")
+    # the session: samples until the last frame is on disk; then the finish (header + copy of the
+    # pixels into the sequence, read through a memory map)
+    all_samples = np.array(sampler.samples)
+    session = all_samples[(all_samples[:, 2] > 0) & (all_samples[:, 2] < args.frames)]
+    finish = all_samples[all_samples[:, 2] >= args.frames]
+    warm = session[session[:, 2] >= 0.1 * args.frames]
+
+    def fit(x, y):
+        return np.polyfit(x, y, 1)[0] if len(x) > 3 else float("nan")
+
     print(f"\nsoak: {args.frames} frames {W}x{H} uint8 at {args.fps:g} fps -> stream --record --reconstruct "
           f"(nearest, {args.spacing} mm); {_machine()}\n")
     print(out)
-    print("| frames sent | frames in the recording | lost | recording | wall s | peak RSS MB | "
-          "RSS after warm-up (10 %) MB | RSS at the end MB | slope MB per 1000 frames | slope MB/min |")
-    print("|---|---|---|---|---|---|---|---|---|---|")
-    print(f"| {sent} | {recorded} | {sent - recorded} | {size_gb:.2f} GB | {elapsed:.0f} | {sampler.peak:.0f} | "
-          f"{warm[0, 1]:.0f} | {warm[-1, 1]:.0f} | {slope:+.2f} | {slope_t:+.2f} |")
-    print("\nRSS (MB) by frames recorded:")
-    for k in np.linspace(0, len(samples) - 1, min(12, len(samples))).astype(int):
-        print(f"  {int(samples[k, 2]):6d} frames  {samples[k, 1]:7.0f} MB  (t={samples[k, 0]:.0f} s)")
+    print("| frames sent | in the recording | lost | recording | wall s | session peak RSS MB (anon) | "
+          "RSS after warm-up MB | RSS at the last frame MB | slope MB/1000 frames (anon) | slope MB/min | "
+          "finish s, peak RSS MB (anon) |")
+    print("|---|---|---|---|---|---|---|---|---|---|---|")
+    finish_s = finish[-1, 0] - finish[0, 0] if len(finish) else float("nan")
+    print(f"| {sent} | {recorded} | {sent - recorded} | {size_gb:.2f} GB | {elapsed:.0f} | "
+          f"{session[:, 1].max():.0f} ({session[:, 3].max():.0f}) | {warm[0, 1]:.0f} | {warm[-1, 1]:.0f} | "
+          f"{fit(warm[:, 2] / 1000, warm[:, 1]):+.2f} ({fit(warm[:, 2] / 1000, warm[:, 3]):+.2f}) | "
+          f"{fit(warm[:, 0] / 60, warm[:, 1]):+.2f} | {finish_s:.0f}, "
+          f"{finish[:, 1].max() if len(finish) else float('nan'):.0f} "
+          f"({finish[:, 3].max() if len(finish) else float('nan'):.0f}) |")
+    print("\nRSS (anon) MB by frames recorded:")
+    for k in np.linspace(0, len(all_samples) - 1, min(14, len(all_samples))).astype(int):
+        t, rss, frames, anon = all_samples[k]
+        print(f"  {int(frames):6d} frames  {rss:7.0f} MB ({anon:5.0f})  t={t:.0f} s")
     shutil.rmtree(work)
 
 

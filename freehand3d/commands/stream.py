@@ -165,6 +165,10 @@ def register(app: typer.Typer) -> None:
             + (f", stalled {s['stalled']}" if s["stalled"] else "")
             + (f", {s['zero_timestamps']} frames without a timestamp stamped on receipt" if s["zero_timestamps"] else "")
         )
+        if len(result.receive_latencies):
+            typer.echo(f"latency to the consumers (send time -> recorded when the sender stamps with the wall clock, "
+                       f"else receipt -> recorded): p50 {result.receive_latency_ms(50):.1f} ms, "
+                       f"p95 {result.receive_latency_ms(95):.1f} ms")
         for st in result.stages:
             typer.echo(f"  {st['name']}: {st['processed']} frames, dropped {st['dropped']} (queue full) "
                        f"+ {st['dropped_at_exit']} (at exit) [{st['policy']}]")
