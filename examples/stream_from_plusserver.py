@@ -72,7 +72,10 @@ def main(argv=None) -> dict:
     source = IGTLSource(host, port, image_to_probe=image_to_probe, reconnect=not args.self_test, connect_timeout=10.0)
     try:
         result = run_live(source, record=args.out / "recording.igs.mha", reconstruct=args.out / "live.nrrd",
-                          spacing=1.0 if args.fast else args.spacing, duration=args.duration, max_frames=args.frames)
+                          spacing=1.0 if args.fast else args.spacing, duration=args.duration, max_frames=args.frames,
+                          # the self-test wants every frame in the volume: wait for it instead of dropping the
+                          # oldest queued frame as a live view does
+                          volume_policy="block" if args.self_test else "drop-oldest")
     finally:
         source.close()
         if server is not None:
