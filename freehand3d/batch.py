@@ -59,7 +59,8 @@ OPERATIONS = ("reconstruct", "track", "evaluate")
 DEFAULT_SUFFIX = {"reconstruct": ".nrrd", "track": ".igs.mha", "evaluate": ".json"}
 #: options each operation accepts (anything else is a ConfigError)
 OPERATION_OPTIONS = {
-    "reconstruct": {"spacing", "config", "method", "compounding", "exact_plus", "fill_holes", "device", "max_memory"},
+    "reconstruct": {"spacing", "config", "method", "compounding", "exact_plus", "fill_holes", "device", "max_memory",
+                    "image_to_reference"},
     "track": {"checkpoint", "preset", "device"},
     "evaluate": {"predictions", "world"},
 }
@@ -100,6 +101,10 @@ class BatchReport:
     n_workers: int | None
     seconds: float
     results: list[SweepResult] = field(default_factory=list)
+    #: what the outputs depend on: the operation's options, suffix and split (see :func:`run_batch`)
+    settings: dict = field(default_factory=dict)
+    #: leftover temp files of an earlier, killed run that were removed
+    removed_leftovers: list[str] = field(default_factory=list)
 
     def _with(self, status: str) -> list[SweepResult]:
         return [r for r in self.results if r.status == status]
@@ -160,6 +165,8 @@ class BatchReport:
             "scheduler": self.scheduler,
             "n_workers": self.n_workers,
             "seconds": self.seconds,
+            "settings": self.settings,
+            "removed_leftovers": self.removed_leftovers,
             "counts": {"done": self.n_done, "skipped": self.n_skipped, "failed": self.n_failed},
             "sweeps": [asdict(r) for r in self.results],
         }
@@ -413,6 +420,13 @@ def _check_options(operation: str, options: dict) -> dict:
     for key, allowed in (("method", ("nearest", "linear")), ("compounding", ("latest", "max", "mean", "importance"))):
         if key in options and options[key] not in allowed:
             raise ConfigError(f"unknown {key} {options[key]!r}; choose one of {', '.join(allowed)}", f"--{key}")
+    if "image_to_reference" in options:
+        from freehand3d.geometry import split_transform_name
+
+        try:
+            split_transform_name(options["image_to_reference"])
+        except ValueError as exc:
+            raise ConfigError(str(exc), "--image-to-reference") from None
     if operation == "track":
         if "checkpoint" not in options:
             raise ConfigError("track needs a DualTrack checkpoint", "--checkpoint")
@@ -493,6 +507,7 @@ def run_batch(
     threads: int | None = 1,
     progress: Callable[[SweepResult, int, int], None] | None = None,
     write_report: bool = True,
+    overwrite: bool = False,
     **options,
 ) -> BatchReport:
     """Run ``operation`` on every sweep of ``csv_path``, one Dask task per sweep.
@@ -512,7 +527,11 @@ def run_batch(
     threads : torch threads per task (1 by default: the same bytes however many cores a worker has;
         None leaves torch's setting alone).
     progress : callable(result, n_finished, n_total) after each sweep.
-    write_report : write ``batch-<operation>.json`` / ``.csv`` into ``out_dir``.
+    write_report : write ``batch-<operation>.json`` / ``.csv`` into ``out_dir``; the JSON holds the
+        settings (options, suffix) the outputs were made with.
+    overwrite : recompute every sweep even when its output exists. Without it, a rerun into a folder
+        whose report records other settings is refused (the finished outputs would silently be of
+        the old settings); with it they are recomputed with the new ones.
     **options : the operation's options --
         reconstruct: spacing, config (PLUS device set), method, compounding, exact_plus, fill_holes,
         device, max_memory (see :func:`freehand3d.compound.reconstruct`);
@@ -529,10 +548,12 @@ def run_batch(
     InputError, ConfigError
         Problems of the whole batch: the CSV, the options, the scheduler address.
     """
+    from freehand3d._atomic import check_output_dir
+
     options = _check_options(operation, options)
     entries = read_sweep_csv(csv_path, split=split)
     out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
+    check_output_dir(out_dir, "batch output folder")
     if suffix is not None and not suffix.startswith("."):
         suffix = "." + suffix
     if suffix is not None and operation == "evaluate" and suffix != ".json":
@@ -542,6 +563,14 @@ def run_batch(
     for sweep_id, out in outputs.items():
         if out in reserved:
             raise InputError(f"sweep_id {sweep_id!r} would overwrite the batch report", csv_path)
+    settings = batch_settings(operation, options, suffix)
+    _check_same_settings(out_dir, operation, settings, [outputs[e.sweep_id] for e in entries], overwrite)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    removed = remove_leftovers(out_dir, outputs.values())
+    if overwrite:
+        for out in outputs.values():
+            with contextlib.suppress(FileNotFoundError):
+                out.unlink()
 
     start = time.perf_counter()
     results: dict[str, SweepResult] = {}
@@ -578,10 +607,60 @@ def run_batch(
         n_workers=workers,
         seconds=time.perf_counter() - start,
         results=[results[e.sweep_id] for e in entries],
+        settings=settings,
+        removed_leftovers=removed,
     )
     if write_report:
         report.write()
     return report
+
+
+#: options that do not change the outputs (the same volume on any device, within any memory limit)
+_SAME_OUTPUT = {"device", "max_memory"}
+
+
+def batch_settings(operation: str, options: dict, suffix: str | None) -> dict:
+    """The settings the outputs of a batch depend on (recorded in the report, compared on a rerun)."""
+    return {"operation": operation, "suffix": suffix or DEFAULT_SUFFIX[operation],
+            "options": {k: (os.fspath(v) if isinstance(v, os.PathLike) else v) for k, v in sorted(options.items())}}
+
+
+def _check_same_settings(out_dir: Path, operation: str, settings: dict, outputs: list[Path], overwrite: bool) -> None:
+    """Refuse a rerun whose settings differ from those the existing outputs were made with."""
+    if overwrite or not any(p.exists() for p in outputs):
+        return
+    json_path = report_paths(out_dir, operation)[0]
+    try:
+        previous = json.loads(json_path.read_text(encoding="utf-8")).get("settings")
+    except (OSError, ValueError, AttributeError):
+        previous = None
+    if previous is None:
+        return  # no report (or one from before settings were recorded): outputs are taken as they are
+    current = json.loads(json.dumps(_finite(settings)))
+    old, new = previous.get("options", {}) or {}, current.get("options", {})
+    changed = sorted(k for k in set(old) | set(new) if k not in _SAME_OUTPUT and old.get(k) != new.get(k))
+    if not changed and previous.get("suffix") == current.get("suffix"):
+        return
+    if previous.get("suffix") != current.get("suffix"):
+        changed.append("suffix")
+    detail = ", ".join(f"{k}: {old.get(k)!r} -> {new.get(k)!r}" for k in changed if k != "suffix") or "suffix"
+    raise ConfigError(
+        f"the outputs there were made with other settings ({detail}); use --overwrite to recompute them "
+        "or another --out folder", out_dir)
+
+
+def remove_leftovers(out_dir: Path, outputs: Iterable[Path]) -> list[str]:
+    """Delete the hidden temp files (``.tmp-XXXXXXXX-<output name>``) a killed worker left while
+    writing one of ``outputs``; returns their names."""
+    names = {Path(p).name for p in outputs}
+    removed = []
+    for tmp in sorted(out_dir.glob(".tmp-*")):
+        parts = tmp.name.split("-", 2)
+        if len(parts) == 3 and len(parts[1]) == 8 and parts[2] in names and tmp.is_file():
+            with contextlib.suppress(OSError):
+                tmp.unlink()
+                removed.append(tmp.name)
+    return removed
 
 
 def _run_on(client, operation, todo: Iterable[SweepEntry], outputs, options, threads, finished) -> None:

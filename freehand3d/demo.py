@@ -24,6 +24,8 @@ import numpy as np
 DATA = Path(__file__).resolve().parent / "data"
 PLUS = DATA / "plus"
 TINY_CHECKPOINT = DATA / "dualtrack-tiny.pt"
+#: the demo's steps, in order (``freehand3d demo --skip STEP``)
+STEPS = ("calibration", "reconstruction", "tracking", "ulm")
 
 
 def _rotation_deg(a: np.ndarray, b: np.ndarray) -> float:

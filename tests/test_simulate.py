@@ -301,7 +301,7 @@ def test_cli_simulate_nwire_writes_sweep_truth_and_preview(tmp_path, phantom):
                                  "--corrupt-poses", "0.25", "--seed", "3", "--preview", str(png)])
     assert result.exit_code == 0, result.output
     sweep = read_sweep(out)
-    truth = load_truth(tmp_path / "cal.truth.npz")
+    truth = load_truth(tmp_path / "cal.igs.mha.truth.npz")
     expected, expected_truth = simulate_nwire(phantom, n_frames=4, noise="medium", corrupt_pose_fraction=0.25, seed=3)
     np.testing.assert_array_equal(sweep.frames, expected.frames)
     np.testing.assert_array_equal(truth["wire_pixels"], expected_truth["wire_pixels"])
@@ -323,7 +323,7 @@ def test_cli_simulate_sweep_small(tmp_path):
                                  "--seed", "2", "--preview", str(png)])
     assert result.exit_code == 0, result.output
     sweep = read_sweep(out)
-    truth = load_truth(tmp_path / "sweep.truth.npz")
+    truth = load_truth(tmp_path / "sweep.igs.mha.truth.npz")
     assert sweep.frames.shape == (6, 48, 64)
     np.testing.assert_allclose(sweep.image_to("Reference"), truth["image_to_reference"], atol=1e-3)
     assert truth["volume"].ndim == 3 and cv2.imread(str(png)) is not None

@@ -80,6 +80,8 @@ def _print_report(console, report) -> None:
                 table.add_row(key, *(f"{stats[s]:.3f}" for s in ("mean", "median", "min", "max")))
             console.print(table)
     json_path, csv_path = report.report_paths()
+    if report.removed_leftovers:
+        console.print(f"removed {len(report.removed_leftovers)} temp file(s) a killed earlier run left behind", soft_wrap=True)
     where = report.scheduler if report.n_workers is None else f"{report.scheduler}, {report.n_workers} workers"
     console.print(
         f"{len(rows)} sweeps: {report.n_done} done, {report.n_skipped} skipped (output existed), "
@@ -112,7 +114,11 @@ def register(app: typer.Typer) -> None:
         fill_holes: Optional[str] = typer.Option(None, "--fill-holes", help="Hole-filling kernels as for 'freehand3d reconstruct'."),
         exact_plus: Optional[bool] = typer.Option(None, "--exact-plus/--fast", help="PLUS's arithmetic (default with --config) or the fast path."),
         device: Optional[str] = typer.Option(None, "--device", help="cpu (default) or cuda."),
-        max_memory: Optional[float] = typer.Option(None, "--max-memory", help="Memory limit in GB per sweep for the volume buffers."),
+        max_memory: Optional[float] = typer.Option(None, "--max-memory", help="Memory limit in GiB (2**30 bytes) per sweep (default: half the available RAM)."),
+        image_to_reference: Optional[str] = typer.Option(
+            None, "--image-to-reference",
+            help="Pose transform name (default ImageToReference; e.g. ImageToTracker for DualTrack / TUS-REC .h5 sweeps)."),
+        overwrite: bool = typer.Option(False, "--overwrite", help="Recompute sweeps whose output exists (e.g. after changing settings)."),
     ) -> None:
         """Reconstruct every sweep of the CSV into <out>/<sweep_id>.nrrd."""
         options = {
@@ -124,8 +130,15 @@ def register(app: typer.Typer) -> None:
             "exact_plus": exact_plus,
             "device": device,
             "max_memory": None if max_memory is None else int(max_memory * 1024**3),
+            "image_to_reference": image_to_reference,
         }
-        _run("reconstruct", _common(csv, out, scheduler, workers, split, suffix, threads), options)
+        common = _common(csv, out, scheduler, workers, split, suffix, threads)
+        common["overwrite"] = overwrite
+        if spacing is not None and not (spacing > 0 and spacing < float("inf")):
+            from freehand3d.errors import ConfigError
+
+            raise ConfigError(f"must be a positive number of mm, got {spacing}", "--spacing")
+        _run("reconstruct", common, options)
 
     @batch.command("track")
     def batch_track(
@@ -139,10 +152,11 @@ def register(app: typer.Typer) -> None:
         threads: int = typer.Option(1, "--threads", min=0, help="Torch threads per task (0: torch's default)."),
         preset: Optional[str] = typer.Option(None, "--preset", help="dualtrack-2024 | dualtrack-tusrec2025 | tiny (default: from the checkpoint)."),
         device: Optional[str] = typer.Option(None, "--device", help="cpu, cuda ... (default: cuda if available)."),
+        overwrite: bool = typer.Option(False, "--overwrite", help="Recompute sweeps whose output exists (e.g. after changing settings)."),
     ) -> None:
         """Track every sweep of the CSV with DualTrack into <out>/<sweep_id>.igs.mha."""
         options = {"checkpoint": checkpoint, "preset": preset, "device": device}
-        _run("track", _common(csv, out, scheduler, workers, split, suffix, threads), options)
+        _run("track", {**_common(csv, out, scheduler, workers, split, suffix, threads), "overwrite": overwrite}, options)
 
     @batch.command("evaluate")
     def batch_evaluate(
@@ -156,7 +170,8 @@ def register(app: typer.Typer) -> None:
         workers: int = typer.Option(2, "--workers", min=1, help="LocalCluster worker processes (1 thread each)."),
         split: Optional[str] = typer.Option(None, "--split", help="Only the rows of this split."),
         world: Optional[str] = typer.Option(None, "--world", help="World frame name (default: Reference, then Tracker)."),
+        overwrite: bool = typer.Option(False, "--overwrite", help="Recompute sweeps whose output exists (e.g. after changing settings)."),
     ) -> None:
         """Tracking errors of every sweep (one <out>/<sweep_id>.json each) and their mean/median table."""
         options = {"predictions": predictions, "world": world}
-        _run("evaluate", _common(csv, out, scheduler, workers, split, None, 0), options)
+        _run("evaluate", {**_common(csv, out, scheduler, workers, split, None, 0), "overwrite": overwrite}, options)

@@ -85,6 +85,13 @@ def reconstruct_command(
     # everything a user can get wrong is checked before the sweep is read
     if image_to_reference is not None and calibration is not None:
         raise ConfigError("give either --image-to-reference or --calibration, not both", "--calibration")
+    if image_to_reference is not None:
+        from freehand3d.geometry import split_transform_name
+
+        try:
+            split_transform_name(image_to_reference)
+        except ValueError as exc:
+            raise ConfigError(str(exc), "--image-to-reference") from None
     if spacing is not None and not (math.isfinite(spacing) and spacing > 0):
         raise ConfigError(f"must be a positive number of mm, got {spacing}", "--spacing")
     if max_memory is not None and not (math.isfinite(max_memory) and max_memory > 0):

@@ -23,6 +23,14 @@ def _with_progress(description: str, run):
         return run(update)
 
 
+def _check_outputs(output, preview) -> None:
+    """Output names checked before the progress bar and the simulation start."""
+    from freehand3d.simulate.files import _check_output, _check_preview
+
+    _check_output(output)
+    _check_preview(preview)
+
+
 def register(app: typer.Typer) -> None:
     simulate_app = typer.Typer(
         help="Simulated data with exact ground truth: N-wire calibration recordings, freehand sweeps.",
@@ -43,7 +51,7 @@ def register(app: typer.Typer) -> None:
         seed: int = typer.Option(0, "--seed", help="Random seed (same seed, same bytes)."),
         preview: Optional[Path] = typer.Option(None, "--preview", help="Write a PNG with a few frames."),
     ) -> None:
-        """Simulate a tracked N-wire calibration recording; the truth goes to NAME.truth.npz beside it."""
+        """Simulate a tracked N-wire calibration recording; the truth goes to NAME.EXT.truth.npz beside it."""
         from freehand3d.errors import ConfigError
         from freehand3d.simulate.files import simulate_nwire_to_file
 
@@ -56,6 +64,7 @@ def register(app: typer.Typer) -> None:
         if isinstance(level, float) and not level >= 0:
             raise ConfigError("--noise must be low, medium, high or a number >= 0", noise)
         missing = missing_phantom if missing_phantom < 1 else int(missing_phantom)
+        _check_outputs(output, preview)
         sweep_path, truth_path = _with_progress("simulating N-wire frames", lambda update: simulate_nwire_to_file(
             output, phantom=phantom, n_frames=frames, noise=level, wall_echoes=wall_echoes,
             corrupt_pose_fraction=corrupt_poses, missing_phantom_frames=missing, seed=seed, preview=preview,
@@ -73,7 +82,7 @@ def register(app: typer.Typer) -> None:
         preview: Optional[Path] = typer.Option(None, "--preview", help="Write a PNG with frames and the trajectory."),
     ) -> None:
         """Simulate a freehand sweep through a speckle volume; the truth (poses, volume) goes to
-        NAME.truth.npz beside it."""
+        NAME.EXT.truth.npz beside it (e.g. sweep.igs.mha.truth.npz)."""
         from freehand3d.errors import ConfigError
         from freehand3d.simulate.files import simulate_sweep_to_file
 
@@ -83,6 +92,7 @@ def register(app: typer.Typer) -> None:
             raise ConfigError("--size must look like 480x640 (height x width)", size) from None
         if height < 8 or width < 8:
             raise ConfigError("--size must be at least 8x8", size)
+        _check_outputs(output, preview)
         sweep_path, truth_path = _with_progress("simulating sweep", lambda update: simulate_sweep_to_file(
             output, n_frames=frames, frame_size=(height, width), seed=seed, device=device, preview=preview,
             progress=update,

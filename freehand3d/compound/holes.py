@@ -80,6 +80,13 @@ def parse_fill_spec(spec: str) -> list:
             nums = [float(a) for a in args]
         except ValueError:
             raise ConfigError(f"--fill-holes {part!r}: parameters must be numbers", "fill-holes") from None
+        if not all(math.isfinite(v) and v >= 0 for v in nums):
+            raise ConfigError(f"--fill-holes {part!r}: parameters must be finite and not negative", "fill-holes")
+        if name in ("gaussian", "gaussian_accumulation") and len(nums) > 1 and nums[1] <= 0:
+            raise ConfigError(f"--fill-holes {part!r}: the Gaussian's STDEV must be > 0", "fill-holes")
+        ratio_at = {"gaussian": 2, "gaussian_accumulation": 2}.get(name, 1)
+        if name != "stick" and name != "gap" and len(nums) > ratio_at and nums[ratio_at] > 1:
+            raise ConfigError(f"--fill-holes {part!r}: RATIO is a fraction of the kernel's voxels, 0..1", "fill-holes")
         if name == "gap" and len(nums) == 1:
             kernels.append(GapFill(nums[0]))
         elif name == "stick" and len(nums) in (1, 2):

@@ -14,14 +14,11 @@ from freehand3d.errors import InputError
 
 
 def truth_path_for(sweep_path: str | os.PathLike) -> Path:
-    """``run.igs.mha`` -> ``run.truth.npz`` (the file the CLI writes beside a simulated sweep)."""
+    """``run.igs.mha`` -> ``run.igs.mha.truth.npz``: the ground truth the CLI writes beside a
+    simulated sweep. The whole file name is kept, so ``run.igs.mha`` and ``run.h5`` in one folder
+    get two truth files (stripping the extension made the second overwrite the first)."""
     path = Path(sweep_path)
-    name = path.name
-    for suffix in (".igs.mha", ".seq.mha", ".igs.nrrd", ".seq.nrrd", ".mha", ".nrrd", ".h5", ".hdf5"):
-        if name.lower().endswith(suffix):
-            name = name[: -len(suffix)]
-            break
-    return path.with_name(name + ".truth.npz")
+    return path.with_name(path.name + ".truth.npz")
 
 
 #: what numpy raises on a damaged / empty / non-npz file: EOFError for an empty file (click would

@@ -1,5 +1,5 @@
 """Simulate to files: the sweep (any format :func:`freehand3d.io.write_sweep` knows), its ground
-truth beside it (``NAME.truth.npz``) and an optional preview PNG. The ``freehand3d simulate``
+truth beside it (``NAME.EXT.truth.npz``, e.g. ``run.igs.mha.truth.npz``) and an optional preview PNG. The ``freehand3d simulate``
 commands call these."""
 
 from __future__ import annotations
@@ -20,8 +20,22 @@ def _check_output(output) -> None:
     from freehand3d.errors import InputError
     from freehand3d.io import SEQUENCE_SUFFIXES
 
+    from freehand3d._atomic import check_output_path
+
     if not Path(output).name.lower().endswith(SEQUENCE_SUFFIXES + (".h5", ".hdf5")):
         raise InputError("unknown sweep format (use .igs.mha, .igs.nrrd, .seq.mha, .mha, .nrrd or .h5)", output)
+    check_output_path(output, "sweep")
+    check_output_path(truth_path_for(output), "ground truth")
+
+
+def _check_preview(preview) -> None:
+    from freehand3d._atomic import check_output_path
+    from freehand3d.errors import ConfigError
+
+    if preview is not None:
+        if not Path(preview).name.lower().endswith(".png"):
+            raise ConfigError("the preview is a PNG; give a name ending in .png", preview)
+        check_output_path(preview, "preview")
 
 
 def simulate_nwire_to_file(
@@ -48,6 +62,7 @@ def simulate_nwire_to_file(
     from freehand3d.simulate.nwire import simulate_nwire
 
     _check_output(output)
+    _check_preview(preview)
     model = load_phantom(phantom)
     sweep, truth = simulate_nwire(
         model, n_frames=n_frames, noise=noise, wall_echoes=wall_echoes,
@@ -82,6 +97,7 @@ def simulate_sweep_to_file(
     from freehand3d.simulate.freehand import simulate_freehand
 
     _check_output(output)
+    _check_preview(preview)
     sweep, truth = simulate_freehand(n_frames=n_frames, frame_size=frame_size, seed=seed, device=device,
                                      progress=progress)
     truth_file = truth_path_for(output)
