@@ -246,8 +246,44 @@ class Sweep:
     def copy(self) -> "Sweep":
         return self.subset(slice(None))
 
+    def as_uint8(self, method: str = "dtype", window: tuple[float, float] | None = None) -> "Sweep":
+        """This sweep with (N, H, W) uint8 frames from :func:`to_uint8` (one explicit map for the
+        whole sweep), for stages that need an 8-bit range; ``self`` when the frames are uint8
+        already (and no window is asked for). Everything else is shared, not copied;
+        ``metadata["Uint8Conversion"]`` says what was done."""
+        if self.frames.dtype == np.uint8 and self.frames.ndim == 3 and method != "window":
+            return self
+        out = copy.copy(self)
+        out.frames = to_uint8(self.frames, method, window, source=self.source)
+        out.metadata = dict(self.metadata)
+        how = method if method != "window" else f"window {window[0]:g}..{window[1]:g}"
+        out.metadata["Uint8Conversion"] = f"{self.frames.dtype.name}x{self.n_components} -> uint8 ({how})"
+        return out
+
 
 # ---------------------------------------------------------------------- explicit range conversion
+
+
+def checked_conversion(method: str, window: str | None) -> tuple[str, tuple[float, float] | None]:
+    """The CLI's ``--to-uint8 METHOD`` and ``--window LOW,HIGH``, checked before any work starts
+    (:class:`~freehand3d.errors.ConfigError` naming the option)."""
+    from freehand3d.errors import ConfigError
+
+    if method not in TO_UINT8_METHODS:
+        raise ConfigError(f"{method!r} is not a conversion; choose {', '.join(TO_UINT8_METHODS)}", "--to-uint8")
+    if window is None:
+        if method == "window":
+            raise ConfigError("--to-uint8 window needs --window LOW,HIGH", "--window")
+        return method, None
+    if method != "window":
+        raise ConfigError(f"--window is only used with --to-uint8 window (not {method})", "--window")
+    try:
+        low, high = (float(p) for p in window.split(","))
+    except ValueError:
+        raise ConfigError(f"must be LOW,HIGH (two numbers), got {window!r}", "--window") from None
+    if not (np.isfinite(low) and np.isfinite(high) and high > low):
+        raise ConfigError(f"must be two finite numbers LOW < HIGH, got {window!r}", "--window")
+    return method, (low, high)
 
 #: Methods :func:`to_uint8` knows (the CLI's ``--to-uint8`` choices).
 TO_UINT8_METHODS = ("dtype", "window", "minmax")

@@ -33,7 +33,7 @@ from freehand3d.calibration.solve import (
     solve_plus,
     solve_ransac_lm,
 )
-from freehand3d.errors import CalibrationError, ConfigError
+from freehand3d.errors import CalibrationError, ConfigError, InputError
 from freehand3d.io.plus_segmentation import SegmentationParams
 from freehand3d.phantoms import NWirePhantom
 from freehand3d.sweep import Sweep
@@ -177,6 +177,12 @@ def segment_sweep(
     progress : called with 1 after each frame (e.g. a progress bar's ``advance``).
     """
     params = params or SegmentationParams()
+    if sweep.frames.dtype != np.uint8 or sweep.frames.ndim != 3:
+        # detection thresholds are 8-bit grey levels: the caller converts, explicitly (issue 14)
+        raise InputError(
+            f"N-wire detection needs 8-bit grey frames, the sweep has {sweep.frames.dtype} x {sweep.n_components}: "
+            "convert with sweep.as_uint8(method, window) (CLI: --to-uint8 dtype|window|minmax, --window LOW,HIGH)",
+            sweep.source)
     spacing = _spacing_of(sweep, params) if spacing_mm is None else float(spacing_mm)
     n = len(sweep)
     n_wires = 3 * len(phantom.nwires)
@@ -634,6 +640,8 @@ def calibrate_files(
     registration_prior: RegistrationPrior | str | None = "auto",
     time_offset: bool = True,
     fixed_time_offset_s: float | None = None,
+    to_uint8: str = "dtype",
+    window: tuple[float, float] | None = None,
 ) -> CalibrationResult:
     """File-level calibration (what ``freehand3d calibrate`` runs): read the recordings, phantom and
     settings, calibrate, write ``result.json`` and the optional PLUS device set, ITK ``.tfm`` and
@@ -648,6 +656,9 @@ def calibrate_files(
     progress_factory : called with the number of frames to process; returns the per-frame callback.
     registration_prior, time_offset : see :func:`calibrate`; ``"auto"`` here gives the registration
         read from a device set (or the recording) :data:`DEFAULT_REGISTRATION_PRIOR`.
+    to_uint8, window : how frames other than 8-bit grey become uint8 for the detection
+        (:func:`freehand3d.sweep.to_uint8`: ``"dtype"`` full type range, ``"window"`` with
+        ``window=(low, high)``, ``"minmax"`` of the whole recording); uint8 frames are used as they are.
     """
     import json
 
@@ -671,8 +682,8 @@ def calibrate_files(
                 ptr = device_set.coordinate_definitions["PhantomToReference"].matrix
     if config is not None and not Path(config).exists():
         raise ConfigError("device-set file not found", config)
-    sweep = read_sweep(calibration_path)
-    validation = read_sweep(validation_path) if validation_path is not None else None
+    sweep = read_sweep(calibration_path).as_uint8(to_uint8, window)
+    validation = read_sweep(validation_path).as_uint8(to_uint8, window) if validation_path is not None else None
     total = len(sweep) + (len(validation) if validation is not None else 0)
     progress = progress_factory(total) if progress_factory is not None else None
     if isinstance(registration_prior, str) and registration_prior == "auto" and ptr is not None:

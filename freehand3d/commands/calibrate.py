@@ -46,6 +46,11 @@ def register(app: typer.Typer) -> None:
         time_offset_s: Optional[float] = typer.Option(
             None, "--time-offset-s",
             help="Use this tracker lag (s, temporal-calibrate's tracker_lag_s) instead of estimating one."),
+        to_uint8: str = typer.Option(
+            "dtype", "--to-uint8",
+            help="How non-8-bit frames become 8-bit grey for detection: dtype (full type range), window "
+                 "(--window LOW,HIGH) or minmax (whole recording). One map for all frames; uint8 is used as is."),
+        window: Optional[str] = typer.Option(None, "--window", help="LOW,HIGH grey window for --to-uint8 window."),
     ) -> None:
         """Calibrate a tracked probe (ImageToProbe) from an N-wire phantom recording."""
         from rich.console import Console
@@ -54,6 +59,9 @@ def register(app: typer.Typer) -> None:
         from freehand3d.calibration.pipeline import calibrate_files
         from freehand3d.calibration.solve import RegistrationPrior
         from freehand3d.errors import ConfigError
+        from freehand3d.sweep import checked_conversion
+
+        method, win = checked_conversion(to_uint8, window)
 
         if fixed_registration:
             prior = None
@@ -82,6 +90,7 @@ def register(app: typer.Typer) -> None:
                 plus_config=plus_config, tfm=tfm, overlay=overlay, detection=detection, seed=seed,
                 progress_factory=factory, registration_prior=prior, time_offset=time_offset,
                 fixed_time_offset_s=time_offset_s,
+                to_uint8=method, window=win,
             )
         _echo_warnings([w for w in caught if issubclass(w.category, UserWarning)])
         val = ("" if result.pre3d_validation_mean_mm is None else

@@ -19,6 +19,18 @@ class Compounding(str, Enum):
     mean = "mean"
 
 
+class OutputType(str, Enum):
+    input = "input"
+    uint8 = "uint8"
+    int8 = "int8"
+    uint16 = "uint16"
+    int16 = "int16"
+    uint32 = "uint32"
+    int32 = "int32"
+    float32 = "float32"
+    float64 = "float64"
+
+
 class Device(str, Enum):
     cpu = "cpu"
     cuda = "cuda"
@@ -71,6 +83,10 @@ def reconstruct_command(
     ),
     preview: Path = typer.Option(None, "--preview", help="Also write a PNG: three orthogonal slices and a MIP."),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress display."),
+    output_type: OutputType = typer.Option(
+        OutputType.input, "--output-type",
+        help="Volume pixel type (default: the sweep's). Non-uint8 sweeps accumulate in floats; integer "
+             "outputs round and clip, float outputs keep the exact means."),
 ) -> None:
     """Reconstruct a tracked sweep into a volume (PLUS-compatible compounding)."""
     import math
@@ -129,6 +145,7 @@ def reconstruct_command(
             max_memory=None if max_memory is None else int(max_memory * 1024**3),
             progress=phases.frames,
             phase=phases.start,
+            output_type=None if output_type == OutputType.input else output_type.value,
         )
         phases.start(f"writing {output.name}")
         write_volume_file(image, output)

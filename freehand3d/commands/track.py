@@ -55,13 +55,21 @@ def register(app: typer.Typer) -> None:
         plot: Optional[Path] = typer.Option(
             None, "--plot", help="PNG of the predicted trajectory (and the ground truth when the sweep has poses)."
         ),
+        to_uint8: str = typer.Option(
+            "dtype", "--to-uint8",
+            help="How non-8-bit frames become the model's 8-bit input: dtype (full type range), window "
+                 "(--window LOW,HIGH) or minmax (whole sweep). One map for all frames; uint8 is used as is."),
+        window: Optional[str] = typer.Option(None, "--window", help="LOW,HIGH grey window for --to-uint8 window."),
     ) -> None:
         """Estimate the probe trajectory of a sweep from its frames alone (DualTrack)."""
         from rich.console import Console
 
+        from freehand3d.sweep import checked_conversion
         from freehand3d.tracking.workflows import track_file
 
-        result = track_file(sweep, checkpoint, output, preset=preset, device=device, plot_path=plot)
+        method, win = checked_conversion(to_uint8, window)
+        result = track_file(sweep, checkpoint, output, preset=preset, device=device, plot_path=plot,
+                            to_uint8=method, window=win)
         console = Console()
         console.print(f"tracked {result['n_frames']} frames -> {output}")
         if "metrics" in result:

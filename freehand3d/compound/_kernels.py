@@ -26,7 +26,8 @@ import functools
 
 import numba
 import numpy as np
-from numba import njit
+from numba import njit, types
+from numba.extending import overload
 
 from freehand3d.compound import insert
 
@@ -44,6 +45,76 @@ _FLOOR_TOL = insert.FLOOR_TOL
 _HALF_TOL = 0.5 + _FLOOR_TOL
 #: two-phase nearest neighbour: threads own blocks of 2**12 consecutive voxels, in turn
 _OWNER_SHIFT = 12
+
+
+# ---------------------------------------------------------------------- pixel types
+# Frames of any pixel type go through the same loops: numba compiles one specialisation per frame
+# type, and these helpers pick the arithmetic at compile time from the types, so the uint8 path
+# compiles to exactly the code it had before (int64 pixels, int32 LATEST/MAXIMUM values, float32
+# sums) and the other types get float accumulation (float32 buffers for types that float32 holds
+# exactly, float64 for int32 / uint32 / float64).
+def _as_pixel(x):  # pragma: no cover - replaced by the overload inside compiled code
+    return x
+
+
+@overload(_as_pixel)
+def _as_pixel_impl(x):
+    if isinstance(x, types.Float):
+        return lambda x: np.float64(x)
+    return lambda x: np.int64(x)
+
+
+def _exact_pixel(v):  # pragma: no cover
+    return v
+
+
+@overload(_exact_pixel)
+def _exact_pixel_impl(v):
+    """PLUS's exact rules take integer pixels (uint8 frames only); float pixels never reach them,
+    this only keeps their typing valid when the loops are compiled for float frames."""
+    if isinstance(v, types.Float):
+        return lambda v: np.int64(v)
+    return lambda v: v
+
+
+def _weighted_add(out, w, v):  # pragma: no cover
+    return out + w * v
+
+
+@overload(_weighted_add)
+def _weighted_add_impl(out, w, v):
+    """``out + w * v`` for MEAN sums: float32 (the uint8 path's arithmetic) into a float32 buffer,
+    float64 into a float64 one."""
+    if isinstance(out, types.Float) and out.bitwidth == 64:
+        return lambda out, w, v: out + np.float64(w) * np.float64(v)
+    return lambda out, w, v: out + w * np.float32(v)
+
+
+def _maximum(out, a, v):  # pragma: no cover
+    return max(out, v)
+
+
+@overload(_maximum)
+def _maximum_impl(out, a, v):
+    """MAXIMUM of a voxel and a pixel. uint8 frames (integer buffer): ``max(out, v)`` against the
+    empty value 0, as PLUS. Other types (float buffer): an empty voxel (accumulation 0) takes the
+    pixel, so negative values (int16 RF, float data) compound correctly."""
+    if isinstance(out, types.Float):
+        return lambda out, a, v: v if a == 0 else max(np.float64(out), np.float64(v))
+    return lambda out, a, v: max(np.int64(out), v)
+
+
+def _max_filled(out, a, v):  # pragma: no cover
+    return 1.0
+
+
+@overload(_max_filled)
+def _max_filled_impl(out, a, v):
+    """Accumulation after a trilinear MAXIMUM write: uint8 path as PLUS (a voxel counts as filled
+    once a pixel > 0 raised it), float buffers: filled by any eligible pixel."""
+    if isinstance(out, types.Float):
+        return lambda out, a, v: np.float32(1.0)
+    return lambda out, a, v: np.float32(1.0) if v > 0 else a
 
 
 # ---------------------------------------------------------------------- per-contribution updates
@@ -85,11 +156,12 @@ def _nearest_rule(exact, mode, out, a, v, imp):
     if mode == LATEST:
         return v, (_ACC_UNIT if exact else 1), 0
     if mode == MAXIMUM:
-        return max(np.int64(out), v), (_ACC_UNIT if exact else 1), 0
+        return _maximum(out, a, v), (_ACC_UNIT if exact else 1), 0
     if not exact:
         w32 = np.float32(1.0) if mode == MEAN else np.float32(imp)
-        return out + w32 * np.float32(v), a + w32, 0
+        return _weighted_add(out, w32, v), a + w32, 0
     w = _ACC_UNIT if mode == MEAN else imp
+    v = _exact_pixel(v)
     out = np.int64(out)
     a = np.int64(a)
     if a <= _ACC_THRESHOLD:
@@ -108,15 +180,16 @@ def _rule_single(mode, out, a, v, w, imp):
         return out, a, 0
     if mode == MAXIMUM:
         if w >= np.float32(0.125):
-            return max(np.int64(out), v), (np.float32(1.0) if v > 0 else a), 0
+            return _maximum(out, a, v), _max_filled(out, a, v), 0
         return out, a, 0
     ww = w if mode == MEAN else w * np.float32(imp)
-    return out + ww * np.float32(v), a + ww, 0
+    return _weighted_add(out, ww, v), a + ww, 0
 
 
 @njit(cache=True)
 def _rule_fixed(mode, out, a, v, w, imp):
     """PLUS's trilinear rules in 14-bit fixed point (raw int64 weight ``w``)."""
+    v = _exact_pixel(v)
     out = np.int64(out)
     a_old = np.int64(a)
     if mode == LATEST or mode == MAXIMUM:
@@ -141,6 +214,7 @@ def _rule_fixed(mode, out, a, v, w, imp):
 @njit(cache=True)
 def _rule_double(mode, out, a, v, w, imp):
     """PLUS's trilinear rules in double precision (Optimization PARTIAL / NONE)."""
+    v = _exact_pixel(v)
     out = np.int64(out)
     a_old = np.int64(a)
     if mode == LATEST or mode == MAXIMUM:
@@ -217,7 +291,7 @@ def _splat_owner(owner, owner_mask, frames, q, m64, m32, arith, mode, runs, impo
                 if arith == FIXED:
                     rawx, rawy, rawz = px, py, pz
                     px, py, pz = px + dx, py + dy, pz + dz
-                v = np.int64(frow[x])
+                v = _as_pixel(frow[x])
                 if v < min_value:
                     continue
                 imp = np.int64(irow[x]) if mode == IMPORTANCE else np.int64(0)
@@ -312,7 +386,7 @@ def _record_rows(arith, mode, frames, q, m64, m32, runs, row_lo, row_hi, offsets
         for r in range(row_lo, row_hi):
             y, x0, x1 = runs[r, 0], runs[r, 1], runs[r, 2]
             frow = frames[b, y]
-            irow = importance[y] if mode == IMPORTANCE else frow
+            irow = importance[y] if mode == IMPORTANCE else importance[0]
             dst = out_idx[b]
             base = offsets[r] - x0
             if arith == FIXED:
@@ -373,7 +447,7 @@ def _apply_kernel(exact: bool, mode: int):
                     continue
                 pixel = flat_pixels[p]
                 imp = np.int64(importance_flat[pixel]) if mode == IMPORTANCE else np.int64(0)
-                value[idx], acc[idx], crossed = _nearest_rule(exact, mode, value[idx], acc[idx], np.int64(frame[pixel]), imp)
+                value[idx], acc[idx], crossed = _nearest_rule(exact, mode, value[idx], acc[idx], _as_pixel(frame[pixel]), imp)
                 overflow += crossed
         return overflow
 
@@ -444,8 +518,9 @@ def paste(
     acc: np.ndarray,
     n_owners: int | None = None,
 ) -> int:
-    """Paste (B, H, W) uint8 frames with (B, 4, 4) pixel -> voxel matrices into the flat buffers
-    ``value`` / ``acc`` in place; returns how many voxels crossed PLUS's accumulation overflow
+    """Paste (B, H, W) frames (uint8, or any pixel type with float ``value`` buffers and the SINGLE
+    arithmetic) with (B, 4, 4) pixel -> voxel matrices into the flat buffers ``value`` / ``acc`` in
+    place; pixels below ``min_value`` are skipped; returns how many voxels crossed PLUS's accumulation overflow
     threshold (exact MEAN).
 
     ``pixels`` is a :class:`PixelRuns` (or a boolean mask). With several threads, nearest neighbour
@@ -454,7 +529,9 @@ def paste(
     all pixels and keep its own voxels."""
     if not isinstance(pixels, PixelRuns):
         pixels = PixelRuns(pixels)
-    frames = np.ascontiguousarray(frames, np.uint8)
+    frames = np.ascontiguousarray(frames)
+    if frames.dtype != np.uint8 and (arith != SINGLE or value.dtype.kind != "f"):
+        raise ValueError(f"{frames.dtype} frames need the float arithmetic (SINGLE) and a float value buffer")
     if frames.ndim != 3 or tuple(frames.shape[1:]) != tuple(pixels.shape):
         raise ValueError(f"frames of shape {frames.shape[1:]} do not match the pixel mask {tuple(pixels.shape)}")
     mats = np.asarray(image_pix_to_voxel, np.float64)[:, :3, :]
@@ -467,10 +544,12 @@ def paste(
     imp = np.zeros((1, 1), np.uint8) if importance is None else np.ascontiguousarray(importance, np.uint8)
     owners = owners_for_threads() if n_owners is None else int(n_owners)
     nx, ny, nz = (int(v) for v in size)
+    # an int for integer pixels (the uint8 path's type), a float threshold for float pixels
+    min_value = float(min_value) if frames.dtype.kind == "f" else int(min_value)
     runs = pixels.runs
     if method == "linear":
         kernel = _splat_kernel(int(arith), int(mode))
-        args = (frames, q, m64, m32, runs, imp, int(min_value), nx, ny, nz, value, acc)
+        args = (frames, q, m64, m32, runs, imp, min_value, nx, ny, nz, value, acc)
         if owners == 1:
             return int(kernel(0, 0, *args))
         # the kernels release the GIL: one thread per voxel owner, each through every pixel
@@ -490,7 +569,7 @@ def paste(
         idx = out_idx[: stop - start]
         chunk = (frames[start:stop], q[start:stop], m64[start:stop], m32[start:stop], runs)
         futures = [
-            pool.submit(record, *chunk, bounds[t], bounds[t + 1], pixels.offsets, idx, imp, int(min_value), nx, ny, nz)
+            pool.submit(record, *chunk, bounds[t], bounds[t + 1], pixels.offsets, idx, imp, min_value, nx, ny, nz)
             for t in range(owners)
         ]
         for f in futures:

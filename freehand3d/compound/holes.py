@@ -335,7 +335,7 @@ def fill_holes(values, filled, kernels, spacing=(1.0, 1.0, 1.0), accumulation=No
 
     Parameters
     ----------
-    values : (Z, Y, X) uint8 array or tensor, the reconstruction.
+    values : (Z, Y, X) array or tensor, the reconstruction (uint8; other types with the torch backend).
     filled : (Z, Y, X) bool, voxels that received data (PLUS: accumulation != 0).
     kernels : list of :class:`HoleFillingElement` / :class:`GapFill`, or a spec string for
         :func:`parse_fill_spec`. Tried in order; the first that succeeds fills a voxel.
@@ -349,7 +349,7 @@ def fill_holes(values, filled, kernels, spacing=(1.0, 1.0, 1.0), accumulation=No
         in its own order).
     Returns
     -------
-    (Z, Y, X) uint8 numpy array.
+    (Z, Y, X) numpy array of the values' type.
 
     Examples
     --------
@@ -391,6 +391,18 @@ def fill_holes(values, filled, kernels, spacing=(1.0, 1.0, 1.0), accumulation=No
     return out
 
 
+def _as_volume_type(estimate: torch.Tensor, dtype: np.dtype) -> np.ndarray:
+    """Hole estimates (float64) in the volume's type: integer types clip to their range and
+    truncate, as PLUS's uint8 cast does; float types keep the value."""
+    dtype = np.dtype(dtype)
+    if dtype == np.uint8:
+        return estimate.clamp(0, 255).to(torch.uint8).cpu().numpy()
+    if dtype.kind == "f":
+        return estimate.cpu().numpy().astype(dtype)
+    info = np.iinfo(dtype)
+    return estimate.clamp(float(info.min), float(info.max)).trunc().cpu().numpy().astype(dtype)
+
+
 def _fill_torch(values_np, known_np, out, remaining, kernels, spacing, accumulation, dev):
     vals = torch.as_tensor(values_np, device=dev, dtype=torch.float64)
     known = torch.as_tensor(known_np, device=dev, dtype=torch.float64)
@@ -408,7 +420,7 @@ def _fill_torch(values_np, known_np, out, remaining, kernels, spacing, accumulat
                 estimate, ok = _nearest_kernel(vals, known, kernel)
             else:
                 estimate, ok = _weighted_kernel(vals, known, acc, kernel)
-            estimate_np = estimate.clamp(0, 255).to(torch.uint8).cpu().numpy()
+            estimate_np = _as_volume_type(estimate, values_np.dtype)
             ok_np = ok.cpu().numpy()
         use = remaining & ok_np
         out[use] = estimate_np[use]

@@ -40,6 +40,19 @@ MIN_SPLAT_WEIGHT = 0.125
 FLOOR_TOL = 7.62939453125e-06
 
 COMPOUNDINGS = ("latest", "max", "mean", "importance")
+#: torch type of each volume / pixel type (torch has no uint32: it goes through int64 on output)
+_TORCH_TYPES = {
+    np.dtype(np.uint8): torch.uint8, np.dtype(np.int8): torch.int8, np.dtype(np.int16): torch.int16,
+    np.dtype(np.int32): torch.int32, np.dtype(np.float32): torch.float32, np.dtype(np.float64): torch.float64,
+    np.dtype(np.uint16): torch.int32, np.dtype(np.uint32): torch.int64,
+}
+
+
+def accumulation_dtype(pixel_type) -> torch.dtype:
+    """Float buffer type for frames of ``pixel_type`` other than uint8: float32 when every pixel
+    value is exactly a float32 (8- and 16-bit integers, float32), else float64."""
+    dt = np.dtype(pixel_type)
+    return torch.float64 if dt.itemsize > 2 and dt != np.float32 else torch.float32
 METHODS = ("nearest", "linear")
 
 
@@ -64,9 +77,10 @@ class PasteState:
     device : torch device.
     """
 
-    def __init__(self, n_voxels: int, compounding: str, exact_plus: bool, device):
+    def __init__(self, n_voxels: int, compounding: str, exact_plus: bool, device, pixel_type=np.uint8):
         if compounding not in COMPOUNDINGS:
             raise ValueError(f"compounding must be one of {COMPOUNDINGS}, got {compounding!r}")
+        self.pixel_type = np.dtype(pixel_type)
         self.n_voxels = int(n_voxels)
         self.dump = self.n_voxels  # the extra slot
         self.compounding = compounding
@@ -74,20 +88,32 @@ class PasteState:
         self.device = torch.device(device)
         float_sums = not self.exact_plus and compounding in ("mean", "importance")
         n = self.n_voxels + 1
-        # fast MEAN keeps sum(w*v) in float32; everything else keeps the current value
-        self.value = torch.zeros(n, dtype=torch.float32 if float_sums else torch.int32, device=self.device)
-        self.acc = torch.zeros(n, dtype=torch.int32 if self.exact_plus else torch.float32, device=self.device)
+        # fast MEAN keeps sum(w*v) in float32; everything else keeps the current value. Frames other
+        # than uint8 accumulate in floats: float32 where it holds every pixel value exactly,
+        # float64 for int32 / uint32 / float64 pixels
+        if self.pixel_type == np.uint8:
+            value_dtype = torch.float32 if float_sums else torch.int32
+        else:
+            value_dtype = accumulation_dtype(self.pixel_type)
+        self.value = torch.zeros(n, dtype=value_dtype, device=self.device)
+        # weights sum in float32 (the uint8 path's arithmetic), in float64 for the float64 buffers
+        acc_dtype = torch.int32 if self.exact_plus else torch.float32
+        if self.pixel_type != np.uint8 and value_dtype == torch.float64:
+            acc_dtype = torch.float64
+        self.acc = torch.zeros(n, dtype=acc_dtype, device=self.device)
         # LATEST: global order of the last writer of each voxel (monotonic across calls, no reset)
         self._order = None
         self._next_order = 0
         self.overflow_count = 0
 
     @staticmethod
-    def bytes_per_voxel(compounding: str, exact_plus: bool, scratch: bool = True) -> int:
-        """Buffer bytes per voxel (value + accumulation + int64 order scratch + uint8 output); the
+    def bytes_per_voxel(compounding: str, exact_plus: bool, scratch: bool = True, pixel_type=np.uint8,
+                        output_type=np.uint8) -> int:
+        """Buffer bytes per voxel (value + accumulation + int64 order scratch + output); the
         compiled CPU kernels need no order scratch (``scratch=False``)."""
         order = 8 if scratch and compounding in ("latest", "max") else 0
-        return 4 + 4 + order + 1
+        value = 4 if np.dtype(pixel_type) == np.uint8 else accumulation_dtype(pixel_type).itemsize
+        return value + max(4, value) + order + np.dtype(output_type).itemsize
 
     # ------------------------------------------------------------------ helpers
     def _scratch(self) -> torch.Tensor:
@@ -210,13 +236,31 @@ class PasteState:
         return weights.to(torch.float32)
 
     # ------------------------------------------------------------------ results
-    def result(self) -> torch.Tensor:
-        """Output values as uint8 (flat, without the dump slot)."""
+    def result(self, output_type=np.uint8) -> torch.Tensor:
+        """Output values (flat, without the dump slot) as ``output_type``: means of the float sums
+        (MEAN / importance) or the kept values (LATEST / MAXIMUM); integer outputs round
+        ``floor(x + 0.5)`` and clip to the type's range, float outputs keep the value. Empty voxels
+        are 0."""
+        output_type = np.dtype(output_type)
         value, acc = self.value[: self.n_voxels], self.acc[: self.n_voxels]
-        if value.dtype == torch.float32:
-            mean = torch.where(acc > 0, value / acc.clamp_min(1e-12), torch.zeros_like(value))
-            return torch.floor(mean + 0.5).clamp_(0, 255).to(torch.uint8)
-        return value.clamp(0, 255).to(torch.uint8)
+        float_sums = not self.exact_plus and self.compounding in ("mean", "importance")
+        if output_type == np.uint8 and self.pixel_type == np.uint8:  # the original uint8 path
+            if value.dtype == torch.float32:
+                mean = torch.where(acc > 0, value / acc.clamp_min(1e-12), torch.zeros_like(value))
+                return torch.floor(mean + 0.5).clamp_(0, 255).to(torch.uint8)
+            return value.clamp(0, 255).to(torch.uint8)
+        if float_sums:
+            value = torch.where(acc > 0, value / acc.clamp_min(1e-12).to(value.dtype), torch.zeros_like(value))
+        if output_type.kind == "f":
+            return value.to(_TORCH_TYPES[output_type])
+        info = np.iinfo(output_type)
+        if value.dtype.is_floating_point:
+            value = torch.floor(value + 0.5)
+            # float64 holds every bound of the integer output types exactly
+            value = value.to(torch.float64).clamp_(float(info.min), float(info.max))
+        else:
+            value = value.to(torch.int64).clamp_(int(info.min), int(info.max))
+        return value.to(_TORCH_TYPES[output_type])
 
     def filled(self) -> torch.Tensor:
         """Boolean (flat) mask of voxels that received data (PLUS: accumulation != 0)."""

@@ -212,6 +212,15 @@ class Reconstructor:
         Both give identical volumes and accumulation buffers.
     max_memory : int, optional
         Byte limit for the buffers; default half of the available RAM.
+    pixel_type : numpy dtype
+        Type of the frames :meth:`add_frames` will get (any :data:`freehand3d.sweep.PIXEL_TYPES`).
+        uint8 runs the original integer / float32 path; other types accumulate in floats (float32
+        for 8/16-bit integers and float32, float64 for 32-bit integers and float64) through the same
+        compiled kernels (the numba backend, fast arithmetic only).
+    output_type : numpy dtype, optional
+        Type of the volume (default: ``pixel_type``). MEAN / importance give the weighted mean,
+        LATEST / MAXIMUM the pixel value; integer outputs round ``floor(x + 0.5)`` and clip to the
+        type's range, float outputs are not rounded.
     pixels_per_batch : int
         How many pixels one vectorised step handles (bounds temporary memory).
 
@@ -240,10 +249,19 @@ class Reconstructor:
         backend: str | None = None,
         max_memory: int | None = None,
         pixels_per_batch: int = 2_000_000,
+        pixel_type=np.uint8,
+        output_type=None,
     ):
         import torch
 
         from freehand3d.compound.insert import COMPOUNDINGS, METHODS, PasteState
+        from freehand3d.sweep import PIXEL_TYPES
+
+        self.pixel_type = np.dtype(pixel_type)
+        self.output_type = self.pixel_type if output_type is None else np.dtype(output_type)
+        for what, dt in (("pixel_type", self.pixel_type), ("output_type", self.output_type)):
+            if dt not in PIXEL_TYPES:
+                raise ConfigError(f"{dt} is not a volume type; use one of {', '.join(t.name for t in PIXEL_TYPES)}", what)
 
         if method not in METHODS:
             raise ValueError(f"method must be one of {METHODS}, got {method!r}")
@@ -267,16 +285,32 @@ class Reconstructor:
             raise ConfigError(f"the numba backend runs on the CPU only; use backend='torch' on {self.device}", "backend")
         self.backend = backend
         self.pixels_per_batch = int(pixels_per_batch)
+        if self.pixel_type != np.uint8:
+            if self.exact_plus:
+                raise ConfigError(
+                    f"PLUS's exact arithmetic is defined for uint8 frames; {self.pixel_type} frames use the "
+                    "float path (exact_plus=False)", "exact_plus")
+            if backend != "numba":
+                raise ConfigError(
+                    f"{self.pixel_type} frames are compounded by the compiled CPU kernels (backend='numba'); "
+                    "the torch path takes uint8 frames", "backend")
         # pixels are integers: "value >= threshold" is "value >= ceil(threshold)", one rule for every path
         self._min_value = 0
-        if pixel_rejection_threshold is not None:
-            if not math.isfinite(float(pixel_rejection_threshold)):
-                raise ConfigError(f"must be finite, got {pixel_rejection_threshold}", "pixel_rejection_threshold")
-            self._min_value = int(min(max(math.ceil(float(pixel_rejection_threshold)), 0), 256))
+        if pixel_rejection_threshold is not None and not math.isfinite(float(pixel_rejection_threshold)):
+            raise ConfigError(f"must be finite, got {pixel_rejection_threshold}", "pixel_rejection_threshold")
+        if self.pixel_type == np.uint8:
+            if pixel_rejection_threshold is not None:
+                self._min_value = int(min(max(math.ceil(float(pixel_rejection_threshold)), 0), 256))
+        elif self.pixel_type.kind == "f":  # no threshold: negative values are pixels too
+            self._min_value = -math.inf if pixel_rejection_threshold is None else float(pixel_rejection_threshold)
+        else:
+            self._min_value = (np.iinfo(np.int64).min if pixel_rejection_threshold is None
+                               else int(math.ceil(float(pixel_rejection_threshold))))
         # the guard runs before any buffer exists
         scratch = backend == "torch"
-        check_memory(grid, PasteState.bytes_per_voxel(compounding, exact_plus, scratch), max_memory)
-        self._state = PasteState(grid.n_voxels, compounding, self.exact_plus, self.device)
+        check_memory(grid, PasteState.bytes_per_voxel(compounding, exact_plus, scratch, self.pixel_type, self.output_type),
+                     max_memory)
+        self._state = PasteState(grid.n_voxels, compounding, self.exact_plus, self.device, self.pixel_type)
         self._user_mask = None if mask is None else np.asarray(mask, bool)
         self._importance = None if importance_mask is None else np.asarray(importance_mask, np.uint8)
         self._frame_shape = None
@@ -339,8 +373,8 @@ class Reconstructor:
         mats = np.asarray(image_to_reference, float).reshape(-1, 4, 4)
         if len(mats) != len(frames):
             raise ValueError(f"{len(frames)} frames but {len(mats)} poses")
-        if frames.dtype != np.uint8:
-            raise ValueError(f"frames must be uint8, got {frames.dtype}")
+        if frames.dtype != self.pixel_type:
+            raise ValueError(f"frames must be {self.pixel_type} (the Reconstructor's pixel_type), got {frames.dtype}")
         ok = np.isfinite(mats).all(axis=(1, 2))
         frames, mats = frames[ok], mats[ok]
         if len(frames) == 0:
@@ -593,20 +627,23 @@ class Reconstructor:
         return self._state.acc[: self.grid.n_voxels].reshape(self.grid.shape).cpu().numpy()
 
     def volume_array(self, fill_holes=None) -> np.ndarray:
-        """(nz, ny, nx) uint8 volume; holes filled with ``fill_holes`` (default: the constructor's)."""
-        values = self._state.result().reshape(self.grid.shape)
+        """(nz, ny, nx) volume of ``output_type``; holes filled with ``fill_holes`` (default: the constructor's)."""
+        values = self._state.result(self.output_type).reshape(self.grid.shape)
+        values = values.cpu().numpy().astype(self.output_type, copy=False)  # torch has no uint16/uint32
         spec = self.fill_holes_spec if fill_holes is None else fill_holes
         if spec:
             from freehand3d.compound.holes import fill_holes as run_fill
 
             filled = self._state.filled().reshape(self.grid.shape)
             acc = self._state.acc[: self.grid.n_voxels].reshape(self.grid.shape).cpu().numpy()
+            # the compiled hole filling takes uint8 volumes; other types go through torch
+            backend = self.backend if self.output_type == np.uint8 else "torch"
             return run_fill(values, filled, spec, spacing=self.grid.spacing, accumulation=acc, device=self.device,
-                            backend=self.backend)
-        return values.cpu().numpy()
+                            backend=backend)
+        return values
 
     def volume(self, fill_holes=None):
-        """The reconstruction as a SimpleITK image (uint8, origin/spacing/direction of the grid)."""
+        """The reconstruction as a SimpleITK image (``output_type``, origin/spacing/direction of the grid)."""
         return self.grid.to_image(self.volume_array(fill_holes))
 
 
@@ -691,6 +728,7 @@ def reconstruct(
     max_memory: int | None = None,
     progress=None,
     phase=None,
+    output_type=None,
 ):
     """Reconstruct a tracked sweep into a volume.
 
@@ -729,10 +767,14 @@ def reconstruct(
         Called as frames are inserted.
     phase : callable(description), optional
         Called when a later long phase starts (``"filling holes"``).
+    output_type : numpy dtype or name, optional
+        Volume type (default: the sweep's pixel type). Any :data:`freehand3d.sweep.PIXEL_TYPES`;
+        frames other than uint8 accumulate in floats (see :class:`Reconstructor`). Colour
+        (N, H, W, C) frames are refused: convert them to one component first.
 
     Returns
     -------
-    SimpleITK.Image, uint8, with origin, spacing and identity direction of the grid.
+    SimpleITK.Image of ``output_type``, with origin, spacing and identity direction of the grid.
     """
     from freehand3d.compound.masks import frame_mask, mask_from_config
     from freehand3d.errors import ConfigError
@@ -747,8 +789,14 @@ def reconstruct(
         raise ConfigError(f"spacing must be positive, got {spacing}", "spacing")
     method = method or (cfg.method if cfg is not None else "nearest")
     compounding = compounding or (cfg.compounding if cfg is not None else "mean")
+    pixel_type = np.dtype(sweep.frames.dtype)
+    if sweep.frames.ndim != 3:
+        raise InputError(
+            f"frames have {sweep.frames.shape[3]} components per pixel; compounding takes one "
+            "(convert colour frames to grey first, e.g. freehand3d.sweep.to_uint8)", sweep.source)
     if exact_plus is None:
-        exact_plus = cfg is not None
+        # PLUS's integer arithmetic is defined for uint8; other pixel types take the float path
+        exact_plus = cfg is not None and pixel_type == np.uint8
     if image_to_reference is None:
         image_to_reference = (
             f"{cfg.image_coordinate_frame}To{cfg.reference_coordinate_frame}" if cfg is not None else "ImageToReference"
@@ -795,6 +843,8 @@ def reconstruct(
         device=device,
         backend=backend,
         max_memory=max_memory,
+        pixel_type=pixel_type,
+        output_type=output_type,
     )
     # the compiled kernels need no temporary memory per frame: bigger steps, fewer calls
     step = 64 if rec.backend == "numba" else 8
@@ -846,9 +896,11 @@ def save_preview(image, path) -> None:
         ("sagittal (x = centre)", array[:, :, nx // 2], (0, ny * sy, nz * sz, 0), "y (mm)", "z (mm)"),
         ("MIP along z", array.max(axis=0), (0, nx * sx, ny * sy, 0), "x (mm)", "y (mm)"),
     ]
+    # uint8 volumes show their full range; other types the whole volume's minimum..maximum
+    vmin, vmax = (0, 255) if array.dtype == np.uint8 else (float(np.nanmin(array)), float(np.nanmax(array)))
     fig, axes = plt.subplots(1, 4, figsize=(16, 4.5))
     for ax, (title, img, extent, xlabel, ylabel) in zip(axes, views):
-        ax.imshow(img, cmap="gray", vmin=0, vmax=255, extent=extent, interpolation="nearest")
+        ax.imshow(img, cmap="gray", vmin=vmin, vmax=vmax, extent=extent, interpolation="nearest")
         ax.set_title(title)
         ax.set_xlabel(xlabel)
         ax.set_ylabel(ylabel)

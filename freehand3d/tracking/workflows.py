@@ -199,6 +199,8 @@ def track_file(
     device: str | None = None,
     plot_path=None,
     world: str | None = None,
+    to_uint8: str = "dtype",
+    window=None,
 ) -> dict:
     """Track a sweep file with a DualTrack checkpoint and write the tracked sweep.
 
@@ -213,6 +215,8 @@ def track_file(
         sweep has poses).
     world : world frame of the input's ground truth (default: first reachable of
         :data:`WORLD_FRAMES`).
+    to_uint8, window : how frames other than 8-bit grey become the uint8 DualTrack's preprocessing
+        takes (:func:`freehand3d.sweep.to_uint8`); the written sweep keeps the input's frames.
 
     Returns
     -------
@@ -224,7 +228,9 @@ def track_file(
 
     sweep = read_sweep(sweep_path)
     model = load_dualtrack(checkpoint, preset=preset)
-    tracked = track(sweep, model, device=device)
+    tracked = track(sweep.as_uint8(to_uint8, window), model, device=device)
+    tracked.frames = sweep.frames  # the model saw the converted frames; the output keeps the input's
+    tracked.metadata.pop("Uint8Conversion", None)
     write_sweep(tracked, out_path)
     result = {"n_frames": len(tracked), "out_path": os.fspath(out_path)}
     pred = sweep_dualtrack_poses(tracked)
