@@ -286,8 +286,12 @@ def _search_layers(pts, triples, u, length_mm, centre, residual, side_spacing, o
             if np.any(ph_gaps <= 0):
                 return
             gap_factor = img_gaps / ph_gaps
-            # the image plane cuts the layer planes obliquely: gaps only stretch
-            if gap_factor.min() < 1 - tol_rel:
+            # the image plane cuts the layer planes obliquely: gaps only stretch, and not by much
+            # more than the tolerance (PLUS bounds line-pair distances by the same percentage;
+            # twice it here, as for the spread below: PLUS's fCal 1.2 recordings stretch up to
+            # 1.11 with a 10 % tolerance, while a false layer of static markers on the VLCUS
+            # recording stretched 1.72 with 20 %)
+            if gap_factor.min() < 1 - tol_rel or gap_factor.max() > 1 + 2 * tol_rel:
                 return
             gspread = gap_factor.max() / gap_factor.min() - 1.0
             if gspread > 2 * tol_rel:

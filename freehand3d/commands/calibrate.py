@@ -16,6 +16,7 @@ def _echo_warnings(caught) -> None:
 
 
 def register(app: typer.Typer) -> None:
+    _register_segment(app)
     @app.command("calibrate")
     def calibrate_command(
         calibration: Path = typer.Argument(..., help="Tracked N-wire recording (.igs.mha, .seq.nrrd, ...)."),
@@ -213,3 +214,28 @@ def _read_stylus_calibration(path: Path):
     if matrix.shape != (4, 4) or not np.isfinite(matrix).all():
         raise InputError("stylus_tip_to_stylus is not a finite 4x4 matrix", path)
     return matrix
+
+
+def _register_segment(app: typer.Typer) -> None:
+    @app.command("segment")
+    def segment_command(
+        recording: Path = typer.Argument(..., help="N-wire recording (.igs.mha, .seq.nrrd, ...)."),
+        config: Path = typer.Option(..., "--config", help="PLUS device set: phantom and <Segmentation> settings."),
+        output: Path = typer.Option(..., "--output", "-o", help="JSON: per frame the labelled wire points or why it failed."),
+        detection: str = typer.Option("plus", "--detection", help="plus (PLUS's segmentation) or hessian."),
+        phantom: Optional[str] = typer.Option(None, "--phantom", "-p", help="Phantom instead of the device set's."),
+        baseline: Optional[Path] = typer.Option(None, "--baseline",
+                                                help="PLUS *_Segmentation_baseline.xml to compare with."),
+    ) -> None:
+        """Segment the N-wires of every frame (no calibration): points in PLUS order or the failure reason."""
+        from freehand3d.calibration.segment import segment_files
+
+        run = segment_files(recording, config, output, phantom=phantom, detection=detection, baseline=baseline)
+        line = f"segmented {run.segmented}/{len(run.frames)} frames ({detection})"
+        cmp = run.details.get("baseline")
+        if cmp:
+            worst = cmp["max_point_distance_px"]
+            line += (f"; PLUS baseline {cmp['baseline_frames_segmented']}/{len(run.frames)}, "
+                     f"{cmp['frames_both']} in both, max point distance "
+                     f"{'n/a' if worst is None else f'{worst:.3f}'} px, {cmp['frames_over_1px']} frames over 1 px")
+        typer.echo(f"{line} -> {output}")

@@ -281,7 +281,8 @@ def _coordinate_definitions(root: ET.Element, source) -> dict[str, CoordinateDef
 
 
 def _phantom(root: ET.Element, coords: dict[str, CoordinateDefinition], source):
-    definition = root.find("PhantomDefinition")
+    # PLUS's old phantom-definition files have <PhantomDefinition> as their root element
+    definition = root if root.tag == "PhantomDefinition" else root.find("PhantomDefinition")
     if definition is None:
         return None, {}
     description = dict(definition.find("Description").attrib) if definition.find("Description") is not None else {}
@@ -289,12 +290,16 @@ def _phantom(root: ET.Element, coords: dict[str, CoordinateDefinition], source):
     if geometry_elem is None:
         return None, description
     nwires = []
-    for pattern in geometry_elem.findall("Pattern"):
-        if pattern.get("Type") != "NWire":
+    for pattern in geometry_elem:
+        # current format: <Pattern Type="NWire">; PLUS's old format (before 2.0): <NWire> elements
+        # directly under <Geometry>, wires with an Id attribute
+        if pattern.tag == "NWire":
+            pass
+        elif pattern.tag != "Pattern" or pattern.get("Type") != "NWire":
             continue  # other pattern kinds (e.g. CIRS) are not N-wires
         wires = []
         for wire in pattern.findall("Wire"):
-            name = wire.get("Name") or f"{len(nwires) * 3 + len(wires) + 1}"
+            name = wire.get("Name") or wire.get("Id") or f"{len(nwires) * 3 + len(wires) + 1}"
             front = _vec(wire.get("EndPointFront"), 3, f"wire {name} EndPointFront", source)
             back = _vec(wire.get("EndPointBack"), 3, f"wire {name} EndPointBack", source)
             if np.allclose(front, back):
@@ -357,7 +362,9 @@ def read_device_set(path: str | os.PathLike) -> DeviceSet:
     ------
     ConfigError
         The file is missing, not well-formed XML (the message gives the line), not a
-        ``<PlusConfiguration>``, or holds invalid matrices / wire coordinates.
+        ``<PlusConfiguration>`` (or an old-style ``<PhantomDefinition>`` file), or holds invalid
+        matrices / wire coordinates. Both phantom formats are read: ``<Pattern Type="NWire">`` and
+        PLUS's old ``<NWire>`` elements directly under ``<Geometry>``.
 
     Examples
     --------
@@ -367,7 +374,7 @@ def read_device_set(path: str | os.PathLike) -> DeviceSet:
     """
     source = os.fspath(path)
     root = _parse_xml(path)
-    if not isinstance(root.tag, str) or root.tag != "PlusConfiguration":
+    if not isinstance(root.tag, str) or root.tag not in ("PlusConfiguration", "PhantomDefinition"):
         raise ConfigError(f"not a PLUS device set: the root element is <{root.tag}>, not <PlusConfiguration>", source)
     device_set = root.find("DataCollection/DeviceSet")
     coords = _coordinate_definitions(root, source)
