@@ -420,6 +420,19 @@ def temporal_calibrate_line(
         raise InputError("has fewer than 4 frames with timestamps", video_sweep.source)
     if video_sweep.frame_shape[0] * video_sweep.frame_shape[1] == 0:
         raise InputError("holds no images (tracker-only); give the video recording first", video_sweep.source)
+    # cheap checks before the line search
+    mats, ok = probe_to_reference(tracker_sweep)
+    t_idx = _unique_sorted(tracker_sweep.timestamps, ok)
+    if len(t_idx) < 4:
+        raise InputError("has fewer than 4 valid tracked frames", tracker_sweep.source)
+    tv_all = video_sweep.timestamps[v_idx]
+    tt_all = tracker_sweep.timestamps[t_idx]
+    overlap = min(tv_all[-1], tt_all[-1]) - max(tv_all[0], tt_all[0])
+    if overlap <= 2 * max_lag_s:
+        raise InputError(
+            f"its time range ({tt_all[0]:.3f}..{tt_all[-1]:.3f} s) and the video's ({tv_all[0]:.3f}.."
+            f"{tv_all[-1]:.3f} s) overlap by {max(overlap, 0):.3f} s, less than the +-{max_lag_s:g} s lag "
+            "search needs: were they recorded together?", tracker_sweep.source)
     lines = bottom_line_positions(video_sweep.frames, clip)
     good = v_idx[lines.ok[v_idx]]
     if len(good) < 4:
@@ -428,10 +441,6 @@ def temporal_calibrate_line(
     if np.ptp(pv) < MIN_VIDEO_SWING_PX:
         raise InputError(f"the bottom line moves only {np.ptp(pv):.1f} px (need >= {MIN_VIDEO_SWING_PX:g}): "
                          "move the probe up and down more", video_sweep.source)
-    mats, ok = probe_to_reference(tracker_sweep)
-    t_idx = _unique_sorted(tracker_sweep.timestamps, ok)
-    if len(t_idx) < 4:
-        raise InputError("has fewer than 4 valid tracked frames", tracker_sweep.source)
     tt = tracker_sweep.timestamps[t_idx]
     pos = mats[t_idx, :3, 3]
     # the principal axis over the frames PLUS uses (common range shrunk by the search range)

@@ -1,0 +1,162 @@
+"""Bad inputs of the calibration commands (``calibrate``, ``temporal-calibrate``,
+``pivot-calibrate``, ``register-phantom``, ``segment``): exit 2, one error line naming the file or
+option, no traceback, no partial output."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+from _bad_inputs import Case, check_case
+
+PLUS = Path(__file__).resolve().parents[1] / "freehand3d" / "data" / "plus"
+VIDEO = str(PLUS / "temporal" / "WaterTankBottomTranslationVideoBuffer.igs.mha")
+TRACKER = str(PLUS / "temporal" / "WaterTankBottomTranslationTrackerBuffer-trimmed.igs.mha")
+LANDMARKS = str(PLUS / "phantom-registration" / "EightLandmarkPointsTrackedForPhantomRegistration.igs.mha")
+LANDMARK_SET = str(PLUS / "phantom-registration" / "PlusDeviceSet_fCal_Sim_RecordPhantomLandmarks.xml")
+PIVOT_SET = str(PLUS / "phantom-registration" / "PlusDeviceSet_fCal_Sim_PivotCalibration.xml")
+VLCUS = str(PLUS / "segmentation" / "SegmentationTest_VLCUS_RandomStepperMotionData2.igs.mha")
+VLCUS_SET = str(PLUS / "segmentation" / "PlusDeviceSet_iCal_CalibrationOnly_VLCUS_FrameGrabber.xml")
+CAL = str(PLUS / "fCal_Test_Calibration_3NWires.igs.mha")
+CAL_SET = str(PLUS / "PlusDeviceSet_fCal_Sim_SpatialCalibration_1.2.xml")
+
+
+def _write(name: str, content: str):
+    def setup(tmp: Path) -> None:
+        (tmp / name).write_text(content)
+    return setup
+
+
+def _stylus_file(name: str, poses: np.ndarray, times=None):
+    def setup(tmp: Path) -> None:
+        from freehand3d.io.plus_sequence import write_plus_sequence
+        from freehand3d.sweep import Sweep
+
+        n = len(poses)
+        ref = np.tile(np.eye(4), (n, 1, 1))
+        t = np.arange(n) * 0.05 if times is None else times
+        write_plus_sequence(Sweep(frames=np.zeros((n, 0, 0), np.uint8), timestamps=t,
+                                  transforms={"StylusToTracker": poses, "ReferenceToTracker": ref}), tmp / name)
+    return setup
+
+
+def _shifted_tracker(tmp: Path) -> None:
+    from freehand3d.io.plus_sequence import read_plus_sequence, write_plus_sequence
+
+    sweep = read_plus_sequence(TRACKER)
+    sweep.timestamps = sweep.timestamps + 1000.0  # another session
+    write_plus_sequence(sweep, tmp / "late.igs.mha")
+
+
+def _pivoting(tmp: Path) -> None:
+    from freehand3d.simulate.stylus import plus_fake_pivot_poses
+
+    _stylus_file("pivot.igs.mha", plus_fake_pivot_poses(60, 0.0, seed=1)[0])(tmp)
+
+
+def _config_without_tip(tmp: Path) -> None:
+    text = Path(LANDMARK_SET).read_text()
+    start = text.index('<Transform From="StylusTip"')
+    end = text.index("/>", start) + 2
+    (tmp / "notip.xml").write_text(text[:start] + text[end:])
+
+
+STATIC = np.tile(np.eye(4), (40, 1, 1))
+STATIC[:, :3, 3] = [10.0, 20.0, 30.0]
+
+CASES = [
+    # temporal-calibrate
+    Case("temporal-missing-video", ["temporal-calibrate", "{tmp}/nope.igs.mha", "--tracker", TRACKER, "-o", "{tmp}/l.json"],
+         mention=["nope.igs.mha", "not found"]),
+    Case("temporal-missing-tracker", ["temporal-calibrate", VIDEO, "--tracker", "{tmp}/none.igs.mha", "-o", "{tmp}/l.json"],
+         mention=["none.igs.mha"]),
+    Case("temporal-swapped-recordings", ["temporal-calibrate", TRACKER, "--tracker", VIDEO, "-o", "{tmp}/l.json"],
+         mention=["tracker-only", "Tracker"]),
+    Case("temporal-tracker-and-phantom", ["temporal-calibrate", CAL, "--tracker", TRACKER, "--phantom", CAL_SET,
+                                          "-o", "{tmp}/l.json"], mention=["--tracker"]),
+    Case("temporal-bad-polarity", ["temporal-calibrate", VIDEO, "--tracker", TRACKER, "--polarity", "up",
+                                   "-o", "{tmp}/l.json"], mention=["--polarity"]),
+    Case("temporal-zero-max-lag", ["temporal-calibrate", VIDEO, "--tracker", TRACKER, "--max-lag", "0",
+                                   "-o", "{tmp}/l.json"], mention=["--max-lag"]),
+    Case("temporal-clip-three-numbers", ["temporal-calibrate", VIDEO, "--tracker", TRACKER, "--clip", "1", "--clip", "2",
+                                         "--clip", "3", "-o", "{tmp}/l.json"], mention=["--clip"]),
+    Case("temporal-output-is-folder", ["temporal-calibrate", VIDEO, "--tracker", TRACKER, "-o", "{tmp}"],
+         mention=["folder"]),
+    Case("temporal-missing-config", ["temporal-calibrate", VIDEO, "--tracker", TRACKER, "--config", "{tmp}/set.xml",
+                                     "-o", "{tmp}/l.json"], mention=["set.xml"]),
+    Case("temporal-bad-clip-in-config", ["temporal-calibrate", VIDEO, "--tracker", TRACKER, "--config", "{tmp}/set.xml",
+                                         "-o", "{tmp}/l.json"],
+         setup=_write("set.xml", '<PlusConfiguration><vtkPlusTemporalCalibrationAlgo ClipRectangleOrigin="a b" '
+                                 'ClipRectangleSize="10 10"/></PlusConfiguration>'),
+         mention=["set.xml", "ClipRectangle"]),
+    Case("temporal-tracker-without-probe", ["temporal-calibrate", VIDEO, "--tracker", LANDMARKS, "-o", "{tmp}/l.json"],
+         mention=["ProbeToTracker", "EightLandmark"]),
+    Case("temporal-not-a-sequence", ["temporal-calibrate", "{tmp}/v.igs.mha", "--tracker", TRACKER, "-o", "{tmp}/l.json"],
+         setup=_write("v.igs.mha", "hello\n"), mention=["v.igs.mha"]),
+    Case("temporal-no-time-overlap", ["temporal-calibrate", VIDEO, "--tracker", "{tmp}/late.igs.mha",
+                                      "-o", "{tmp}/l.json"], setup=_shifted_tracker, mention=["overlap", "late.igs.mha"]),
+    Case("temporal-nwire-on-tracker-only", ["temporal-calibrate", TRACKER, "--phantom", CAL_SET, "-o", "{tmp}/l.json"],
+         mention=["tracker-only"]),
+    # pivot-calibrate
+    Case("pivot-missing", ["pivot-calibrate", "{tmp}/nope.igs.mha", "-o", "{tmp}/p.json"], mention=["nope.igs.mha"]),
+    Case("pivot-bad-method", ["pivot-calibrate", LANDMARKS, "--method", "best", "-o", "{tmp}/p.json"],
+         mention=["--method"]),
+    Case("pivot-unknown-stylus", ["pivot-calibrate", VLCUS, "-o", "{tmp}/p.json"],
+         mention=["StylusToReference", "ToolToTracker"]),
+    Case("pivot-stylus-not-a-transform", ["pivot-calibrate", LANDMARKS, "--stylus", "Stylus", "-o", "{tmp}/p.json"],
+         mention=["--stylus"]),
+    Case("pivot-plus-config-without-config", ["pivot-calibrate", LANDMARKS, "--plus-config", "{tmp}/o.xml",
+                                              "-o", "{tmp}/p.json"], mention=["--config"]),
+    Case("pivot-negative-threshold", ["pivot-calibrate", LANDMARKS, "--threshold-mm", "-1", "-o", "{tmp}/p.json"],
+         mention=["--threshold-mm"]),
+    Case("pivot-stylus-never-turns", ["pivot-calibrate", "{tmp}/still.igs.mha", "-o", "{tmp}/p.json"],
+         setup=_stylus_file("still.igs.mha", STATIC), mention=["turns", "still.igs.mha"]),
+    Case("pivot-output-is-folder", ["pivot-calibrate", LANDMARKS, "-o", "{tmp}"], mention=["folder"]),
+    Case("pivot-missing-config", ["pivot-calibrate", LANDMARKS, "--config", "{tmp}/set.xml", "--plus-config",
+                                  "{tmp}/o.xml", "-o", "{tmp}/p.json"], mention=["set.xml"]),
+    # register-phantom
+    Case("register-missing-config", ["register-phantom", LANDMARKS, "--config", "{tmp}/set.xml", "-o", "{tmp}/r.json"],
+         mention=["set.xml"]),
+    Case("register-config-one-landmark", ["register-phantom", LANDMARKS, "--config", VLCUS_SET, "-o", "{tmp}/r.json"],
+         mention=["landmark"]),
+    Case("register-config-without-landmarks", ["register-phantom", LANDMARKS, "--config", PIVOT_SET,
+                                               "-o", "{tmp}/r.json"], mention=["Landmarks"]),
+    Case("register-no-stylus-calibration", ["register-phantom", LANDMARKS, "--config", "{tmp}/notip.xml",
+                                            "-o", "{tmp}/r.json"], setup=_config_without_tip,
+         mention=["StylusTipToStylus", "pivot-calibrate"]),
+    Case("register-bad-stylus-json", ["register-phantom", LANDMARKS, "--config", LANDMARK_SET, "--stylus-calibration",
+                                      "{tmp}/p.json", "-o", "{tmp}/r.json"],
+         setup=_write("p.json", json.dumps({"stylus_tip_to_stylus": [[1, 0], [0, 1]]})), mention=["p.json"]),
+    Case("register-too-few-frames", ["register-phantom", LANDMARKS, "--config", LANDMARK_SET, "--landmark-frame", "10",
+                                     "--landmark-frame", "20", "-o", "{tmp}/r.json"], mention=["--landmark-frames"]),
+    Case("register-frame-out-of-range", ["register-phantom", LANDMARKS, "--config", LANDMARK_SET,
+                                         *[a for f in (1, 2, 3, 4, 5, 6, 7, 5000) for a in ("--landmark-frame", str(f))],
+                                         "-o", "{tmp}/r.json"], mention=["5000"]),
+    Case("register-bad-estimate", ["register-phantom", LANDMARKS, "--config", LANDMARK_SET, "--estimate", "median",
+                                   "-o", "{tmp}/r.json"], mention=["--estimate"]),
+    Case("register-no-landmarks-touched", ["register-phantom", "{tmp}/pivot.igs.mha", "--config", LANDMARK_SET,
+                                           "--detect-landmarks", "-o", "{tmp}/r.json"], setup=_pivoting,
+         mention=["detected", "pivot.igs.mha"]),
+    # segment
+    Case("segment-missing", ["segment", "{tmp}/nope.igs.mha", "--config", VLCUS_SET, "-o", "{tmp}/s.json"],
+         mention=["nope.igs.mha"]),
+    Case("segment-bad-detection", ["segment", VLCUS, "--config", VLCUS_SET, "--detection", "canny", "-o", "{tmp}/s.json"],
+         mention=["--detection"]),
+    Case("segment-config-without-phantom", ["segment", VLCUS, "--config", PIVOT_SET, "-o", "{tmp}/s.json"],
+         mention=["PhantomDefinition"]),
+    Case("segment-baseline-not-testresults", ["segment", VLCUS, "--config", VLCUS_SET, "--baseline", VLCUS_SET,
+                                              "-o", "{tmp}/s.json"], mention=["TestResults"]),
+    Case("segment-tracker-only", ["segment", TRACKER, "--config", VLCUS_SET, "-o", "{tmp}/s.json"],
+         mention=["tracker-only"]),
+    # calibrate's new option
+    Case("calibrate-time-offset-contradiction", ["calibrate", CAL, "--phantom", CAL_SET, "--time-offset-s", "0.1",
+                                                 "--no-time-offset", "-o", "{tmp}/c.json"],
+         mention=["--time-offset-s", "--no-time-offset"]),
+]
+
+
+@pytest.mark.parametrize("case", CASES, ids=[c.id for c in CASES])
+def test_bad_input(case, tmp_path):
+    check_case(case, tmp_path)
