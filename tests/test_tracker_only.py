@@ -68,3 +68,27 @@ def test_info_and_convert_tracker_only(tmp_path):
     res = runner.invoke(app, ["convert", str(TRACKER), str(out)])
     assert res.exit_code == 0, res.output
     assert read_plus_sequence(out).frames.shape == (801, 0, 0)
+
+
+@needs_data
+def test_replay_sends_poses_only(tmp_path):
+    import socket
+    import time
+
+    from freehand3d.stream.igtl import ReplayServer
+
+    sweep = read_plus_sequence(TRACKER).subset(np.arange(20))
+    server = ReplayServer(sweep, port=0, fps=0).start()
+    port = server._listener.getsockname()[1]
+    data = bytearray()
+    with socket.create_connection(("127.0.0.1", port), timeout=10) as conn:
+        deadline = time.time() + 20
+        while time.time() < deadline:
+            chunk = conn.recv(65536)
+            if not chunk:
+                break
+            data += chunk
+    server.close()
+    # 3 transforms per frame, no (empty) IMAGE message
+    assert data.count(b"TRANSFORM") == 3 * 20
+    assert b"IMAGE\x00" not in data

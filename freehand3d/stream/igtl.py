@@ -903,6 +903,8 @@ class ReplayServer:
         sweep, v = self.sweep, self.header_version
         t = float(sweep.timestamps[index]) if self.timestamps == "original" else (now or time.time())
         parts = self.transform_messages(index, t)
+        if sweep.frames[index].size == 0:  # tracker-only recording (PLUS tracker buffer): poses only
+            return b"".join(parts)
         matrix, device = self._image_matrix, self.image_device
         if self._poses is not None:
             mats, ok = self._poses
