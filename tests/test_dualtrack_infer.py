@@ -185,11 +185,16 @@ def test_predict_with_winograd_matches_the_direct_convolutions(frames40, monkeyp
     for dtype, tol in ((torch.float64, 1e-12), (torch.float32, 1e-5)):
         direct = predict(frames, model, dtype=dtype, cnn_tile=5, winograd=False)["head_output"]
         assert not calls
-        fast = predict(frames, model, dtype=dtype, cnn_tile=5)["head_output"]  # Winograd by default
+        fast = predict(frames, model, dtype=dtype, cnn_tile=5, kernel="winograd")["head_output"]
         assert len(calls) == 13 * 3  # 13 stride-1 3x3x3 convs, 3 CNN tiles
         calls.clear()
         assert np.abs(direct).max() > 1e-2
         np.testing.assert_allclose(fast, direct, atol=tol * np.abs(direct).max(), rtol=0)
+        # streamed (the default): 12 frames in pieces of 5 -> 3 pushes per conv, same result
+        streamed = predict(frames, model, dtype=dtype, kernel="winograd", piece=5)["head_output"]
+        assert len(calls) == 13 * 3
+        calls.clear()
+        np.testing.assert_allclose(streamed, direct, atol=tol * np.abs(direct).max(), rtol=0)
 
 
 def test_track_raw_frames_uses_the_tusrec_spacing(small_model, frames40):

@@ -60,18 +60,31 @@ def register(app: typer.Typer) -> None:
             help="How non-8-bit frames become the model's 8-bit input: dtype (full type range), window "
                  "(--window LOW,HIGH) or minmax (whole sweep). One map for all frames; uint8 is used as is."),
         window: Optional[str] = typer.Option(None, "--window", help="LOW,HIGH grey window for --to-uint8 window."),
+        precision: str = typer.Option(
+            "fp32", "--precision",
+            help="fp32 | bf16 (bf16 convolutions, fp32 head, fp64 poses; fast only with native bf16) | fp64.",
+        ),
+        kernel: str = typer.Option(
+            "auto", "--kernel",
+            help="auto (direct or Winograd per layer, measured once on this machine and cached) | direct | winograd.",
+        ),
+        threads: Optional[int] = typer.Option(None, "--threads", help="CPU threads (default: torch's default)."),
     ) -> None:
         """Estimate the probe trajectory of a sweep from its frames alone (DualTrack)."""
         from rich.console import Console
 
         from freehand3d.sweep import checked_conversion
-        from freehand3d.tracking.workflows import track_file
+        from freehand3d.tracking.workflows import check_track_options, track_file
 
+        check_track_options(precision, kernel, threads, device)  # before reading anything
         method, win = checked_conversion(to_uint8, window)
         result = track_file(sweep, checkpoint, output, preset=preset, device=device, plot_path=plot,
-                            to_uint8=method, window=win)
+                            to_uint8=method, window=win, precision=precision, kernel=kernel, threads=threads)
         console = Console()
-        console.print(f"tracked {result['n_frames']} frames -> {output}")
+        console.print(f"tracked {result['n_frames']} frames -> {output} "
+                      f"(precision {result['precision']}, device {result['device']})")
+        if result.get("kernels"):
+            console.print(f"local-CNN kernels: {result['kernels']}")
         if "metrics" in result:
             console.print(_metrics_table(result["metrics"], "against the poses stored in the input"))
 

@@ -24,6 +24,7 @@ import torch
 from freehand3d import geometry
 from freehand3d.errors import InputError
 from freehand3d.sweep import Sweep
+from freehand3d.tracking.model.streaming import DEFAULT_PIECE
 from freehand3d.tracking.preprocess import _check_frames, global_frames, local_crops
 
 #: Pixel spacing (mm) of the TUS-REC data the official weights were trained on (SPEC §9); used
@@ -120,6 +121,63 @@ def _autocast(device: torch.device, amp: bool):
     return torch.autocast(device.type, dtype=dtype)
 
 
+#: ``precision`` values of :func:`predict` / ``freehand3d track --precision``
+PRECISIONS = ("fp32", "bf16", "fp64")
+
+
+@contextlib.contextmanager
+def _num_threads(threads: int | None):
+    if threads is None:
+        yield torch.get_num_threads()
+        return
+    if threads < 1:
+        raise ValueError(f"threads must be >= 1, got {threads}")
+    before = torch.get_num_threads()
+    torch.set_num_threads(int(threads))
+    try:
+        yield int(threads)
+    finally:
+        torch.set_num_threads(before)
+
+
+@contextlib.contextmanager
+def _cudnn_benchmark(on: bool):
+    if not on:
+        yield
+        return
+    before = torch.backends.cudnn.benchmark
+    torch.backends.cudnn.benchmark = True
+    try:
+        yield
+    finally:
+        torch.backends.cudnn.benchmark = before
+
+
+class _CastCNN(torch.nn.Module):
+    """Runs a CNN copy in another dtype (bf16 convolutions) and hands back the caller's dtype."""
+
+    def __init__(self, cnn: torch.nn.Module, dtype: torch.dtype):
+        super().__init__()
+        self.cnn, self.dtype = cnn.to(dtype), dtype
+
+    def forward(self, x):
+        return self.cnn(x.to(self.dtype)).to(x.dtype)
+
+
+def _resolve_precision(precision, dtype, params_dtype, amp):
+    if precision is None:
+        dtype = params_dtype if dtype is None else dtype
+        precision = {torch.float64: "fp64", torch.bfloat16: "bf16"}.get(dtype, "fp32")
+        if precision == "bf16":
+            dtype = torch.float32
+        return precision if not amp else "autocast", dtype
+    if precision not in PRECISIONS:
+        raise ValueError(f"precision must be one of {', '.join(PRECISIONS)}, got {precision!r}")
+    if amp:
+        raise ValueError("pass either amp=True (autocast) or precision, not both")
+    return precision, torch.float64 if precision == "fp64" else torch.float32
+
+
 def predict(
     frames,
     model,
@@ -131,41 +189,57 @@ def predict(
     cnn_tile: int | None = None,
     progress: bool = False,
     channels_last: bool = True,
-    winograd: bool = True,
+    winograd: bool | None = None,
+    precision: str | None = None,
+    kernel: str = "auto",
+    threads: int | None = None,
+    piece: int | None = None,
 ) -> dict[str, np.ndarray]:
     """Run the model on raw frames with bounded memory.
 
-    The local CNN runs in temporal tiles (with the halo that makes tiling exact, and with the
-    preset's chunking rule for long sweeps); crops are made per tile, so memory does not grow with
-    the whole sweep's float crops; attention runs in query blocks.
+    The local CNN is streamed over time in pieces of ``piece`` frames
+    (:mod:`freehand3d.tracking.model.streaming`: exact, nothing computed twice, memory independent
+    of the sweep's length) with the preset's chunking rule for long sweeps; crops are made per
+    piece; attention runs in query blocks.
 
     Parameters
     ----------
     frames : (N, 480, 640) uint8.
     model : :class:`~freehand3d.tracking.DualTrack` (moved to ``device``/``dtype`` in place).
     device : "cpu", "cuda", ... (default: where the model is).
-    dtype : parameter/compute dtype, e.g. torch.float64 for reference runs (default: the model's).
-    amp : autocast (float16 on CUDA, bfloat16 on CPU) for speed; on CPUs without native bf16
-        (see :func:`cpu_has_fast_bf16`) it is much slower, and a warning says so.
+    dtype : parameter/compute dtype, e.g. torch.float64 for reference runs (default: the model's);
+        an alternative to ``precision``.
+    amp : autocast (float16 on CUDA, bfloat16 on CPU) over the whole network (legacy; prefer
+        ``precision="bf16"``); on CPUs without native bf16 (see :func:`cpu_has_fast_bf16`) it is
+        much slower, and a warning says so.
     global_variant, global_norm : global preprocessing (default: the preset's, see
         :func:`~freehand3d.tracking.preprocess`).
-    cnn_tile : output frames per local-CNN run (memory knob; the result does not depend on it).
-        Default: 128 on CPU, 1024 on CUDA (a whole 2024-preset sweep, no halo overhead);
-        0 = no tiling (fastest, memory grows with N).
+    cnn_tile : run the local CNN in halo tiles of this many output frames instead of streaming it
+        (0 = one piece); the result does not depend on it. Kept for comparisons.
     progress : show a progress bar.
     channels_last : store the CNN weights channels-last (faster convolutions on CPU and GPU).
         BatchNorm is always folded into the convolutions for inference. Both change results only
         at rounding level (float64 stays within 1e-12 of the unfused model).
-    winograd : on CPU without ``amp``, run the local CNN's stride-1 3x3x3 convs with at least
-        :data:`WINOGRAD_MIN_CHANNELS` input channels as Winograd F(2x2,3x3) (see
-        :mod:`freehand3d.tracking.model.winograd`; rounding-level differences only, float64 within
-        1e-10 of the official fixture). 2024 preset, 64 frames, 2 threads on the project CPU:
-        whole forward 1.21x faster; on a heavily loaded machine it can be slower (its many smaller
-        parallel operations suffer more from contention), see docs/tracking.md.
+    winograd : legacy switch: True = ``kernel="winograd"``, False = ``kernel="direct"``.
+    precision : ``"fp32"`` (default for a float32 model), ``"fp64"`` (reference), or ``"bf16"``:
+        the two CNNs' convolutions in bfloat16 (oneDNN/cuDNN accumulate each in float32; the
+        activations between layers are rounded to bfloat16), everything after them -- pooling,
+        transformers, fusion, head -- in float32 and the pose composition in float64. Error against
+        fp32 in docs/tracking.md. Fast only where the hardware has bf16 (CPUs with AVX512-BF16/AMX,
+        GPUs); elsewhere a warning says it will be slow.
+    kernel : local-CNN convolution kernels on CPU (fp32/fp64): ``"auto"`` (default) picks direct
+        or Winograd F(2x2,3x3) per layer shape by measuring both on this machine once (cached on
+        disk, :mod:`freehand3d.tracking.kernels`); ``"direct"``: oneDNN everywhere; ``"winograd"``:
+        Winograd from :data:`WINOGRAD_MIN_CHANNELS` input channels. On CUDA ``auto`` turns on
+        ``cudnn.benchmark``.
+    threads : CPU threads for this call (default: torch's current setting); restored afterwards.
+    piece : frames per streamed local-CNN piece (memory knob; the result does not depend on it).
+        Default 32 on CPU, 256 on CUDA.
 
     Returns
     -------
-    dict with ``head_output`` (N-1, 6), ``poses_global`` and ``poses_local`` (N, 4, 4), float64.
+    dict with ``head_output`` (N-1, 6), ``poses_global`` and ``poses_local`` (N, 4, 4), float64,
+    and ``info``: ``{"precision", "kernels" (layer shape -> kernel), "threads", "device"}``.
     """
     arr = _check_frames(frames)
     n = len(arr)
@@ -173,45 +247,102 @@ def predict(
         model.check_length(n)
     except ValueError as exc:
         raise InputError(str(exc)) from None
+    if winograd is not None:
+        kernel = "winograd" if winograd else "direct"
+    from freehand3d.tracking.kernels import KERNELS, apply_kernels
+
+    if kernel not in KERNELS:
+        raise ValueError(f"kernel must be one of {', '.join(KERNELS)}, got {kernel!r}")
     cfg = model.config
     params = next(model.parameters())
     device = params.device if device is None else torch.device(device)
-    dtype = params.dtype if dtype is None else dtype
+    precision, dtype = _resolve_precision(precision, dtype, params.dtype, amp)
     model.to(device=device, dtype=dtype).eval()
-    if cnn_tile is None:
-        # a GPU holds a whole official-length sweep's activations; a CPU run keeps RAM bounded
-        cnn_tile = 1024 if device.type == "cuda" else model.local_encoder.cnn_tile
-    # inference copies of the CNNs: BatchNorm folded into the convs, channels-last weights; the
-    # caller's model is left as it is (apart from device/dtype)
-    use_winograd = winograd and device.type == "cpu" and not amp
-    local_cnn = model.local_encoder.cnn.fused_for_inference(WINOGRAD_MIN_CHANNELS if use_winograd else None)
-    global_cnn = model.global_encoder.cnn.fused_for_inference()
-    if channels_last:
-        local_cnn.to(memory_format=torch.channels_last_3d)
-        global_cnn.to(memory_format=torch.channels_last)
-    variant = cfg.global_variant if global_variant is None else global_variant
-    norm = cfg.global_norm if global_norm is None else global_norm
+    if precision == "bf16" and device.type == "cpu" and not cpu_has_fast_bf16():
+        warnings.warn("this CPU has no native bfloat16 support; precision='bf16' will be much slower than fp32",
+                      stacklevel=2)
+    with _num_threads(threads) as n_threads, _cudnn_benchmark(device.type == "cuda" and kernel == "auto"):
+        # inference copies of the CNNs: BatchNorm folded into the convs, channels-last weights; the
+        # caller's model is left as it is (apart from device/dtype)
+        local_cnn = model.local_encoder.cnn.fused_for_inference()
+        kernels = {}
+        if device.type == "cpu" and precision in ("fp32", "fp64"):
+            kernels = apply_kernels(local_cnn, cfg.local_size, kernel, n_threads, dtype, WINOGRAD_MIN_CHANNELS)
+        global_cnn = model.global_encoder.cnn.fused_for_inference()
+        if channels_last:
+            local_cnn.to(memory_format=torch.channels_last_3d)
+            global_cnn.to(memory_format=torch.channels_last)
+        conv_dtype = torch.bfloat16 if precision == "bf16" else dtype
+        if precision == "bf16":
+            local_cnn, global_cnn = local_cnn.to(torch.bfloat16), _CastCNN(global_cnn, torch.bfloat16)
+        variant = cfg.global_variant if global_variant is None else global_variant
+        norm = cfg.global_norm if global_norm is None else global_norm
 
-    def get_clip(lo, hi):
-        return local_crops(arr[lo:hi], cfg.local_size, device=device).to(dtype)[None]
+        def get_clip(lo, hi):
+            return local_crops(arr[lo:hi], cfg.local_size, device=device).to(conv_dtype)[None]
 
-    bar = _progress_bar(n) if progress else None
-    with torch.inference_mode(), _autocast(device, amp), (bar or contextlib.nullcontext()):
-        task = bar.add_task("DualTrack local CNN", total=n) if bar else None
-        report = (lambda done: bar.update(task, completed=done)) if bar else None
-        tokens = model.local_encoder.frame_tokens(get_clip, n, cnn_tile, report, cnn=local_cnn)
-        local_features = model.local_encoder.encode_tokens(tokens)
-        indices = model.global_indices(n, device=device)
-        feats = []
-        for start in range(0, len(indices), GLOBAL_CNN_BATCH):
-            chosen = indices[start : start + GLOBAL_CNN_BATCH].cpu().numpy()
-            batch = global_frames(arr[chosen], variant, norm, cfg.global_size, device=device).to(dtype)[None]
-            feats.append(model.global_encoder.frame_features(batch, cnn=global_cnn))
-        global_features = model.global_encoder.encode_features(torch.cat(feats, dim=1), indices)
-        head = model.decode(local_features, global_features)["head_output"]
+        bar = _progress_bar(n) if progress else None
+        with torch.inference_mode(), _autocast(device, amp), (bar or contextlib.nullcontext()):
+            task = bar.add_task("DualTrack local CNN", total=n) if bar else None
+            report = (lambda done: bar.update(task, completed=done)) if bar else None
+            if cnn_tile is not None:
+                tile_cnn = _CastCNN(local_cnn, torch.bfloat16) if precision == "bf16" else local_cnn
+
+                def tile_clip(lo, hi):
+                    return get_clip(lo, hi).to(dtype)
+
+                tokens = model.local_encoder.frame_tokens(tile_clip, n, cnn_tile, report, cnn=tile_cnn)
+            else:
+                if piece is None:
+                    piece = 256 if device.type == "cuda" else DEFAULT_PIECE
+                tokens = stream_tokens(model.local_encoder, local_cnn, get_clip, n, piece, report, dtype)
+            local_features = model.local_encoder.encode_tokens(tokens)
+            indices = model.global_indices(n, device=device)
+            feats = []
+            for start in range(0, len(indices), GLOBAL_CNN_BATCH):
+                chosen = indices[start : start + GLOBAL_CNN_BATCH].cpu().numpy()
+                batch = global_frames(arr[chosen], variant, norm, cfg.global_size, device=device).to(dtype)[None]
+                feats.append(model.global_encoder.frame_features(batch, cnn=global_cnn))
+            global_features = model.global_encoder.encode_features(torch.cat(feats, dim=1), indices)
+            head = model.decode(local_features, global_features)["head_output"]
     head = head[0].double().cpu().numpy()
     poses_global, poses_local = compose_poses(head)
-    return {"head_output": head, "poses_global": poses_global, "poses_local": poses_local}
+    info = {"precision": precision, "kernels": kernels, "threads": n_threads, "device": str(device)}
+    return {"head_output": head, "poses_global": poses_global, "poses_local": poses_local, "info": info}
+
+
+def stream_tokens(encoder, cnn, get_clip, n_frames: int, piece: int = None, progress=None, out_dtype=None):
+    """Per-frame local tokens (B, N, pool_dim): the (folded) CNN streamed over time in pieces
+    (:class:`~freehand3d.tracking.model.streaming.StreamingCNN`), the preset's chunking rule
+    applied (the stream restarts, zero-padded, at each chunk border), then the spatial pooling.
+
+    ``get_clip(lo, hi)`` -> (B, hi - lo, 1, S, S) crops in the CNN's dtype; ``out_dtype``: the
+    dtype the maps are cast to before pooling (the pooling's)."""
+    from freehand3d.tracking.model.local import cnn_chunks
+    from freehand3d.tracking.model.streaming import StreamingCNN
+
+    piece = DEFAULT_PIECE if not piece or piece <= 0 else int(piece)
+    out = []
+    for chunk_lo, chunk_hi in cnn_chunks(n_frames, encoder.cfg.cnn_chunk_threshold):
+        stream = StreamingCNN(cnn)
+        for lo in range(chunk_lo, chunk_hi, piece):
+            hi = min(lo + piece, chunk_hi)
+            clip = get_clip(lo, hi)
+            maps = stream.push(clip.transpose(1, 2), final=hi == chunk_hi)
+            if maps.shape[2]:
+                out.append(_pool_maps(encoder, maps, out_dtype))
+            if progress is not None:
+                progress(hi)
+    return torch.cat(out, dim=1)
+
+
+def _pool_maps(encoder, maps, out_dtype=None):
+    """(B, C, T, g, g) CNN maps -> (B, T, pool_dim) tokens."""
+    b, c, t = maps.shape[:3]
+    if out_dtype is not None and maps.dtype != out_dtype:
+        maps = maps.to(out_dtype)
+    flat = maps.transpose(1, 2).reshape(b * t, c, *maps.shape[3:])
+    return encoder.pool(flat).view(b, t, -1)
 
 
 def _progress_bar(total):
@@ -232,6 +363,11 @@ def track(
     global_norm=None,
     cnn_tile: int | None = None,
     progress: bool = False,
+    precision: str | None = None,
+    kernel: str = "auto",
+    threads: int | None = None,
+    winograd: bool | None = None,
+    piece: int | None = None,
 ) -> Sweep:
     """Estimate the trajectory of a sweep from its frames alone.
 
@@ -239,7 +375,8 @@ def track(
     ----------
     sweep_or_frames : :class:`~freehand3d.sweep.Sweep` or (N, 480, 640) uint8 frames.
     model : a loaded :class:`~freehand3d.tracking.DualTrack` (see :func:`load_dualtrack`).
-    device, dtype, amp, global_variant, global_norm, cnn_tile, progress : see :func:`predict`.
+    device, dtype, amp, global_variant, global_norm, cnn_tile, progress, precision, kernel, threads,
+    winograd, piece : see :func:`predict`.
     spacing : (sx, sy) mm per pixel. Default: the sweep's spacing, else the scale of its
         ``image_to_probe``, else the TUS-REC spacing the official weights were trained on.
 
@@ -250,8 +387,9 @@ def track(
         ``ImageToReference`` (N, 4, 4): pixel (col, row, 0, 1) of frame k -> mm in frame 0's
         DualTrack image frame (origin at the image centre, x along columns, y along rows), i.e.
         ``poses_global[k] @ pixel_to_image``. The input's own transforms (e.g. ground truth) are not
-        copied. ``metadata["DualTrackPreset"]`` names the model and
-        ``metadata["DualTrackSpacingSource"]`` where the spacing came from.
+        copied. ``metadata["DualTrackPreset"]`` names the model,
+        ``metadata["DualTrackSpacingSource"]`` where the spacing came from and
+        ``metadata["DualTrackPrecision"]`` the precision it ran in.
 
     Raises
     ------
@@ -263,7 +401,8 @@ def track(
     source = sweep.source if sweep is not None else None
     try:
         _check_frames(frames, source)
-        result = predict(frames, model, device, dtype, amp, global_variant, global_norm, cnn_tile, progress)
+        result = predict(frames, model, device, dtype, amp, global_variant, global_norm, cnn_tile, progress,
+                         winograd=winograd, precision=precision, kernel=kernel, threads=threads, piece=piece)
     except InputError as exc:
         if exc.path is None and source is not None:
             raise InputError(exc.problem, source) from None
@@ -274,7 +413,13 @@ def track(
     image_to_reference = result["poses_global"] @ pixel_to_image(frames.shape[1:], used_spacing)
     metadata = dict(sweep.metadata) if sweep is not None else {}
     metadata.update(
-        {"DualTrackPreset": model.config.name, "DualTrackSpacingSource": spacing_source}
+        {
+            "DualTrackPreset": model.config.name,
+            "DualTrackSpacingSource": spacing_source,
+            "DualTrackPrecision": result["info"]["precision"],
+            # which local-CNN layers ran as Winograd (CPU): "Cin x Cout @ H x W kernel, ..."
+            "DualTrackKernels": ", ".join(f"{k} {v}" for k, v in result["info"]["kernels"].items()),
+        }
     )
     return Sweep(
         frames=frames,

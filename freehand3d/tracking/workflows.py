@@ -191,6 +191,37 @@ def plot_trajectories(path, pred_poses, gt_poses=None, title: str | None = None)
         fig.savefig(tmp, format="png")
 
 
+def check_track_options(precision: str, kernel: str, threads: int | None, device: str | None) -> str:
+    """Validate the inference options before any work; returns the device to use (default: CUDA
+    when available, else CPU). Raises :class:`~freehand3d.errors.ConfigError` naming the option."""
+    import torch
+
+    from freehand3d.errors import ConfigError
+    from freehand3d.tracking.infer import PRECISIONS
+    from freehand3d.tracking.kernels import KERNELS
+
+    if precision not in PRECISIONS:
+        raise ConfigError(f"unknown precision {precision!r}; choose one of {', '.join(PRECISIONS)}", "--precision")
+    if kernel not in KERNELS:
+        raise ConfigError(f"unknown kernel {kernel!r}; choose one of {', '.join(KERNELS)}", "--kernel")
+    if threads is not None and threads < 1:
+        raise ConfigError(f"threads must be at least 1, got {threads}", "--threads")
+    if device is None:
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    try:
+        dev = torch.device(device)
+    except (RuntimeError, ValueError):
+        raise ConfigError(f"unknown device {device!r}; use cpu, cuda or cuda:N", "--device") from None
+    if dev.type == "cuda":
+        if not torch.cuda.is_available():
+            raise ConfigError("CUDA was requested but no CUDA device is available; use --device cpu", "--device")
+        if dev.index is not None and dev.index >= torch.cuda.device_count():
+            raise ConfigError(f"{device} does not exist ({torch.cuda.device_count()} CUDA devices)", "--device")
+    elif dev.type != "cpu":
+        raise ConfigError(f"unsupported device {device!r}; use cpu, cuda or cuda:N", "--device")
+    return device
+
+
 def track_file(
     sweep_path,
     checkpoint,
@@ -201,6 +232,9 @@ def track_file(
     world: str | None = None,
     to_uint8: str = "dtype",
     window=None,
+    precision: str = "fp32",
+    kernel: str = "auto",
+    threads: int | None = None,
 ) -> dict:
     """Track a sweep file with a DualTrack checkpoint and write the tracked sweep.
 
@@ -217,22 +251,36 @@ def track_file(
         :data:`WORLD_FRAMES`).
     to_uint8, window : how frames other than 8-bit grey become the uint8 DualTrack's preprocessing
         takes (:func:`freehand3d.sweep.to_uint8`); the written sweep keeps the input's frames.
+    precision, kernel, threads : see :func:`freehand3d.tracking.predict`.
 
     Returns
     -------
-    dict with ``n_frames``, ``out_path`` and, when the input has ground-truth poses, the metrics
-    of :func:`evaluate_poses`.
+    dict with ``n_frames``, ``out_path``, ``precision``, ``device``, ``kernels`` and, when the
+    input has ground-truth poses, the metrics of :func:`evaluate_poses`.
+
+    Raises
+    ------
+    ConfigError
+        Unknown precision or kernel, threads < 1, an unknown device or CUDA requested without
+        CUDA -- checked before anything is read.
     """
     from freehand3d.io import read_sweep, write_sweep
     from freehand3d.tracking import load_dualtrack, track
 
+    device = check_track_options(precision, kernel, threads, device)
     sweep = read_sweep(sweep_path)
     model = load_dualtrack(checkpoint, preset=preset)
-    tracked = track(sweep.as_uint8(to_uint8, window), model, device=device)
+    tracked = track(sweep.as_uint8(to_uint8, window), model, device=device, precision=precision, kernel=kernel,
+                    threads=threads)
     tracked.frames = sweep.frames  # the model saw the converted frames; the output keeps the input's
     tracked.metadata.pop("Uint8Conversion", None)
+    info = {
+        "precision": tracked.metadata.get("DualTrackPrecision", precision),
+        "device": device,
+        "kernels": tracked.metadata.get("DualTrackKernels", ""),
+    }
     write_sweep(tracked, out_path)
-    result = {"n_frames": len(tracked), "out_path": os.fspath(out_path)}
+    result = {"n_frames": len(tracked), "out_path": os.fspath(out_path), **info}
     pred = sweep_dualtrack_poses(tracked)
     gt = None
     try:

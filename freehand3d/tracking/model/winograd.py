@@ -124,11 +124,13 @@ class WinogradConv3d(nn.Module):
             self._u = winograd_kernels(w)
         return self._u
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, valid_time: bool = False) -> torch.Tensor:
+        """The convolution; ``valid_time``: without temporal padding (T - 2 output frames)."""
         if x.device.type != "cpu" or x.dtype not in (torch.float32, torch.float64) or torch.is_autocast_enabled("cpu"):
-            return F.conv3d(x, self.weight.to(x.dtype), None if self.bias is None else self.bias.to(x.dtype), 1, 1)
+            bias = None if self.bias is None else self.bias.to(x.dtype)
+            return F.conv3d(x, self.weight.to(x.dtype), bias, 1, (0, 1, 1) if valid_time else 1)
         chunk = self.chunk or max(4, ROWS_PER_PRODUCT // (((x.shape[3] + 1) // 2) * ((x.shape[4] + 1) // 2)))
-        return winograd_conv3d(x, self.u, self.bias, chunk)
+        return winograd_conv3d(x, self.u, self.bias, chunk, valid_time)
 
 
 def is_winograd_eligible(conv: nn.Module) -> bool:
@@ -181,25 +183,39 @@ def _onednn_linear():
 _ONEDNN_LINEAR = _onednn_linear()
 
 
-def winograd_conv3d(x: torch.Tensor, u: torch.Tensor, bias: torch.Tensor | None = None, chunk: int = DEFAULT_CHUNK):
+def winograd_conv3d(
+    x: torch.Tensor,
+    u: torch.Tensor,
+    bias: torch.Tensor | None = None,
+    chunk: int = DEFAULT_CHUNK,
+    valid_time: bool = False,
+):
     """Conv3d (3x3x3, stride 1, zero padding 1) of ``x`` (B, Cin, T, H, W) with the transformed
     kernels ``u`` (3, 16, Cout, Cin) from :func:`winograd_kernels`; returns (B, Cout, T, H, W) in
-    channels-last-3d memory format."""
+    channels-last-3d memory format.
+
+    ``valid_time``: no temporal padding (spatial padding stays 1): T - 2 output frames, output j
+    from input frames j .. j + 2 (what streaming over time needs, see
+    :mod:`freehand3d.tracking.model.streaming`)."""
     bsz, cin, t, h, w = x.shape
     cout = u.shape[2]
     if u.shape[:2] != (3, 16) or u.shape[3] != cin:
         raise ValueError(f"kernels {tuple(u.shape)} do not fit an input of {cin} channels")
     nh, nw = (h + 1) // 2, (w + 1) // 2
-    chunk = max(1, min(chunk, t))
+    # output frames o_lo .. o_hi - 1 in input-frame numbering (frame o reads o - 1 .. o + 1)
+    o_lo, o_hi = (1, t - 1) if valid_time else (0, t)
+    if o_hi <= o_lo:
+        return x.new_empty(bsz, max(o_hi - o_lo, 0), h, w, cout).permute(0, 4, 1, 2, 3)
+    chunk = max(1, min(chunk, o_hi - o_lo))
     frames = x.permute(0, 2, 3, 4, 1)  # (B, T, H, W, C): a view when x is channels-last-3d
-    out = x.new_empty(bsz, t, h, w, cout)
+    out = x.new_empty(bsz, o_hi - o_lo, h, w, cout)
     pad = x.new_zeros(chunk + 2, 2 * nh + 2, 2 * nw + 2, cin)
     v = x.new_empty(16, chunk + 2, nh, nw, cin)
     u = u.to(x.dtype)
     bias = None if bias is None else bias.to(x.dtype)
     for b in range(bsz):
-        for lo in range(0, t, chunk):
-            hi = min(lo + chunk, t)
+        for lo in range(o_lo, o_hi, chunk):
+            hi = min(lo + chunk, o_hi)
             n = hi - lo
             # frames lo-1 .. hi (one frame of halo each side); zeros beyond the clip's ends
             src_lo, src_hi = max(lo - 1, 0), min(hi + 1, t)
@@ -211,5 +227,5 @@ def winograd_conv3d(x: torch.Tensor, u: torch.Tensor, bias: torch.Tensor | None 
                 pad[first + src_hi - src_lo : n + 2].zero_()
             _input_transform(pad[: n + 2], v[:, : n + 2])
             m = _products(v[:, : n + 2].flatten(2, 3), u, n, bias)
-            _output_transform([p.view(n, nh, nw, cout) for p in m], out[b, lo:hi])
+            _output_transform([p.view(n, nh, nw, cout) for p in m], out[b, lo - o_lo : hi - o_lo])
     return out.permute(0, 4, 1, 2, 3)

@@ -1,0 +1,194 @@
+"""Convolution kernel choice for the local CNN, by measurement on this machine (like
+``torch.backends.cudnn.benchmark``), cached on disk.
+
+On CPU each stride-1 3x3x3 convolution of the local ResNet can run as oneDNN's direct convolution
+or as Winograd F(2x2,3x3) (:mod:`freehand3d.tracking.model.winograd`). Which one is faster depends
+on the CPU, the layer's shape, the number of threads and the load: on one AMD EPYC (AVX-512)
+Winograd won from 128 channels on, on an AVX2 EPYC under load it lost on every layer (2-4x), on an
+Intel Xeon at 1 thread it lost on the 128-channel layer. So ``kernel="auto"`` measures both on
+every distinct layer shape once -- a few frames each, alternating, best of :data:`ROUNDS` -- and
+keeps the faster; a layer is switched to Winograd only when it wins by :data:`MARGIN`, so noise
+cannot make the forward slower than the plain direct one.
+
+The choices are stored in ``conv_kernels.json`` under :func:`cache_dir` (``$FREEHAND3D_CACHE_DIR``,
+else ``$XDG_CACHE_HOME/freehand3d``, else ``~/.cache/freehand3d``), keyed by CPU model, torch
+version, thread count, dtype and layer shape; delete the file (or pass ``remeasure=True``) after
+changing hardware or when the machine's load has changed a lot. On CUDA, ``auto`` sets
+``torch.backends.cudnn.benchmark`` instead (cuDNN measures its own algorithms).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import time
+from pathlib import Path
+
+import torch
+from torch import nn
+
+#: kernel names accepted by :func:`freehand3d.tracking.predict` / ``freehand3d track --kernel``
+KERNELS = ("auto", "direct", "winograd")
+
+#: alternating timing rounds per layer (best kept)
+ROUNDS = 3
+#: input frames per timed call (the streamed forward runs pieces of ~32 frames)
+MEASURE_FRAMES = 6
+#: Winograd must be at least this much faster to be chosen (timing noise on a loaded machine)
+MARGIN = 1.05
+
+_MEMO: dict[str, dict] = {}
+
+
+def cache_dir() -> Path:
+    env = os.environ.get("FREEHAND3D_CACHE_DIR")
+    if env:
+        return Path(env)
+    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+    return Path(base) / "freehand3d"
+
+
+def cache_path() -> Path:
+    return cache_dir() / "conv_kernels.json"
+
+
+def cpu_name() -> str:
+    """CPU model name (``/proc/cpuinfo``), for cache keys and benchmark headers."""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def _machine_key(threads: int, dtype: torch.dtype) -> str:
+    return f"{cpu_name()} | torch {torch.__version__} | {threads} threads | {str(dtype).replace('torch.', '')}"
+
+
+def _load() -> dict:
+    try:
+        return json.loads(cache_path().read_text())
+    except (OSError, ValueError):
+        return {}
+
+
+def _save(data: dict) -> None:
+    from freehand3d._atomic import atomic_path
+
+    path = cache_path()
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with atomic_path(path) as tmp:
+            Path(tmp).write_text(json.dumps(data, indent=1, sort_keys=True))
+    except OSError:
+        pass  # a read-only home only costs a re-measurement next time
+
+
+def eligible_layers(cnn: nn.Module, crop_size: int) -> list[tuple[nn.Module, str, tuple[int, int, int, int]]]:
+    """(parent module, attribute, (Cin, Cout, H, W)) of every stride-1 3x3x3 conv of a folded
+    :class:`~freehand3d.tracking.model.resnet.VideoResNet18` for crops of ``crop_size`` px."""
+    from freehand3d.tracking.model.winograd import is_winograd_eligible
+
+    out = []
+    side = -(-crop_size // 2)  # after the stride-2 stem
+    for i, layer in enumerate(cnn.layers):
+        if i > 0:
+            side = -(-side // 2)
+        for block in layer:
+            for name in ("conv1", "conv2"):
+                conv = getattr(block, name)
+                if is_winograd_eligible(conv):
+                    out.append((block, name, (conv.in_channels, conv.out_channels, side, side)))
+    return out
+
+
+def _time_layer(conv: nn.Conv3d, shape, dtype, rounds: int) -> tuple[float, float]:
+    """Best seconds per call of the direct and the Winograd conv, alternating."""
+    from freehand3d.tracking.model.streaming import _conv_valid
+    from freehand3d.tracking.model.winograd import WinogradConv3d
+
+    cin, _, h, w = shape
+    gen = torch.Generator().manual_seed(0)
+    x = torch.randn(1, cin, MEASURE_FRAMES + 2, h, w, generator=gen, dtype=dtype)
+    x = x.contiguous(memory_format=torch.channels_last_3d)
+    direct = conv.to(dtype=dtype)
+    fast = WinogradConv3d(direct)
+    runs = {"direct": lambda: _conv_valid(direct, x), "winograd": lambda: fast(x, valid_time=True)}
+    best = {k: float("inf") for k in runs}
+    with torch.inference_mode():
+        for fn in runs.values():
+            fn()  # warm-up: oneDNN primitive creation, kernel transform
+        for _ in range(rounds):
+            for k, fn in runs.items():
+                start = time.perf_counter()
+                fn()
+                best[k] = min(best[k], time.perf_counter() - start)
+    return best["direct"], best["winograd"]
+
+
+def choose_kernels(cnn: nn.Module, crop_size: int, threads: int | None = None, dtype=torch.float32,
+                   remeasure: bool = False, rounds: int = ROUNDS) -> dict[str, dict]:
+    """Measured (or cached) choice per layer shape: ``{"Cin x Cout @ HxW": {"direct_ms",
+    "winograd_ms", "kernel"}}`` for the current thread count."""
+    threads = torch.get_num_threads() if threads is None else threads
+    key = _machine_key(threads, dtype)
+    names = ["{}x{}@{}x{}".format(*shape) for _, _, shape in eligible_layers(cnn, crop_size)]
+    if not remeasure and key in _MEMO and all(name in _MEMO[key] for name in names):
+        return _MEMO[key]
+    data = _load()
+    entry = {} if remeasure else dict(data.get(key, {}))
+    missing = False
+    for _, _, shape in eligible_layers(cnn, crop_size):
+        name = "{}x{}@{}x{}".format(*shape)
+        if name in entry:
+            continue
+        conv = None
+        for parent, attr, s in eligible_layers(cnn, crop_size):
+            if s == shape:
+                conv = getattr(parent, attr)
+                break
+        d, w = _time_layer(conv, shape, dtype, rounds)
+        entry[name] = {
+            "direct_ms": round(d * 1e3 / MEASURE_FRAMES, 3),
+            "winograd_ms": round(w * 1e3 / MEASURE_FRAMES, 3),
+            "kernel": "winograd" if w * MARGIN < d else "direct",
+        }
+        missing = True
+    if missing:
+        data = _load()
+        data[key] = {**data.get(key, {}), **entry}
+        _save(data)
+    _MEMO[key] = entry
+    return entry
+
+
+def apply_kernels(cnn: nn.Module, crop_size: int, kernel: str, threads: int | None = None, dtype=torch.float32,
+                  min_channels: int = 128) -> dict[str, str]:
+    """Replace the eligible convs of a folded CNN copy (in place) per ``kernel``; returns
+    ``{layer shape: kernel}``.
+
+    ``direct``: keep every conv. ``winograd``: the fixed rule, Winograd from ``min_channels`` input
+    channels. ``auto``: per layer as measured by :func:`choose_kernels`.
+    """
+    from freehand3d.tracking.model.winograd import WinogradConv3d
+
+    if kernel not in KERNELS:
+        raise ValueError(f"kernel must be one of {', '.join(KERNELS)}, got {kernel!r}")
+    layers = eligible_layers(cnn, crop_size)
+    measured = choose_kernels(cnn, crop_size, threads, dtype) if kernel == "auto" and layers else {}
+    used = {}
+    for parent, attr, shape in layers:
+        name = "{}x{}@{}x{}".format(*shape)
+        if kernel == "auto":
+            choice = measured[name]["kernel"]
+        elif kernel == "winograd":
+            choice = "winograd" if shape[0] >= min_channels else "direct"
+        else:
+            choice = "direct"
+        if choice == "winograd":
+            setattr(parent, attr, WinogradConv3d(getattr(parent, attr)))
+        used[name] = choice
+    return used

@@ -1,0 +1,194 @@
+"""Run the local 3-D CNN over time in pieces, exactly, with memory bounded by the piece size.
+
+Every temporal convolution of the local ResNet (the stem's (k,1,1) conv and the (k,3,3) block
+convs, k = 3) only needs the k - 1 input frames before the ones it is given. :class:`StreamingCNN`
+keeps those frames (the *carry*) per convolution, runs each conv without temporal padding on
+``carry + new frames``, and supplies the zero frames of the padding itself at the start and, when
+told the stream ends, at the end. Each temporal conv thus delays its output by one frame; the
+residual of a block is queued until the block's two convs have produced the matching frames.
+
+Compared with halo tiling (:meth:`LocalEncoder.frame_tokens`), nothing is computed twice (tiles of
+128 frames with a 17-frame halo on each side cost 1.27x the work) and the activations held at once
+are those of one piece (default :data:`DEFAULT_PIECE` frames) plus two frames per conv, whatever
+the sweep's length. Every output frame sums exactly the same products as the unchunked conv, so
+the result equals the one-piece forward up to the summation order inside oneDNN's kernels.
+
+The same object serves live tracking (:mod:`freehand3d.tracking.live`): push the newest frames as
+they arrive; :meth:`StreamingCNN.peek` computes what the end-of-stream flush would give *now*
+(frames not yet final because later frames are still to come) without changing the state.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+#: frames per piece when streaming a whole sweep (activations of ~32 frames at a time)
+DEFAULT_PIECE = 32
+
+
+def _conv_valid(conv: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    """``conv`` with no temporal padding (its spatial padding kept)."""
+    from freehand3d.tracking.model.winograd import WinogradConv3d
+
+    if isinstance(conv, WinogradConv3d):
+        return conv(x, valid_time=True)
+    pad = (0,) + tuple(conv.padding[1:])
+    weight = conv.weight if conv.weight.dtype == x.dtype else conv.weight.to(x.dtype)
+    bias = None if conv.bias is None else conv.bias.to(x.dtype)
+    return F.conv3d(x, weight, bias, conv.stride, pad, conv.dilation, conv.groups)
+
+
+def _kt(conv: nn.Module) -> int:
+    return int(conv.weight.shape[2])
+
+
+def _frames(x: torch.Tensor, lo: int, hi: int | None = None) -> torch.Tensor:
+    return x[:, :, lo:hi]
+
+
+class _TemporalConv:
+    """One conv with its carry. ``__call__(x, final)`` -> the output frames that are now complete."""
+
+    def __init__(self, conv: nn.Module):
+        self.conv = conv
+        self.kt = _kt(conv)
+        self.pad = self.kt // 2
+        self.carry: torch.Tensor | None = None
+        self.started = False
+
+    def reset(self):
+        self.carry, self.started = None, False
+
+    def state(self):
+        return (self.carry, self.started)
+
+    def restore(self, state):
+        self.carry, self.started = state
+
+    def __call__(self, x: torch.Tensor, final: bool) -> torch.Tensor:
+        if self.kt == 1:
+            return self._run(x)
+        parts = []
+        if not self.started:
+            parts.append(x.new_zeros(*x.shape[:2], self.pad, *x.shape[3:]))
+            self.started = True
+        elif self.carry is not None:
+            parts.append(self.carry)
+        parts.append(x)
+        if final:
+            parts.append(x.new_zeros(*x.shape[:2], self.pad, *x.shape[3:]))
+        inp = torch.cat(parts, dim=2) if len(parts) > 1 else x
+        keep = self.kt - 1
+        self.carry = _frames(inp, max(inp.shape[2] - keep, 0)).clone()  # not a view: frees inp
+        if inp.shape[2] < self.kt:
+            return self._empty(inp)
+        return _conv_valid(self.conv, inp.contiguous(memory_format=_format(x)))
+
+    def _run(self, x):
+        if x.shape[2] == 0:
+            return self._empty(x)
+        return _conv_valid(self.conv, x)
+
+    def _empty(self, x):
+        # shape of zero output frames: run the conv on one zero frame (cheap) and take none of it
+        probe = x.new_zeros(*x.shape[:2], self.kt, *x.shape[3:])
+        return _frames(_conv_valid(self.conv, probe), 0, 0)
+
+
+def _format(x: torch.Tensor):
+    return torch.channels_last_3d if x.is_contiguous(memory_format=torch.channels_last_3d) and not x.is_contiguous() \
+        else torch.contiguous_format
+
+
+class _Block:
+    def __init__(self, block):
+        self.conv1 = _TemporalConv(block.conv1)
+        self.conv2 = _TemporalConv(block.conv2)
+        self.down = None if block.downsample is None else _TemporalConv(block.downsample)
+        self.queue: torch.Tensor | None = None
+
+    def convs(self):
+        return [c for c in (self.conv1, self.conv2, self.down) if c is not None]
+
+    def reset(self):
+        for c in self.convs():
+            c.reset()
+        self.queue = None
+
+    def state(self):
+        return ([c.state() for c in self.convs()], self.queue)
+
+    def restore(self, state):
+        for c, s in zip(self.convs(), state[0]):
+            c.restore(s)
+        self.queue = state[1]
+
+    def __call__(self, x: torch.Tensor, final: bool) -> torch.Tensor:
+        residual = x if self.down is None else self.down(x, final)
+        self.queue = residual if self.queue is None else torch.cat([self.queue, residual], dim=2)
+        out = self.conv2(F.relu(self.conv1(x, final)), final)
+        n = out.shape[2]
+        matched, self.queue = _frames(self.queue, 0, n), _frames(self.queue, n)
+        return F.relu(out + matched)
+
+
+class StreamingCNN:
+    """Stateful temporal streaming of a (BatchNorm-folded) :class:`VideoResNet18`.
+
+    ``push(x, final=False)``: x (B, 1, T, S, S) new frames -> the CNN maps (B, C, T', g, g) of the
+    frames that became complete (T' = T - delay on the first push, T on later ones, T + delay on
+    the final push: over a whole stream exactly one map per input frame, in order).
+    """
+
+    def __init__(self, cnn: nn.Module):
+        stem = cnn.stem
+        self.spatial = _TemporalConv(stem[0])
+        self.temporal = _TemporalConv(stem[3])
+        self.blocks = [_Block(block) for layer in cnn.layers for block in layer]
+        self.delay = (self.temporal.kt // 2) + sum(c.conv1.kt // 2 + c.conv2.kt // 2 for c in self.blocks)
+        self.pushed = 0
+        self.emitted = 0
+
+    def reset(self):
+        self.spatial.reset()
+        self.temporal.reset()
+        for b in self.blocks:
+            b.reset()
+        self.pushed = self.emitted = 0
+
+    def _state(self):
+        return (self.temporal.state(), [b.state() for b in self.blocks], self.pushed, self.emitted)
+
+    def _restore(self, state):
+        self.temporal.restore(state[0])
+        for b, s in zip(self.blocks, state[1]):
+            b.restore(s)
+        self.pushed, self.emitted = state[2], state[3]
+
+    def push(self, x: torch.Tensor, final: bool = False) -> torch.Tensor:
+        y = F.relu(self.spatial(x, final))
+        y = F.relu(self.temporal(y, final))
+        for block in self.blocks:
+            y = block(y, final)
+        self.pushed += x.shape[2]
+        self.emitted += y.shape[2]
+        return y
+
+    def peek(self, like: torch.Tensor) -> torch.Tensor:
+        """Maps of the frames still pending, as if the stream ended now (state unchanged).
+        ``like``: any input-shaped tensor (B, 1, T, S, S) giving shape, dtype and device."""
+        saved = self._state()
+        try:
+            return self.push(_frames(like, 0, 0), final=True)
+        finally:
+            self._restore(saved)
+
+
+def stream_cnn(cnn: nn.Module) -> StreamingCNN:
+    """A :class:`StreamingCNN` over ``cnn`` (which is not modified; state lives in the wrapper)."""
+    return StreamingCNN(cnn)
+
+
+__all__ = ["StreamingCNN", "stream_cnn", "DEFAULT_PIECE"]

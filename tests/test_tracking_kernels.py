@@ -1,0 +1,134 @@
+"""Kernel choice by measurement (cached), precision and threads options of predict/track."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from freehand3d.tracking import DualTrack, predict, track
+from freehand3d.tracking import kernels as kmod
+
+sys.path.insert(0, str(Path(__file__).parent))
+from _dualtrack_refs import refs  # noqa: E402
+
+
+@pytest.fixture()
+def cache(tmp_path, monkeypatch):
+    monkeypatch.setenv("FREEHAND3D_CACHE_DIR", str(tmp_path))
+    monkeypatch.setattr(kmod, "_MEMO", {})
+    return tmp_path
+
+
+@pytest.fixture(scope="module")
+def model():
+    cfg = refs.small_config(local_widths=(4, 4, 8, 8), local_size=32, pool_grid=2)
+    return refs.randomize(DualTrack(cfg), seed=8)
+
+
+@pytest.fixture(scope="module")
+def frames():
+    return refs.gen_frames(40, 2024)[:10]
+
+
+def test_auto_measures_each_layer_shape_once_and_caches_it_on_disk(cache, model, frames, monkeypatch):
+    timed = []
+    real = kmod._time_layer
+    monkeypatch.setattr(kmod, "_time_layer", lambda *a, **k: timed.append(a[1]) or real(*a, **k))
+    first = predict(frames, model, kernel="auto", threads=1)
+    # 13 eligible convs of 4 distinct (Cin, Cout, H, W) shapes; each shape is timed once
+    shapes = {s for _, _, s in kmod.eligible_layers(model.local_encoder.cnn, 32)}
+    assert sorted(timed) == sorted(shapes)
+    data = json.loads((cache / "conv_kernels.json").read_text())
+    (key,) = data
+    assert "1 threads" in key and "float32" in key and kmod.cpu_name() in key
+    assert set(data[key]) == {"{}x{}@{}x{}".format(*s) for s in shapes}
+    assert all(v["kernel"] in ("direct", "winograd") and v["direct_ms"] > 0 for v in data[key].values())
+    assert first["info"]["kernels"] == {k: v["kernel"] for k, v in data[key].items()}
+    # a new process (memo cleared) reads the file instead of measuring again
+    monkeypatch.setattr(kmod, "_MEMO", {})
+    timed.clear()
+    again = predict(frames, model, kernel="auto", threads=1)
+    assert timed == []
+    np.testing.assert_array_equal(again["head_output"], first["head_output"])
+
+
+def test_auto_follows_the_measurement(cache, model, frames, monkeypatch):
+    # pretend Winograd wins clearly on the 8-channel layers only
+    monkeypatch.setattr(kmod, "_time_layer", lambda conv, shape, dtype, rounds: (1.0, 0.5 if shape[0] == 8 else 2.0))
+    out = predict(frames, model, kernel="auto", threads=1)
+    assert {k: v for k, v in out["info"]["kernels"].items()} == {
+        "{}x{}@{}x{}".format(*s): ("winograd" if s[0] == 8 else "direct")
+        for _, _, s in kmod.eligible_layers(model.local_encoder.cnn, 32)
+    }
+    direct = predict(frames, model, kernel="direct")
+    assert set(direct["info"]["kernels"].values()) == {"direct"}
+    # float32 rounding only: the kernels sum in another order (measured 0 on an AMD EPYC: the
+    # Winograd layers here are too small to change the rounded head; 1e-5 relative allows for it)
+    np.testing.assert_allclose(out["head_output"], direct["head_output"], atol=1e-5 * np.abs(direct["head_output"]).max())
+
+
+def test_a_margin_keeps_the_direct_kernel_on_a_near_tie(cache, model, monkeypatch):
+    monkeypatch.setattr(kmod, "_time_layer", lambda conv, shape, dtype, rounds: (1.0, 1.0 / (kmod.MARGIN * 0.99)))
+    cnn = model.local_encoder.cnn.fused_for_inference()
+    assert set(kmod.apply_kernels(cnn, 32, "auto", 1).values()) == {"direct"}
+
+
+def test_threads_apply_during_the_call_only(model, frames):
+    before = torch.get_num_threads()
+    seen = []
+    real = model.decode
+
+    def spy(*a, **k):
+        seen.append(torch.get_num_threads())
+        return real(*a, **k)
+
+    model.decode = spy
+    try:
+        out = predict(frames, model, kernel="direct", threads=1)
+    finally:
+        del model.decode
+    assert seen == [1] and out["info"]["threads"] == 1
+    assert torch.get_num_threads() == before
+
+
+def test_bf16_precision_is_reported_and_close_to_fp32(model, frames):
+    fp32 = predict(frames, model, kernel="direct")
+    with pytest.warns(UserWarning, match="bfloat16") if not torch.ops.mkldnn._is_mkldnn_bf16_supported() else _nothing():
+        bf16 = predict(frames, model, precision="bf16")
+    assert bf16["info"]["precision"] == "bf16" and fp32["info"]["precision"] == "fp32"
+    assert next(model.parameters()).dtype == torch.float32  # the head etc. stay float32
+    scale = np.abs(fp32["head_output"]).max()
+    diff = np.abs(bf16["head_output"] - fp32["head_output"]).max()
+    # bfloat16 keeps 8 significant bits (relative 2^-9 = 2e-3 per rounding); this network's head
+    # differs by 3.5e-4 relative (AMD EPYC); bound 3e-2 = 15 roundings. Not identical, so the bf16
+    # path really ran
+    assert 0 < diff < 3e-2 * scale
+
+
+def test_fp64_precision_runs_in_double(model, frames):
+    out = track(frames[:4], model, precision="fp64", spacing=(0.2, 0.2), kernel="direct")
+    assert out.metadata["DualTrackPrecision"] == "fp64"
+    assert next(model.parameters()).dtype == torch.float64
+    model.float()
+
+
+def test_bad_options_are_refused(model, frames):
+    with pytest.raises(ValueError, match="precision"):
+        predict(frames, model, precision="fp16")
+    with pytest.raises(ValueError, match="kernel"):
+        predict(frames, model, kernel="fft")
+    with pytest.raises(ValueError, match="threads"):
+        predict(frames, model, threads=0)
+
+
+class _nothing:
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        return False
