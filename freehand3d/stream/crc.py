@@ -75,13 +75,16 @@ def _warm() -> None:
         pass
 
 
-def warm_up() -> None:
+def warm_up(wait: bool = False) -> None:
     """Import and compile the fast kernel in the background (numba's import takes seconds);
-    until it is ready :func:`crc64` uses crcmod."""
+    until it is ready :func:`crc64` uses crcmod. ``wait``: return only when it is ready (do this
+    before connecting: an import in a background thread holds the GIL and delays the frames)."""
     global _warming
     if _warming is None:
         _warming = threading.Thread(target=_warm, daemon=True, name="freehand3d-crc-warmup")
         _warming.start()
+    if wait:
+        _warming.join()
 
 
 def crc64(data) -> int:

@@ -591,7 +591,7 @@ class IGTLSource:
             if self._reader.check_crc:
                 from freehand3d.stream.crc import warm_up
 
-                warm_up()
+                warm_up(wait=True)
             self.started_at = time.monotonic()
             self._reader.start()
             self._started = True

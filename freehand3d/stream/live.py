@@ -290,6 +290,15 @@ class _LiveVolume:
             send_volume(image, *self.send_to)
 
 
+def _warm_compounding(method: str, compounding: str, device: str) -> None:
+    """Load the compounding kernels (numba) before connecting, not while the first frames queue."""
+    from freehand3d.compound import OutputGrid, Reconstructor
+
+    tiny = Reconstructor(OutputGrid((0.0, 0.0, 0.0), (1.0, 1.0, 1.0), (4, 4, 4)), method=method,
+                         compounding=compounding, device=device)
+    tiny.add_frame(np.zeros((2, 2), np.uint8), np.eye(4))
+
+
 @contextlib.contextmanager
 def _stop_on_signals(source: IGTLSource, result: LiveResult):
     """SIGTERM, SIGHUP and a first SIGINT stop the session cleanly; a second SIGINT interrupts."""
@@ -362,6 +371,8 @@ def run_live(
         stages.append(Stage("volume", volume.handle, maxsize=volume_queue, policy=volume_policy,
                             finish=volume.finish))
     stages.extend(consumers or [])
+    if volume is not None:
+        _warm_compounding(method, compounding, device)
     t_start = time.perf_counter()
     error: BaseException | None = None
     try:
