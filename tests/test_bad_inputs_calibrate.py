@@ -150,6 +150,16 @@ CASES = [
                                               "-o", "{tmp}/s.json"], mention=["TestResults"]),
     Case("segment-tracker-only", ["segment", TRACKER, "--config", VLCUS_SET, "-o", "{tmp}/s.json"],
          mention=["tracker-only"]),
+    # apply-lag
+    Case("apply-lag-no-lag", ["apply-lag", TRACKER, "-o", "{tmp}/o.igs.mha"], mention=["--lag"]),
+    Case("apply-lag-both", ["apply-lag", TRACKER, "--lag", "0.1", "--lag-json", "{tmp}/l.json", "-o", "{tmp}/o.igs.mha"],
+         mention=["--lag-json"]),
+    Case("apply-lag-bad-json", ["apply-lag", TRACKER, "--lag-json", "{tmp}/l.json", "-o", "{tmp}/o.igs.mha"],
+         setup=_write("l.json", '{"lag": 1}'), mention=["l.json", "tracker_lag_s"]),
+    Case("apply-lag-overwrite-input", ["apply-lag", "{tmp}/t.igs.mha", "--lag", "0.1", "-o", "{tmp}/t.igs.mha"],
+         setup=_write("t.igs.mha", "x"), mention=["overwrite"]),
+    Case("apply-lag-missing", ["apply-lag", "{tmp}/nope.igs.mha", "--lag", "0.1", "-o", "{tmp}/o.igs.mha"],
+         mention=["nope.igs.mha"]),
     # calibrate's new option
     Case("calibrate-time-offset-contradiction", ["calibrate", CAL, "--phantom", CAL_SET, "--time-offset-s", "0.1",
                                                  "--no-time-offset", "-o", "{tmp}/c.json"],

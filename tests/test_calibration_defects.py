@@ -25,12 +25,19 @@ def recording(phantom):
     return sweep, truth
 
 
+@pytest.fixture(scope="module")
+def full_result(recording, phantom):
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        return calibrate(recording[0], phantom)
+
+
 def _shuffled(sweep, seed=0):
     order = np.random.default_rng(seed).permutation(len(sweep))
     return sweep.subset(order)
 
 
-def test_shuffled_calibration_is_sorted_and_keeps_the_lag_model(recording, phantom):
+def test_shuffled_calibration_is_sorted_and_keeps_the_lag_model(recording, phantom, full_result):
     sweep, _ = recording
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
@@ -39,6 +46,9 @@ def test_shuffled_calibration_is_sorted_and_keeps_the_lag_model(recording, phant
     assert res.time_offset_s is not None
     assert any("out of time order" in str(w.message) for w in caught)
     assert any("out of time order" in n for n in res.notes)
+    # and gives the in-order result
+    assert res.time_offset_s == pytest.approx(full_result.time_offset_s, abs=1e-6)
+    np.testing.assert_allclose(res.image_to_probe, full_result.image_to_probe, atol=1e-6)
 
 
 def test_validation_with_shared_timestamps_names_the_cli_option(recording, phantom):
@@ -97,7 +107,7 @@ def test_no_segmented_frames_says_segmentation_failed():
         calibrate(sweep, load_phantom("fcal-1.2"), phantom_to_reference=np.eye(4))
 
 
-def test_subset_phantom_definition_warns(recording, phantom):
+def test_subset_phantom_definition_warns(recording, phantom, full_result):
     sweep, _ = recording
     subset = NWirePhantom(name="fCal 1.2 minus a layer", nwires=phantom.nwires[:2],
                           phantom_to_reference=phantom.phantom_to_reference)
@@ -108,5 +118,4 @@ def test_subset_phantom_definition_warns(recording, phantom):
     assert any("further N-wire layer" in str(w.message) for w in caught)
     # the full definition raises no such warning (measured on PLUS's fCal 1.2 recording: 0/15 frames
     # with the 1.2 definition, 15/15 with the fCal 1.0 one)
-    full = calibrate(sweep, phantom)
-    assert not any("further N-wire layer" in n for n in full.notes)
+    assert not any("further N-wire layer" in n for n in full_result.notes)

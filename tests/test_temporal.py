@@ -142,3 +142,35 @@ def test_nwire_lag_matches_independent_estimate():
     # measured here +0.457 s, jackknife std 0.16 s
     assert 0.35 < res.tracker_lag_s < 0.55
     assert np.isfinite(res.tracker_lag_std_s) and res.tracker_lag_std_s < 0.3
+
+
+def _moving_sweep(n=30):
+    from freehand3d.sweep import Sweep
+
+    t = np.arange(n) * 0.1
+    mats = np.tile(np.eye(4), (n, 1, 1))
+    mats[:, 0, 3] = 10.0 * t  # 10 mm/s along x
+    return Sweep(frames=np.zeros((n, 4, 4), np.uint8), timestamps=t, transforms={"ProbeToTracker": mats})
+
+
+def test_apply_tracker_lag_reads_poses_later():
+    sweep = _moving_sweep()
+    out = T.apply_tracker_lag(sweep, 0.25)
+    ok = out.valid["ProbeToTracker"]
+    assert ok.sum() == len(sweep) - 3  # the last 0.25 s has no later pose
+    np.testing.assert_allclose(out.transforms["ProbeToTracker"][ok, 0, 3], 10.0 * (sweep.timestamps[ok] + 0.25))
+
+
+def test_cli_apply_lag(tmp_path):
+    from freehand3d.io.plus_sequence import read_plus_sequence as read, write_plus_sequence
+    from tests._bad_inputs import run_cli
+
+    src, out, lag = tmp_path / "s.igs.mha", tmp_path / "sync.igs.mha", tmp_path / "lag.json"
+    write_plus_sequence(_moving_sweep(), src)
+    lag.write_text(json.dumps({"tracker_lag_s": -0.1, "tracker_lag_std_s": 0.01, "method": "x"}))
+    res = run_cli(["apply-lag", src, "--lag-json", lag, "-o", out])
+    assert res.code == 0, res.stderr
+    back = read(out)
+    ok = back.valid["ProbeToTracker"]
+    assert not ok[0] and ok[1:].all()
+    np.testing.assert_allclose(back.transforms["ProbeToTracker"][ok, 0, 3], 10.0 * (back.timestamps[ok] - 0.1), atol=1e-6)

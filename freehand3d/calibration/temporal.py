@@ -655,8 +655,40 @@ def temporal_calibrate_files(
     return result
 
 
+def apply_tracker_lag(sweep, lag_s: float):
+    """A copy of ``sweep`` whose every tracker transform is read at ``timestamp + lag_s`` (SLERP and
+    linear interpolation between the valid poses, PLUS's TrackerLagSec sign), so the images and
+    poses agree in time; frames whose shifted time falls outside a transform's valid poses are marked
+    invalid for it. Feed the result to ``reconstruct`` or ``calibrate``."""
+    from freehand3d.calibration.solve import poses_at_times
+    from freehand3d.sweep import Sweep
+
+    if not np.isfinite(lag_s):
+        raise ValueError(f"lag must be a finite number of seconds, got {lag_s!r}")
+    t = np.asarray(sweep.timestamps, float)
+    if len(t) < 2 or not np.all(np.isfinite(t)) or np.any(np.diff(t) <= 0):
+        raise InputError("the frames' timestamps are missing or do not increase strictly, so a lag cannot "
+                         "be applied (sort the recording by time first)", sweep.source)
+    transforms, valid = {}, {}
+    for name, mats in sweep.transforms.items():
+        ok = np.asarray(sweep.valid[name], bool)
+        query = t + lag_s
+        out = np.full_like(mats, np.nan)
+        good = np.zeros(len(t), bool)
+        if ok.sum() >= 2:
+            inside = (query >= t[ok][0]) & (query <= t[ok][-1])
+            out[inside] = poses_at_times(t[ok], mats[ok], query[inside])
+            good = inside
+        transforms[name], valid[name] = out, good
+    metadata = dict(sweep.metadata)
+    metadata["TrackerLagSecApplied"] = repr(float(lag_s))
+    return Sweep(frames=sweep.frames, spacing=sweep.spacing, timestamps=t.copy(), transforms=transforms,
+                 valid=valid, image_to_probe=sweep.image_to_probe, metadata=metadata,
+                 frame_fields={k: list(v) for k, v in sweep.frame_fields.items()}, source=sweep.source)
+
+
 __all__ = [
     "LineDetection", "TemporalResult", "bottom_line_positions", "principal_motion_signal",
     "align_signals", "temporal_calibrate_line", "temporal_calibrate_nwire", "temporal_calibrate_files",
-    "clip_from_device_set", "probe_to_reference",
+    "clip_from_device_set", "probe_to_reference", "apply_tracker_lag",
 ]

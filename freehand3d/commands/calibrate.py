@@ -217,6 +217,41 @@ def _read_stylus_calibration(path: Path):
 
 
 def _register_segment(app: typer.Typer) -> None:
+    @app.command("apply-lag")
+    def apply_lag_command(
+        sweep_path: Path = typer.Argument(..., help="Tracked recording (.igs.mha, .seq.nrrd, ...)."),
+        output: Path = typer.Option(..., "--output", "-o", help="Recording with the poses read at timestamp + lag."),
+        lag: Optional[float] = typer.Option(None, "--lag", help="Tracker lag in s (PLUS's TrackerLagSec sign)."),
+        lag_json: Optional[Path] = typer.Option(None, "--lag-json", help="temporal-calibrate result (tracker_lag_s)."),
+    ) -> None:
+        """Synchronise a recording's poses with its images using a measured tracker lag (for reconstruct)."""
+        import json
+        import math
+
+        from freehand3d.calibration.temporal import apply_tracker_lag
+        from freehand3d.errors import ConfigError, InputError
+        from freehand3d.io import read_sweep, write_sweep
+
+        if (lag is None) == (lag_json is None):
+            raise ConfigError("give the lag either as --lag S or as --lag-json lag.json (one of them)")
+        if lag_json is not None:
+            try:
+                lag = float(json.loads(Path(lag_json).read_text())["tracker_lag_s"])
+            except FileNotFoundError:
+                raise InputError("file not found", lag_json) from None
+            except (OSError, ValueError, KeyError, TypeError) as exc:
+                raise InputError(f"is not a temporal-calibrate result (no tracker_lag_s: {exc})", lag_json) from None
+        if not math.isfinite(lag) or abs(lag) > 10:
+            raise ConfigError(f"--lag must be a finite number of seconds within +-10, got {lag!r}")
+        if Path(output).resolve() == Path(sweep_path).resolve():
+            raise ConfigError("--output would overwrite the input recording; give another file", output)
+        sweep = read_sweep(sweep_path)
+        shifted = apply_tracker_lag(sweep, lag)
+        write_sweep(shifted, output)
+        lost = {k: int(sweep.valid[k].sum() - shifted.valid[k].sum()) for k in sweep.transforms}
+        typer.echo(f"poses read at timestamp {lag * 1e3:+.1f} ms; frames losing a pose at the ends: "
+                   f"{', '.join(f'{k} {v}' for k, v in lost.items()) or 'none'} -> {output}")
+
     @app.command("segment")
     def segment_command(
         recording: Path = typer.Argument(..., help="N-wire recording (.igs.mha, .seq.nrrd, ...)."),
