@@ -92,6 +92,9 @@ CASES = [
     Case("render-bad-gamma", ["ulm", "render", "{tmp}/p.csv", "-o", "{tmp}/d.png", "--gamma", "0"], setup=lambda t: _points(t, GOOD_POINTS), mention=["--gamma"]),
     # simulate
     Case("simulate-zero-frames", ["ulm", "simulate", "-o", "{tmp}/sim", "--frames", "0"], mention=["--frames"]),
+    Case("simulate-snr-absurd", ["ulm", "simulate", "-o", "{tmp}/sim", "--snr-db", "300"], mention=["--snr-db"]),
+    Case("simulate-angle-radians-for-degrees", ["ulm", "simulate", "-o", "{tmp}/sim", "--angle-deg", "60"], mention=["--angle-deg"]),
+    Case("simulate-zero-bubbles", ["ulm", "simulate", "-o", "{tmp}/sim", "--bubbles", "0"], mention=["--bubbles"]),
     Case("simulate-bad-backend", ["ulm", "simulate", "-o", "{tmp}/sim", "--backend", "fieldii"], mention=["--backend"]),
 ]
 

@@ -76,3 +76,16 @@ def test_demo_step_reports_scores_and_images(tmp_path):
     numbers, pngs = run_ulm_demo(tmp_path, frames=1, backend="analytic")
     assert 0 < numbers["G-ULM 128 ch Jaccard"] <= 1 and 0 < numbers["DAS+WA 128 ch Jaccard"] <= 1
     assert len(pngs) == 3 and all(p.stat().st_size > 0 for p in pngs)
+
+
+def test_simulate_with_snr_and_no_pulse_then_localize_warns(tmp_path):
+    out = tmp_path / "sim"
+    result = runner.invoke(app, ["ulm", "simulate", "-o", str(out), "--frames", "1", "--seed", "2", "--snr-db", "40", "--no-pulse"])
+    assert result.exit_code == 0, result.output
+    with np.load(out / "rf.npz") as rf:
+        assert "pulse" not in rf.files and float(rf["snr_db"]) == 40.0
+    from freehand3d.ulm.files import ULMWarning, localize_file
+
+    with pytest.warns(ULMWarning, match="estimated from the data"):
+        points = localize_file(out / "rf.npz", tmp_path / "p.csv", channels=32)
+    assert len(points) > 0

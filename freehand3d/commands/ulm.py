@@ -22,6 +22,8 @@ def simulate(
     angle_deg: float = typer.Option(0.0, "--angle-deg", help="Plane-wave steering angle in degrees."),
     bubbles: float = typer.Option(12.0, "--bubbles", help="Mean number of bubbles per frame."),
     backend: str = typer.Option("analytic", "--backend", help="analytic|pymust (pymust needs the ulm-sim extra)."),
+    snr_db: Optional[float] = typer.Option(None, "--snr-db", help="Add noise of this in-band SNR (dB; the G-ULM authors' noise shape), e.g. 30."),
+    no_pulse: bool = typer.Option(False, "--no-pulse", help="Leave the pulse out of rf.npz (as in a recording that lacks it)."),
 ) -> None:
     """Simulate microbubbles flowing in vessels and their plane-wave RF channel data."""
     import math
@@ -33,7 +35,13 @@ def simulate(
         raise ConfigError("must be at least 1", "--frames")
     if backend not in ("analytic", "pymust"):
         raise ConfigError("use 'analytic' or 'pymust'", "--backend")
-    rf_path, gt_path = simulate_dataset(out, frames, seed, tx_angle=math.radians(angle_deg), clutter_db=clutter_db, backend=backend, bubbles_per_frame=bubbles, progress=True)
+    if snr_db is not None and not (math.isfinite(snr_db) and -20 <= snr_db <= 100):
+        raise ConfigError(f"must be between -20 and 100 dB, got {snr_db:g}", "--snr-db")
+    if not (math.isfinite(angle_deg) and abs(angle_deg) <= 28):
+        raise ConfigError(f"must be within +-28 degrees, got {angle_deg:g}", "--angle-deg")
+    if not (math.isfinite(bubbles) and 0 < bubbles <= 1000):
+        raise ConfigError(f"must be in (0, 1000], got {bubbles:g}", "--bubbles")
+    rf_path, gt_path = simulate_dataset(out, frames, seed, tx_angle=math.radians(angle_deg), clutter_db=clutter_db, backend=backend, bubbles_per_frame=bubbles, snr_db=snr_db, store_pulse=not no_pulse, progress=True)
     typer.echo(f"wrote {rf_path} and {gt_path}")
 
 
@@ -48,7 +56,7 @@ def localize(
     bandwidth_mm: Optional[float] = typer.Option(None, "--bandwidth-mm", help="G-ULM mean-shift radius in mm (default lambda/4)."),
     min_cluster_size: Optional[int] = typer.Option(None, "--min-cluster-size", help="G-ULM intersection points a bubble needs (default 10 percent of the channel pairs)."),
     false_alarms: Optional[float] = typer.Option(None, "--false-alarms", help="Noise-floor (CFAR) threshold as expected noise crossings per frame (default: gulm 10 echoes, rejected by geometry; das-wa 0.1 pixels)."),
-    threshold_db: Optional[float] = typer.Option(None, "--threshold-db", help="Also require echoes/pixels this many dB below the frame maximum (default -26; the noise floor applies too)."),
+    threshold_db: Optional[float] = typer.Option(None, "--threshold-db", help="Also require echoes/pixels this many dB below the frame maximum (default: gulm -26, das-wa -20; the noise floor applies too)."),
 ) -> None:
     """Localize microbubbles in every frame (warns when the pulse is estimated from the data)."""
     import math

@@ -406,15 +406,27 @@ def simulate_dataset(
     clutter_db: float | None = None,
     backend: str = "analytic",
     bubbles_per_frame: float = 12.0,
+    snr_db: float | None = None,
+    store_pulse: bool = True,
     progress: bool = False,
 ) -> tuple[Path, Path]:
-    """Simulate bubbles + RF and write ``out_dir/rf.npz`` and ``out_dir/gt.npz``; return both paths."""
+    """Simulate bubbles + RF and write ``out_dir/rf.npz`` and ``out_dir/gt.npz``; return both paths.
+
+    ``snr_db`` adds noise of that in-band SNR (:func:`add_noise_snr`, the G-ULM authors' noise
+    shape) on top of any ``clutter_db``; ``store_pulse=False`` leaves the pulse out of the file (the
+    localizer then estimates it from the data).
+    """
     probe = probe or LinearProbe()
     out_dir = Path(out_dir)
-    list_pos = simulate_bubbles(n_frames, seed, bubbles_per_frame=bubbles_per_frame)
+    x_half = 0.4 * probe.pitch * (probe.n_elements - 1)  # the field of view scales with the aperture
+    list_pos = simulate_bubbles(n_frames, seed, bubbles_per_frame=bubbles_per_frame, x_range=(-min(5.0, x_half), min(5.0, x_half)))
     rf = simulate_rf(list_pos, probe, tx_angle=tx_angle, clutter_db=clutter_db, seed=seed, backend=backend, progress=progress)
+    if snr_db is not None:
+        rf = add_noise_snr(rf, probe, snr_db, seed=seed + 104729)
     rf_path, gt_path = out_dir / "rf.npz", out_dir / "gt.npz"
-    pulse_t, pulse = reference_pulse(probe, backend)
-    save_rf(rf_path, rf, probe, tx_angle=tx_angle, t0=0.0, clutter_db=np.nan if clutter_db is None else clutter_db, seed=seed, pulse_t=pulse_t, pulse=pulse)
+    extra = {}
+    if store_pulse:
+        extra["pulse_t"], extra["pulse"] = reference_pulse(probe, backend)
+    save_rf(rf_path, rf, probe, tx_angle=tx_angle, t0=0.0, clutter_db=np.nan if clutter_db is None else clutter_db, snr_db=np.nan if snr_db is None else snr_db, seed=seed, **extra)
     save_ground_truth(gt_path, list_pos, probe)
     return rf_path, gt_path

@@ -154,7 +154,7 @@ def localize_das_wa(
     channels: int | np.ndarray = 128,
     z_range: tuple[float, float] | None = None,
     pixel: float | None = None,
-    threshold_db: float | None = -26.0,
+    threshold_db: float | None = -20.0,
     false_alarms: float | None = 0.1,
     radius: int = 2,
     f_number: float = 1.0,
@@ -164,7 +164,9 @@ def localize_das_wa(
     :func:`freehand3d.ulm.pipeline.localize` ((K, 2) for one frame, (K, 3) (frame, x, z) for many).
 
     ``z_range`` (mm) defaults to 1 mm .. the deepest depth the recording reaches below the array.
-    ``threshold_db`` and ``false_alarms``: see :func:`weighted_average_localize`. Channels with
+    ``threshold_db`` and ``false_alarms``: see :func:`weighted_average_localize`; the default -20 dB
+    sits above the side lobes of a single plane-wave DAS image (f-number 1): with -26 dB, noiseless
+    PyMUST frames gave 10 false positives per 40 bubbles (Jaccard 80 %), with -20 dB none. Channels with
     NaN/Inf samples are left out of that frame.
     """
     from freehand3d.ulm.pipeline import select_channels

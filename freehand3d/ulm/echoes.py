@@ -593,8 +593,16 @@ def find_echoes(
         is_peak = (det_env >= maximum_filter1d(det_env, size=2 * min_distance + 1, axis=0)) & (det_env >= threshold[None, :])
         is_peak[0] = is_peak[-1] = False
         shift = int(round(peak_delay))
-        extra = [np.flatnonzero(is_peak[:, c]) - shift for c in range(n_channels)]
-        onsets = [np.unique(np.concatenate([o, e[e >= 0]])) for o, e in zip(onsets, extra)]
+        merged = []
+        for c, o in enumerate(onsets):
+            e = np.flatnonzero(is_peak[:, c]) - shift
+            e = e[e >= 0]
+            if len(o) and len(e):  # only maxima that no rising edge already marks
+                pos = np.clip(np.searchsorted(o, e), 1, len(o))
+                near = np.minimum(np.abs(e - o[pos - 1]), np.abs(e - o[np.minimum(pos, len(o) - 1)]))
+                e = e[near > same_echo]
+            merged.append(np.sort(np.concatenate([o, e])) if len(e) else o)
+        onsets = merged
     params, channel = initial_from(analytic, envelope, onsets)
     mu_start = params[:, 1].copy()
     residual = rf

@@ -9,7 +9,8 @@ measured from the recording:
 1. every channel is band-passed; its noise floor is the Rayleigh sigma of the envelope
    (:func:`noise_floor`);
 2. strong, isolated echoes are picked: envelope maxima at least ``min_snr`` times the channel's
-   noise floor, with no other maximum above ``isolation`` of their height within four pulse lengths;
+   noise floor, with no other local envelope maximum (another echo, or a side lobe) above
+   ``isolation`` of their height within 12 carrier periods;
 3. each echo is located to a fraction of a sample (parabola through the log-envelope at its maximum)
    and normalised by its envelope peak; the samples of all echoes, taken at their times relative to
    the echo's envelope maximum, scatter densely over one pulse; their median in bins of 1/16 sample
@@ -46,7 +47,7 @@ def estimate_pulse(
     *,
     max_frames: int = 8,
     max_echoes: int = 600,
-    min_snr: float = 20.0,
+    min_snr: float = 8.0,
     isolation: float = 0.25,
     oversample: int = 16,
 ) -> tuple[np.ndarray, np.ndarray]:
@@ -59,8 +60,8 @@ def estimate_pulse(
     frames = rf[None] if rf.ndim == 2 else rf[:max_frames]
     fs, fc = probe.sampling_frequency, probe.center_frequency
     period = fs / fc  # samples per carrier period
-    half = int(np.ceil(4 * period))  # window each side of the echo's envelope maximum
-    iso = int(np.ceil(8 * period))
+    half = int(np.ceil(8 * period))  # window each side of the echo's envelope maximum
+    iso = int(np.ceil(12 * period))
     samples = []  # (t_rel samples, value) pairs of all echoes
     heights = []
     for frame in frames:
@@ -71,14 +72,16 @@ def estimate_pulse(
         sigma = np.where(sigma > 0, sigma, np.max(env) * 1e-6 + 1e-30)
         local = maximum_filter1d(env, size=2 * iso + 1, axis=0, mode="constant")
         peak = (env == local) & (env >= min_snr * sigma[None, :])
+        # every local maximum (other echoes, side lobes); the echo's own tail is monotonic
+        bumps = np.where(env == maximum_filter1d(env, size=5, axis=0, mode="constant"), env, 0.0)
         # isolated: the second-largest maximum nearby is weak (mask the echo's own +-half window)
         n, ch = np.nonzero(peak)
         keep = (n > half + 1) & (n < len(env) - half - 2)
         n, ch = n[keep], ch[keep]
         for k in range(len(n)):
             lo, hi = max(0, n[k] - iso), min(len(env), n[k] + iso + 1)
-            around = env[lo:hi, ch[k]].copy()
-            around[max(0, n[k] - half - lo) : n[k] + half + 1 - lo] = 0
+            around = bumps[lo:hi, ch[k]].copy()
+            around[max(0, n[k] - 2 - lo) : n[k] + 3 - lo] = 0
             if around.max(initial=0.0) > isolation * env[n[k], ch[k]]:
                 continue
             # sub-sample envelope maximum: parabola through the log-envelope (exact for a Gaussian)

@@ -1,0 +1,38 @@
+"""G-ULM on data from an independent simulator (PyMUST SIMUS) with realistic in-band noise (slow)."""
+
+import warnings
+
+import numpy as np
+import pytest
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture(scope="module")
+def l11_frames():
+    pytest.importorskip("pymust")
+    from freehand3d.simulate.rf import reference_pulse, simulate_bubbles, simulate_rf
+    from freehand3d.ulm.probe import LinearProbe
+
+    probe = LinearProbe(pitch=0.3, element_width=0.27, center_frequency=7.6e6, sampling_frequency=30.4e6, fractional_bandwidth=0.77)
+    list_pos = simulate_bubbles(3, seed=0, bubbles_per_frame=9, x_range=(-10.0, 10.0), z_range=(6.0, 20.0), n_vessels=8)
+    return probe, list_pos, simulate_rf(list_pos, probe, backend="pymust"), reference_pulse(probe, "pymust")
+
+
+def test_gulm_at_30_db_in_band_snr_and_no_pulse(l11_frames):
+    from freehand3d.simulate.rf import add_noise_snr
+    from freehand3d.ulm.metrics import evaluate
+    from freehand3d.ulm.pipeline import localize
+
+    probe, list_pos, rf, pulse = l11_frames
+    noisy = add_noise_snr(rf, probe, 30.0, seed=1)
+    with_pulse = evaluate(localize(noisy, probe, pulse=pulse), list_pos, probe.wavelength, ssim=False)
+    # measured on these 3 frames: Jaccard 1.0 (10-frame benchmark: 100 %), error ~0.17 lambda/10
+    assert with_pulse["jaccard"] >= 0.9
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        estimated = evaluate(localize(noisy, probe), list_pos, probe.wavelength, ssim=False)
+    # acceptance: without a pulse within 0.2 lambda/10 of the true-pulse error
+    assert abs(estimated["error_lambda10"] - with_pulse["error_lambda10"]) < 0.2
+    noise = add_noise_snr(rf, probe, 30.0, seed=2, noise_only=True)
+    assert len(localize(noise, probe, pulse=pulse)) == 0
