@@ -63,7 +63,8 @@ def main(argv=None) -> dict:
         # the recording has no calibration; the device set that came with it has ImageToProbe
         sweep.image_to_probe = read_device_set(SPINE_CONFIG).coordinate_definitions["ImageToProbe"].matrix
         # like PlusServer with EmbeddedTransformToFrame="Reference": IMAGE "Image_Reference" carries the pose
-        server = ReplayServer(sweep, port=0, fps=0.0 if args.fast else args.fps, embed="Reference").start()
+        server = ReplayServer(sweep, port=0, fps=0.0 if args.fast else args.fps,
+                              embed="Reference").start(accept_timeout=300)  # kernels load before connecting
         host, port = "127.0.0.1", server.port
         print(f"replaying {len(sweep)} frames of {SPINE.name} on {host}:{port}")
         if args.frames is None:

@@ -200,7 +200,7 @@ def test_live_compounding_matches_batch_reconstruction(tmp_path):
     sweep.image_to_probe = IMAGE_TO_PROBE
     grid = OutputGrid((-10.0, -20.0, -10.0), (1.0, 1.0, 1.0), (70, 40, 40))
     with ReplayServer(sweep, port=0, fps=0, embed="Reference") as server:
-        server.start()
+        server.start(accept_timeout=300)  # the compounding kernels load before connecting
         out = tmp_path / "live.nrrd"
         result = run_live(IGTLSource(port=server.port, reconnect=False), reconstruct=out, grid=grid,
                           record=tmp_path / "rec.igs.mha", volume_policy="block")

@@ -129,3 +129,33 @@ def test_on_request_server_is_asked_with_get_image(tmp_path):
     from freehand3d.io import read_sweep
 
     assert np.array_equal(read_sweep(out).frames, frames)
+
+
+def test_reconstruct_without_poses_is_an_error_and_the_recording_is_kept(tmp_path):
+    from freehand3d.io import read_sweep
+    from freehand3d.stream.igtl import ReplayServer
+    from freehand3d.sweep import Sweep
+
+    sweep = Sweep(np.zeros((25, 8, 10), np.uint8), timestamps=np.arange(25) / 10.0)  # no transforms at all
+    server = ReplayServer(sweep, port=0, fps=0).start(accept_timeout=300)  # compounding kernels load first
+    res = run_cli(["stream", "--port", str(server.port), "--reconstruct", str(tmp_path / "v.nrrd"),
+                   "--record", str(tmp_path / "r.igs.mha"), "--connect-timeout", "3", "--frames", "25"])
+    server.close()
+    assert res.code == 2
+    line = [ln for ln in res.stderr.splitlines() if ln.startswith("freehand3d: error:")][0]
+    assert "no volume written" in line and "--calibration" in line
+    assert not (tmp_path / "v.nrrd").exists()
+    assert len(read_sweep(tmp_path / "r.igs.mha")) == 25
+
+
+def test_zero_timestamps_are_replaced_by_the_receive_time(tmp_path):
+    from freehand3d.stream.igtl import IGTLSource
+
+    chunks = [image_message(np.full((4, 4), i, np.uint8), "Image", 0.0).pack() for i in range(3)]
+    port, stop = _server(lambda conn: conn.sendall(b"".join(chunks)), hold=0.5)
+    t0 = time.time()
+    source = IGTLSource(port=port, reconnect=False)
+    items = list(source)
+    stop.set()
+    assert len(items) == 3 and source.stats.zero_timestamps == 3
+    assert all(t0 - 1 < it.timestamp < time.time() + 1 for it in items)

@@ -1052,15 +1052,16 @@ class ReplayServer:
             conn.close()
         return sent
 
-    def _serve_and_close(self) -> None:
+    def _serve_and_close(self, accept_timeout: float) -> None:
         try:
-            self.serve_once()
+            self.serve_once(accept_timeout)
         finally:
             self._listener.close()  # a one-shot server goes away when its client is served
 
-    def start(self) -> "ReplayServer":
+    def start(self, accept_timeout: float = 30.0) -> "ReplayServer":
         """Serve one client in a background thread, then stop listening."""
-        self._thread = threading.Thread(target=self._serve_and_close, daemon=True, name="freehand3d-replay")
+        self._thread = threading.Thread(target=self._serve_and_close, args=(accept_timeout,), daemon=True,
+                                        name="freehand3d-replay")
         self._thread.start()
         return self
 
