@@ -319,6 +319,9 @@ def _search_layers(pts, triples, u, length_mm, centre, residual, side_spacing, o
         if cost < best_cost:
             best, best_cost = chosen, cost
 
+    if offsets is not None:
+        ph_step = np.abs(np.diff(offsets))
+
     def extend(chosen, allowed):
         layer = len(chosen)
         if layer == n_layers:
@@ -326,6 +329,14 @@ def _search_layers(pts, triples, u, length_mm, centre, residual, side_spacing, o
             return
         f0 = factor[chosen[0], 0]
         ok = allowed & (np.abs(factor[:, layer] / f0 - 1.0) <= tol_rel)
+        if offsets is not None and ph_step[layer - 1] > 0:
+            # the gap to the previous layer must pass finish()'s stretch bounds (measured along the
+            # first line's normal here, so with a little slack for the mean direction used there):
+            # prunes the search early when a frame has many candidate dots
+            d0 = u[chosen[0]]
+            normal0 = np.array([-d0[1], d0[0]])
+            gap = np.abs((centre - centre[chosen[-1]]) @ normal0) * spacing / ph_step[layer - 1]
+            ok &= (gap >= (1 - tol_rel) * 0.97) & (gap <= (1 + 2 * tol_rel) * 1.03)
         for t in np.flatnonzero(ok):
             extend(chosen + [t], allowed & compatible[t])
 
