@@ -265,8 +265,13 @@ def read_sweep_csv(csv_path, split: str | None = None) -> list[SweepEntry]:
                 gt=None if gt is None else os.fspath(base / Path(gt).expanduser()),
             )
         )
+    if not entries:
+        raise InputError("the sweep list has no rows", csv_path)
     if split is not None:
+        splits = sorted({e.split for e in entries if e.split})
         entries = [e for e in entries if e.split == split]
+        if not entries:
+            raise InputError(f"no row has split {split!r} (the list has: {', '.join(splits) or 'no split column'})", csv_path)
     return entries
 
 
@@ -432,6 +437,9 @@ def _check_options(operation: str, options: dict) -> dict:
             raise ConfigError("track needs a DualTrack checkpoint", "--checkpoint")
         if not Path(options["checkpoint"]).is_file():
             raise InputError("checkpoint not found", options["checkpoint"])
+    if operation == "evaluate" and "predictions" in options and not Path(options["predictions"]).is_dir():
+        raise InputError("the predictions folder does not exist" if not Path(options["predictions"]).exists()
+                         else "--predictions names a file; give the folder of 'batch track' outputs", options["predictions"])
     if operation == "reconstruct" and "config" in options and not Path(options["config"]).is_file():
         raise InputError("file not found", options["config"])
     return options
@@ -558,6 +566,13 @@ def run_batch(
         suffix = "." + suffix
     if suffix is not None and operation == "evaluate" and suffix != ".json":
         raise ConfigError("evaluate writes .json files", "--suffix")
+    if suffix is not None and operation != "evaluate":
+        from freehand3d.io import SEQUENCE_SUFFIXES
+        from freehand3d.io.volumes import VOLUME_SUFFIXES
+
+        allowed = VOLUME_SUFFIXES if operation == "reconstruct" else SEQUENCE_SUFFIXES + (".h5",)
+        if not suffix.lower().endswith(tuple(allowed)):
+            raise ConfigError(f"{operation} cannot write {suffix!r} files; use one of {', '.join(allowed)}", "--suffix")
     outputs = {e.sweep_id: output_path(out_dir, operation, e.sweep_id, suffix) for e in entries}
     reserved = set(report_paths(out_dir, operation))
     for sweep_id, out in outputs.items():

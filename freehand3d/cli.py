@@ -62,10 +62,16 @@ def _check_device(args: list[str]) -> None:
     (every command with a ``--device`` option gets the same check and message)."""
     for i, arg in enumerate(args):
         value = args[i + 1] if arg == "--device" and i + 1 < len(args) else (arg[9:] if arg.startswith("--device=") else None)
-        if value is None or not value.lower().startswith("cuda"):
+        if value is None or value.lower() == "cpu":
             continue
         import torch
 
+        try:
+            torch.device(value)
+        except (RuntimeError, ValueError, TypeError):
+            raise ConfigError(f"{value!r} is not a device; use cpu, cuda or cuda:N", "--device") from None
+        if not value.lower().startswith("cuda"):
+            continue
         if not torch.cuda.is_available():
             build = "a CPU-only build" if torch.version.cuda is None else f"built for CUDA {torch.version.cuda}, no GPU found"
             raise ConfigError(f"CUDA is not available here (torch {torch.__version__}, {build}); use --device cpu", "--device")
