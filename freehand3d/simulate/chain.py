@@ -61,6 +61,47 @@ def lagged_nwire(phantom, lag_s: float, duration_s: float = 12.0, frame_interval
     return lagged, truth
 
 
+def water_tank(lag_s: float, duration_s: float = 20.0, video_fps: float = 11.5, tracker_hz: float = 40.0,
+               frame_size: tuple[int, int] = (616, 820), mm_per_px: float = 0.1, seed: int = 0):
+    """A water-tank temporal-calibration pair like PLUS's: (video sweep of a bright tank bottom seen
+    by a probe moved up and down, tracker-only sweep of the probe's poses whose timestamps are off by
+    ``lag_s`` (PLUS's TrackerLagSec sign), truth dict). The bottom is tilted a few degrees and has
+    speckle-like noise; the probe height follows a sum of two random sinusoids (5-15 mm)."""
+    rng = np.random.default_rng(seed)
+    h, w = frame_size
+    amp = rng.uniform(5, 15, 2)
+    per = rng.uniform(1.2, 3.5, 2)
+    phase = rng.uniform(0, 2 * np.pi, 2)
+
+    def height(t):
+        t = np.asarray(t, float)[..., None]
+        return (amp * np.sin(2 * np.pi * t / per + phase)).sum(axis=-1)
+
+    t_video = np.arange(0, duration_s, 1.0 / video_fps) + rng.uniform(0, 0.01, int(np.ceil(duration_s * video_fps)))[
+        : len(np.arange(0, duration_s, 1.0 / video_fps))]
+    tilt = np.tan(np.radians(rng.uniform(-8, 8)))
+    cols = np.arange(w)
+    rows = np.arange(h)[:, None]
+    frames = np.empty((len(t_video), h, w), np.uint8)
+    for i, t in enumerate(t_video):
+        depth_px = 0.45 * h + height(t) / mm_per_px  # the probe moves down: the bottom comes up
+        centre = depth_px + tilt * (cols - w / 2)
+        band = 220.0 * np.exp(-0.5 * ((rows - centre[None, :]) / 4.0) ** 2)
+        noise = rng.gamma(2.0, 8.0, (h, w))
+        frames[i] = np.clip(band + noise, 0, 255).astype(np.uint8)
+    video = Sweep(frames=frames, timestamps=t_video, source="simulated water tank video")
+    t_tracker = np.arange(-1.0, duration_s + 1.0, 1.0 / tracker_hz)
+    poses = np.tile(np.eye(4), (len(t_tracker), 1, 1))
+    # the pose stamped s is where the probe was at s - lag; the probe moves along the tracker's -y
+    poses[:, 1, 3] = -height(t_tracker - lag_s) + rng.normal(0, 0.05, len(t_tracker))
+    poses[:, 0, 3] = 100.0 + rng.normal(0, 0.05, len(t_tracker))
+    ref = np.tile(np.eye(4), (len(t_tracker), 1, 1))
+    tracker = Sweep(frames=np.zeros((len(t_tracker), 0, 0), np.uint8), timestamps=t_tracker,
+                    transforms={"ProbeToTracker": poses, "ReferenceToTracker": ref}, source="simulated tracker")
+    return video, tracker, {"lag_s": float(lag_s), "tilt": float(tilt), "amplitudes_mm": amp.tolist(),
+                            "periods_s": per.tolist()}
+
+
 @dataclass
 class SimulatedSetup:
     """Recordings of one simulated setup and their truth (``truth``: image_to_probe,
@@ -127,4 +168,4 @@ def simulate_setup(lag_s: float = 0.12, seed: int = 0, phantom=None, tracker_noi
                           _stylus_sweep(touches, reference_to_tracker, 20.0), cal, val, truth)
 
 
-__all__ = ["lagged_nwire", "simulate_setup", "SimulatedSetup", "FCAL12_LANDMARKS"]
+__all__ = ["water_tank", "lagged_nwire", "simulate_setup", "SimulatedSetup", "FCAL12_LANDMARKS"]
