@@ -139,6 +139,9 @@ CASES = [
     Case("register-no-landmarks-touched", ["register-phantom", "{tmp}/pivot.igs.mha", "--config", LANDMARK_SET,
                                            "--detect-landmarks", "-o", "{tmp}/r.json"], setup=_pivoting,
          mention=["detected", "pivot.igs.mha"]),
+    Case("register-detect-and-frames", ["register-phantom", LANDMARKS, "--config", LANDMARK_SET, "--detect-landmarks",
+                                        "--landmark-frame", "10", "-o", "{tmp}/r.json"],
+         mention=["--detect-landmarks", "--landmark-frame"]),
     # segment
     Case("segment-missing", ["segment", "{tmp}/nope.igs.mha", "--config", VLCUS_SET, "-o", "{tmp}/s.json"],
          mention=["nope.igs.mha"]),

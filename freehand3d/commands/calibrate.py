@@ -187,6 +187,8 @@ def register(app: typer.Typer) -> None:
 
         if estimate not in ("plus", "dwell"):
             raise ConfigError(f"--estimate must be plus or dwell, not {estimate!r}")
+        if detect_landmarks and landmark_frames:
+            raise ConfigError("--detect-landmarks and --landmark-frame contradict each other: give one")
         tip = None
         if stylus_calibration is not None:
             tip = _read_stylus_calibration(stylus_calibration)
