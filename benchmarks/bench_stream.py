@@ -156,17 +156,60 @@ def run_pyigtl(n: int) -> dict:
     return {"received": len(seen), "sent": sent, "fps": rate, "lat50": np.nan, "lat95": np.nan}
 
 
+def interop_cpp_imager(server: str, imgdir: str, work: Path) -> str:
+    """OpenIGTLink's C++ ``ImagerServer`` (Examples/Imager: 100 IMAGEs 256x256 uint8 from
+    igtlTestImage1..5.raw, spacing 1 1 5, random orientation) -> ``freehand3d stream --record``:
+    are the recorded pixels the raw files?"""
+    import socket
+
+    from freehand3d.io import read_sweep
+
+    sock = socket.socket()
+    sock.bind(("127.0.0.1", 0))
+    port = sock.getsockname()[1]
+    sock.close()
+    cpp = subprocess.Popen([server, str(port), "50", imgdir], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    out = work / "imager.igs.mha"
+    try:
+        res = subprocess.run([sys.executable, "-m", "freehand3d", "stream", "--port", str(port), "--frames", "100",
+                              "--record", str(out), "--connect-timeout", "10", "--no-reconnect"],
+                             capture_output=True, text=True, env=_env(), timeout=300)
+    finally:
+        cpp.kill()
+        cpp.wait()
+    if res.returncode != 0:
+        return f"FAILED: {res.stderr.strip()[-300:]}"
+    rec = read_sweep(out)
+    raws = [np.fromfile(Path(imgdir) / f"igtlTestImage{i + 1}.raw", np.uint8).reshape(256, 256) for i in range(5)]
+    exact = sum(np.array_equal(rec.frames[k], raws[k % 5]) for k in range(len(rec)))
+    m = rec.transforms.get("ImageToWorld")
+    col = np.linalg.norm(m[:, :3, :3], axis=1) if m is not None else None
+    out.unlink()
+    stats = res.stdout.splitlines()[0]
+    return (f"{len(rec)} frames recorded, {exact} pixel-exact against the raw files; ImageToWorld column norms "
+            f"{np.round(col.mean(axis=0), 4).tolist() if col is not None else 'n/a'} (sender: spacing 1 1 5); {stats}")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--frames", type=int, default=2000)
     parser.add_argument("--paced-frames", type=int, default=1200)
     parser.add_argument("--cpp-client", default=None, help="path of OpenIGTLink's Examples/Receiver ReceiveClient")
+    parser.add_argument("--cpp-imager", default=None, help="path of OpenIGTLink's Examples/Imager ImagerServer")
+    parser.add_argument("--cpp-imager-images", default=None, help="its img folder (igtlTestImage1..5.raw)")
     parser.add_argument("--tmp", default=os.environ.get("TMPDIR", "/tmp"))
+    parser.add_argument("--interop-only", action="store_true", help="only the C++ ImagerServer check")
     args = parser.parse_args()
     cpu = subprocess.run(["bash", "-c", "lscpu | grep 'Model name' | sed 's/.*: *//'"], capture_output=True,
                          text=True).stdout.strip()
     load_before = os.getloadavg()
     work = Path(tempfile.mkdtemp(prefix="bench-stream-", dir=args.tmp))
+    if args.cpp_imager:
+        print("C++ ImagerServer -> freehand3d stream --record:",
+              interop_cpp_imager(args.cpp_imager, args.cpp_imager_images, work))
+        if args.interop_only:
+            work.rmdir()
+            return
     rows = [("freehand3d stream, burst, receive only", run_stream(args.frames, 0.0))]
     if args.cpp_client:
         rows.append(("OpenIGTLink C++ ReceiveClient, burst", run_cpp(args.frames, args.cpp_client)))

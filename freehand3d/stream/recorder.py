@@ -21,6 +21,7 @@ dropped.
 
 from __future__ import annotations
 
+import array
 import contextlib
 import json
 import mmap
@@ -189,29 +190,75 @@ class SequenceRecorder:
 
 # ---------------------------------------------------------------------- recovery
 
-def _read_journal(journal: Path) -> tuple[dict, list[dict]]:
+class _JournalColumns:
+    """The per-frame journal lines as arrays, filled line by line (no per-frame Python objects)."""
+
+    def __init__(self):
+        self.n = 0
+        self.times = array.array("d")
+        self.mats: dict[str, array.array] = {}   # 16 doubles per frame
+        self.ok: dict[str, bytearray] = {}
+
+    def _column(self, name: str):
+        if name not in self.mats:
+            mats = array.array("d")
+            mats.extend(_IDENTITY * self.n)
+            self.mats[name], self.ok[name] = mats, bytearray(self.n)
+        return self.mats[name], self.ok[name]
+
+    def add(self, entry: dict) -> None:
+        matrices = dict(entry.get("tf") or {})
+        if "pose" in entry:
+            matrices["\0pose"] = entry["pose"]
+        for name, values in matrices.items():
+            if len(values) != 16:
+                raise ValueError(f"{name}: {len(values)} numbers, not 16")
+        self.times.append(float(entry["t"]))
+        for name, values in matrices.items():
+            self._column(name)
+        for name, mats in self.mats.items():
+            values = matrices.get(name)
+            mats.extend(_IDENTITY if values is None else values)
+            self.ok[name].append(values is not None)
+        self.n += 1
+
+    def truncate(self, n: int) -> None:
+        del self.times[n:]
+        for name in self.mats:
+            del self.mats[name][16 * n:]
+            del self.ok[name][n:]
+        self.n = min(self.n, n)
+
+
+_IDENTITY = [1.0, 0.0, 0.0, 0.0, 0.0, 1.0, 0.0, 0.0, 0.0, 0.0, 1.0, 0.0, 0.0, 0.0, 0.0, 1.0]
+
+
+def _read_journal(journal: Path) -> tuple[dict, _JournalColumns]:
+    columns = _JournalColumns()
     try:
-        raw = journal.read_bytes()
+        handle = open(journal, "rb")
     except OSError as exc:
         raise InputError(f"cannot read the journal: {exc.strerror}", journal) from None
-    lines = raw.split(b"\n")
-    try:
-        head = json.loads(lines[0])
-        if head.get("freehand3d_recording") != JOURNAL_VERSION:
-            raise ValueError("not a freehand3d journal")
-        shape, dtype = tuple(int(s) for s in head["frame_shape"]), np.dtype(head["dtype"])
-    except (ValueError, KeyError, TypeError) as exc:
-        raise InputError(f"not a freehand3d recording journal ({exc})", journal) from None
-    head["frame_shape"], head["dtype"] = shape, dtype
-    entries = []
-    # a line is complete only when its newline was written: the last element after split is the
-    # (possibly empty) torn tail
-    for line in lines[1:-1]:
+    with handle:
+        first = handle.readline()
         try:
-            entries.append(json.loads(line))
-        except ValueError:
-            break  # torn or corrupt line: everything after it is untrustworthy
-    return head, entries
+            head = json.loads(first)
+            if not isinstance(head, dict) or head.get("freehand3d_recording") != JOURNAL_VERSION:
+                raise ValueError("not a freehand3d journal")
+            shape, dtype = tuple(int(s) for s in head["frame_shape"]), np.dtype(head["dtype"])
+        except (ValueError, KeyError, TypeError) as exc:
+            raise InputError(f"not a freehand3d recording journal ({exc})", journal) from None
+        head["frame_shape"], head["dtype"] = shape, dtype
+        # a line is complete only when its newline was written: a torn last line is dropped, and
+        # so is everything after a corrupt line (untrustworthy)
+        for line in handle:
+            if not line.endswith(b"\n"):
+                break
+            try:
+                columns.add(json.loads(line))
+            except (ValueError, KeyError, TypeError):
+                break
+    return head, columns
 
 
 def recover_recording(record: str | os.PathLike) -> Path:
@@ -231,14 +278,14 @@ def recover_recording(record: str | os.PathLike) -> Path:
         if record.exists() and len(missing) == 2:
             raise InputError("nothing to recover: the recording is complete (no .pixels/.journal beside it)", record)
         raise InputError(f"nothing to recover: {', '.join(missing)} not found", record)
-    head, entries = _read_journal(journal)
+    head, columns = _read_journal(journal)
     shape, dtype = head["frame_shape"], head["dtype"]
     frame_bytes = int(np.prod(shape)) * dtype.itemsize
-    n = min(len(entries), pixels.stat().st_size // frame_bytes)
+    n = min(columns.n, pixels.stat().st_size // frame_bytes)
     if n == 0:
         raise InputError("no complete frame to recover", journal)
-    entries = entries[:n]
-    sweep = _sweep_from(head, entries, pixels, n)
+    columns.truncate(n)
+    sweep = _sweep_from(head, columns, pixels, n)
     from freehand3d.io import write_sweep
 
     # uncompressed: compressing would cost minutes for a long session and the frames are streamed
@@ -279,35 +326,22 @@ def _release_pages(frames: np.ndarray, period: float = 0.2):
         thread.join()
 
 
-def _sweep_from(head: dict, entries: list[dict], pixels: Path, n: int):
+def _sweep_from(head: dict, columns: _JournalColumns, pixels: Path, n: int):
     from freehand3d.sweep import Sweep
 
     shape, dtype = head["frame_shape"], head["dtype"]
     frames = np.memmap(pixels, dtype=dtype, mode="r", shape=(n, *shape))
-    timestamps = np.array([e["t"] for e in entries], float)
-    names: dict[str, None] = {}
-    for e in entries:
-        for name in e.get("tf", ()):
-            names.setdefault(name)
+    timestamps = np.frombuffer(columns.times, float)[:n].copy()
     transforms, valid = {}, {}
-    for name in names:
-        mats = np.tile(np.eye(4), (n, 1, 1))
-        ok = np.zeros(n, bool)
-        for i, e in enumerate(entries):
-            m = e.get("tf", {}).get(name)
-            if m is not None:
-                mats[i] = np.reshape(m, (4, 4))
-                ok[i] = True
-        transforms[name], valid[name] = mats, ok
+    for name, mats in columns.mats.items():
+        transforms[name] = np.frombuffer(mats, float)[: 16 * n].reshape(n, 4, 4).copy()
+        valid[name] = np.frombuffer(columns.ok[name], np.uint8)[:n].astype(bool)
+    columns.mats.clear()
+    pose = transforms.pop("\0pose", None)
+    pose_ok = valid.pop("\0pose", None)
     pose_name = f"ImageTo{head.get('reference') or 'Reference'}"
-    if pose_name not in transforms and any("pose" in e for e in entries):
-        mats = np.tile(np.eye(4), (n, 1, 1))
-        ok = np.zeros(n, bool)
-        for i, e in enumerate(entries):
-            if "pose" in e:
-                mats[i] = np.reshape(e["pose"], (4, 4))
-                ok[i] = True
-        transforms[pose_name], valid[pose_name] = mats, ok
+    if pose is not None and pose_name not in transforms and pose_ok.any():
+        transforms[pose_name], valid[pose_name] = pose, pose_ok
     kwargs = {}
     if head.get("spacing"):
         kwargs["spacing"] = tuple(head["spacing"][:2])
