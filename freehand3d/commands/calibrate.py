@@ -16,7 +16,6 @@ def _echo_warnings(caught) -> None:
 
 
 def register(app: typer.Typer) -> None:
-    _register_segment(app)
     @app.command("calibrate")
     def calibrate_command(
         calibration: Path = typer.Argument(..., help="Tracked N-wire recording (.igs.mha, .seq.nrrd, ...)."),
@@ -197,6 +196,9 @@ def register(app: typer.Typer) -> None:
                                         landmark_frames=list(landmark_frames) if landmark_frames else None)
         typer.echo(f"registered {len(result.per_landmark_mm)} landmarks, FRE {result.fre_mm:.3f} mm RMS "
                    f"(max {result.fre_max_mm:.3f}) -> {output}")
+
+
+    _register_segment(app)
 
 
 def _read_stylus_calibration(path: Path):
