@@ -111,6 +111,72 @@ def run_case(name, frames, device, threads, repeat, seed=0):
     return {"s_per_frame": min(times) / frames, "peak_mb": peak_mb, "head": np.asarray(head).tolist()}
 
 
+def memory_case(frames, threads, mode):
+    """One streamed (``mode="stream"``) or halo-tiled (``mode="tiled"``, the previous default:
+    128-frame tiles) fp32 forward of the 2024 preset on ``frames`` frames in this process: wall
+    time, peak RSS (ru_maxrss) and the head output."""
+    import numpy as np
+    import torch
+
+    from freehand3d.tracking import DualTrack, predict
+
+    torch.set_num_threads(threads)
+    torch.manual_seed(0)
+    # the 2024 preset takes at most 1024 frames; longer sweeps use the 2025 layout (chunked CNN)
+    model = DualTrack("dualtrack-2024" if frames <= 1024 else "dualtrack-tusrec2025").eval()
+    arr = _frames(frames)
+    start = time.perf_counter()
+    kwargs = {"cnn_tile": 128} if mode == "tiled" else {}
+    out = predict(arr, model, kernel="direct", **kwargs)
+    wall = time.perf_counter() - start
+    peak_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    return {"s_per_frame": wall / frames, "peak_mb": peak_mb, "head": np.asarray(out["head_output"]).tolist(),
+            "poses": np.asarray(out["poses_global"]).tolist()}
+
+
+def memory(frames_list, threads, modes):
+    """Peak RSS against sweep length, each case in a fresh subprocess."""
+    import numpy as np
+
+    env = dict(os.environ, OMP_NUM_THREADS=str(threads), MKL_NUM_THREADS=str(threads))
+    print(f"peak RSS, fp32 (direct kernels; dualtrack-2024, or dualtrack-tusrec2025 above 1024 frames), {threads} threads, CPU: {_cpu_model()}, load: {_load()}")
+    print(f"{'frames':>6} {'mode':8} {'s/frame':>8} {'peak MB':>8} {'max|dhead| vs first mode':>26} {'max corner mm':>14}")
+    for n in frames_list:
+        results = {}
+        for mode in modes:
+            cmd = [sys.executable, __file__, "--memory-case", mode, "--frames", str(n), "--threads", str(threads)]
+            out = subprocess.run(cmd, capture_output=True, text=True, env=env)
+            if out.returncode != 0:
+                print(out.stderr, file=sys.stderr)
+                raise SystemExit(f"memory case {mode} at {n} frames failed")
+            results[mode] = json.loads(out.stdout.strip().splitlines()[-1])
+        first = results[modes[0]]
+        for mode, res in results.items():
+            dh = float(np.abs(np.asarray(res["head"]) - np.asarray(first["head"])).max())
+            dc = _corner_error(np.asarray(res["poses"]), np.asarray(first["poses"]))
+            print(f"{n:6} {mode:8} {res['s_per_frame']:8.3f} {res['peak_mb']:8.0f} {dh:26.2e} {dc:14.2e}")
+
+
+def _corner_error(poses_a, poses_b, spacing=(0.229389190673828, 0.220979690551758), shape=(480, 640)):
+    """Largest distance (mm) between the image corners placed by two trajectories."""
+    import numpy as np
+
+    h, w = shape
+    xs = np.array([-(w - 1) / 2, (w - 1) / 2]) * spacing[0]
+    ys = np.array([-(h - 1) / 2, (h - 1) / 2]) * spacing[1]
+    corners = np.array([[x, y, 0.0, 1.0] for x in xs for y in ys])
+    a = np.einsum("nij,kj->nki", poses_a, corners)[..., :3]
+    b = np.einsum("nij,kj->nki", poses_b, corners)[..., :3]
+    return float(np.linalg.norm(a - b, axis=-1).max())
+
+
+def _load():
+    try:
+        return "load average " + ", ".join(f"{v:.1f}" for v in os.getloadavg())
+    except OSError:
+        return "load unknown"
+
+
 def conv_layers(frames, threads, rounds):
     """One 3x3x3 conv of each local-CNN stage (2024 widths, 256 px crops): direct (oneDNN,
     channels-last) vs Winograd F(2x2,3x3), alternating, best of ``rounds``; printed as a table."""
@@ -150,12 +216,23 @@ def main():
     parser.add_argument("--force-bf16", action="store_true", help="measure CPU bf16 even without native support")
     parser.add_argument("--conv-layers", action="store_true",
                         help="instead: one conv per local-CNN stage, direct vs Winograd (CPU, --threads)")
+    parser.add_argument("--memory", type=str, default=None,
+                        help="instead: peak RSS for these comma-separated sweep lengths, e.g. 64,1030")
+    parser.add_argument("--memory-modes", default="stream",
+                        help="with --memory: stream,tiled (streamed vs the previous 128-frame halo tiles)")
+    parser.add_argument("--memory-case", help=argparse.SUPPRESS)
     parser.add_argument("--case", help=argparse.SUPPRESS)  # internal: run one case in this process
     parser.add_argument("--on", default="cpu", help=argparse.SUPPRESS)
     args = parser.parse_args()
 
     if args.conv_layers:
         conv_layers(min(args.frames, 8), args.threads, max(args.rounds, 3))
+        return
+    if args.memory_case:
+        print(json.dumps(memory_case(args.frames, args.threads, args.memory_case)))
+        return
+    if args.memory:
+        memory([int(v) for v in args.memory.split(",")], args.threads, args.memory_modes.split(","))
         return
     if args.case:
         print(json.dumps(run_case(args.case, args.frames, args.on, args.threads, args.repeat)))

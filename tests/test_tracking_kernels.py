@@ -65,7 +65,7 @@ def test_auto_follows_the_measurement(cache, model, frames, monkeypatch):
         "{}x{}@{}x{}".format(*s): ("winograd" if s[0] == 8 else "direct")
         for _, _, s in kmod.eligible_layers(model.local_encoder.cnn, 32)
     }
-    direct = predict(frames, model, kernel="direct")
+    direct = predict(frames, model, kernel="direct", threads=1)
     assert set(direct["info"]["kernels"].values()) == {"direct"}
     # float32 rounding only: the kernels sum in another order (measured 0 on an AMD EPYC: the
     # Winograd layers here are too small to change the rounded head; 1e-5 relative allows for it)
@@ -97,9 +97,9 @@ def test_threads_apply_during_the_call_only(model, frames):
 
 
 def test_bf16_precision_is_reported_and_close_to_fp32(model, frames):
-    fp32 = predict(frames, model, kernel="direct")
+    fp32 = predict(frames, model, kernel="direct", threads=1)
     with pytest.warns(UserWarning, match="bfloat16") if not torch.ops.mkldnn._is_mkldnn_bf16_supported() else _nothing():
-        bf16 = predict(frames, model, precision="bf16")
+        bf16 = predict(frames, model, precision="bf16", threads=1)
     assert bf16["info"]["precision"] == "bf16" and fp32["info"]["precision"] == "fp32"
     assert next(model.parameters()).dtype == torch.float32  # the head etc. stay float32
     scale = np.abs(fp32["head_output"]).max()
@@ -111,7 +111,7 @@ def test_bf16_precision_is_reported_and_close_to_fp32(model, frames):
 
 
 def test_fp64_precision_runs_in_double(model, frames):
-    out = track(frames[:4], model, precision="fp64", spacing=(0.2, 0.2), kernel="direct")
+    out = track(frames[:4], model, precision="fp64", spacing=(0.2, 0.2), kernel="direct", threads=1)
     assert out.metadata["DualTrackPrecision"] == "fp64"
     assert next(model.parameters()).dtype == torch.float64
     model.float()

@@ -178,6 +178,29 @@ def _resolve_precision(precision, dtype, params_dtype, amp):
     return precision, torch.float64 if precision == "fp64" else torch.float32
 
 
+def inference_cnns(model, device, precision, dtype, kernel="auto", threads=None, channels_last=True):
+    """Inference copies of the two CNNs (the caller's model is left as it is): BatchNorm folded into
+    the convs, channels-last weights, the local CNN's kernels chosen per ``kernel`` (CPU fp32/fp64)
+    and, for ``precision="bf16"``, bfloat16 convolutions (the global CNN wrapped so it takes and
+    returns the model's dtype). Returns (local_cnn, global_cnn, local-input dtype, kernels)."""
+    from freehand3d.tracking.kernels import apply_kernels
+
+    cfg = model.config
+    device = torch.device(device)
+    local_cnn = model.local_encoder.cnn.fused_for_inference()
+    kernels = {}
+    if device.type == "cpu" and precision in ("fp32", "fp64"):
+        kernels = apply_kernels(local_cnn, cfg.local_size, kernel, threads, dtype, WINOGRAD_MIN_CHANNELS)
+    global_cnn = model.global_encoder.cnn.fused_for_inference()
+    if channels_last:
+        local_cnn.to(memory_format=torch.channels_last_3d)
+        global_cnn.to(memory_format=torch.channels_last)
+    conv_dtype = torch.bfloat16 if precision == "bf16" else dtype
+    if precision == "bf16":
+        local_cnn, global_cnn = local_cnn.to(torch.bfloat16), _CastCNN(global_cnn, torch.bfloat16)
+    return local_cnn, global_cnn, conv_dtype, kernels
+
+
 def predict(
     frames,
     model,
@@ -249,7 +272,7 @@ def predict(
         raise InputError(str(exc)) from None
     if winograd is not None:
         kernel = "winograd" if winograd else "direct"
-    from freehand3d.tracking.kernels import KERNELS, apply_kernels
+    from freehand3d.tracking.kernels import KERNELS
 
     if kernel not in KERNELS:
         raise ValueError(f"kernel must be one of {', '.join(KERNELS)}, got {kernel!r}")
@@ -262,19 +285,8 @@ def predict(
         warnings.warn("this CPU has no native bfloat16 support; precision='bf16' will be much slower than fp32",
                       stacklevel=2)
     with _num_threads(threads) as n_threads, _cudnn_benchmark(device.type == "cuda" and kernel == "auto"):
-        # inference copies of the CNNs: BatchNorm folded into the convs, channels-last weights; the
-        # caller's model is left as it is (apart from device/dtype)
-        local_cnn = model.local_encoder.cnn.fused_for_inference()
-        kernels = {}
-        if device.type == "cpu" and precision in ("fp32", "fp64"):
-            kernels = apply_kernels(local_cnn, cfg.local_size, kernel, n_threads, dtype, WINOGRAD_MIN_CHANNELS)
-        global_cnn = model.global_encoder.cnn.fused_for_inference()
-        if channels_last:
-            local_cnn.to(memory_format=torch.channels_last_3d)
-            global_cnn.to(memory_format=torch.channels_last)
-        conv_dtype = torch.bfloat16 if precision == "bf16" else dtype
-        if precision == "bf16":
-            local_cnn, global_cnn = local_cnn.to(torch.bfloat16), _CastCNN(global_cnn, torch.bfloat16)
+        local_cnn, global_cnn, conv_dtype, kernels = inference_cnns(model, device, precision, dtype, kernel,
+                                                                     n_threads, channels_last)
         variant = cfg.global_variant if global_variant is None else global_variant
         norm = cfg.global_norm if global_norm is None else global_norm
 
