@@ -591,6 +591,8 @@ def find_echoes(
         # in noise the envelope maximum is a steadier mark than the steepest rise: add the maxima
         # above the threshold (moved back to onset time); duplicates on one echo are removed below
         is_peak = (det_env >= maximum_filter1d(det_env, size=2 * min_distance + 1, axis=0)) & (det_env >= threshold[None, :])
+        # a side lobe of a stronger echo nearby (what one MEMGO component cannot model) is no echo
+        is_peak &= det_env >= 2.0 * ref.residual_level * maximum_filter1d(det_env, size=2 * half + 1, axis=0)
         is_peak[0] = is_peak[-1] = False
         shift = int(round(peak_delay))
         merged = []

@@ -104,7 +104,7 @@ def derived_parameters(probe: LinearProbe, channels: int = 128) -> dict:
         "pair_baseline_mm": gap * spacing,
         "bandwidth_mm": lam / 4,
         "tolerance_mm": lam / 8,
-        "min_cluster_size": 1 if n_pairs < 4 else 3,
+        "min_cluster_size": 1 if n_pairs < 4 else max(3, int(round(0.05 * n_pairs))),
         "min_votes": 1,
         "false_alarms": 10.0,
         "threshold_db": -26.0,
@@ -335,9 +335,10 @@ def localize_frame(
     points = match_echoes(paths, element_x, tx_angle=tx_angle, gap=gap, amplitude=echoes.amplitude, tolerance=tolerance, min_votes=min_votes)
     n_pairs = max(1, len(chosen) - gap)
     if min_cluster_size is None:
-        # few pairs (tiny channel counts) cannot outvote anything; otherwise three validated pairs:
-        # in noise a weak bubble's echoes pass the noise floor in only a handful of channels
-        min_cluster_size = 1 if n_pairs < 4 else 3
+        # few pairs (tiny channel counts) cannot outvote anything; otherwise 5 % of the pairs, at
+        # least three: in noise a weak bubble's echoes pass the noise floor in only a handful of
+        # channels, while with many pairs a few mismatched ones make small ghost clusters
+        min_cluster_size = 1 if n_pairs < 4 else max(3, int(round(0.05 * n_pairs)))
     centres, sizes = mean_shift(points, bandwidth, min_cluster_size=min_cluster_size)
     centres = suppress_ghosts(centres, sizes, merge_radius=lam / 2 if merge_radius is None else merge_radius, ghost_radius=2 * lam if ghost_radius is None else ghost_radius, ghost_ratio=ghost_ratio)
     if refine and len(centres):
@@ -385,7 +386,8 @@ def localize(
     bandwidth : float, optional
         Mean-shift radius (mm); default lambda / 4.
     min_cluster_size : int, optional
-        Intersection points a bubble needs; default 3 (1 when fewer than 4 pairs exist).
+        Intersection points a bubble needs; default 5 % of the channel pairs, at least 3 (1 when
+        fewer than 4 pairs exist).
     gap : int, optional
         Channel-pair separation in selected channels; default the one nearest ``baseline`` mm, at
         most a fifth of the channels (so most pairs keep both check channels).
