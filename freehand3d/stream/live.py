@@ -425,8 +425,15 @@ def run_live(
         stage.close(drain_timeout)
     if recorder is not None:
         result.recorded = recorder.frames
-        if recorder.finish() is not None:
-            result.recording = str(record)
+        try:
+            if recorder.finish() is not None:
+                result.recording = str(record)
+        except Exception:
+            # e.g. the disk filled up: the side files stay for `freehand3d recover`; report the
+            # error that ended the session when there was one
+            recorder.abort()
+            if error is None:
+                raise
     result.stats = source.stats.as_dict()
     rec_stats = {"name": "recording", "policy": "never-drop", "processed": result.recorded, "dropped": 0,
                  "dropped_at_exit": 0}
