@@ -309,3 +309,43 @@ def test_fast_pose_interpolation_matches_geometry():
         ref, ok = geometry.interpolate_poses([0.0, 1.0], np.stack([a, b]), [t])
         worst = max(worst, float(np.abs(_interpolate_pair(0.0, a, 1.0, b, t) - ref[0]).max()))
     assert worst < 1e-9  # measured 2.1e-11 over 2000 random pairs
+
+
+def test_replay_answers_stp_and_stt_with_rts_and_get_status():
+    """STP_IMAGE pauses the replay (acknowledged by RTS_IMAGE), STT_IMAGE resumes it, GET_STATUS gets a STATUS."""
+    from freehand3d.stream.igtl import HEADER_SIZE, _parse_header, request_message
+
+    sweep = _sweep(n=200, h=8, w=10)
+    with ReplayServer(sweep, port=0, fps=100) as server:
+        server.start()
+        sock = socket.create_connection(("127.0.0.1", server.port), timeout=5)
+        buf = bytearray()
+
+        def read_for(seconds):
+            types = []
+            end = time.time() + seconds
+            sock.settimeout(0.05)
+            while time.time() < end:
+                try:
+                    buf.extend(sock.recv(65536))
+                except socket.timeout:
+                    pass
+                while len(buf) >= HEADER_SIZE:
+                    header = _parse_header(bytes(buf[:HEADER_SIZE]))
+                    if len(buf) < HEADER_SIZE + header["body_size"]:
+                        break
+                    types.append(header["message_type"])
+                    del buf[:HEADER_SIZE + header["body_size"]]
+            return types
+
+        first = read_for(0.3)
+        assert first[0] == "STATUS" and "IMAGE" in first
+        sock.sendall(request_message("STP_IMAGE"))
+        acked = read_for(0.3)
+        assert "RTS_IMAGE" in acked
+        paused = read_for(0.4)
+        assert "IMAGE" not in paused
+        sock.sendall(request_message("GET_STATUS") + request_message("STT_IMAGE"))
+        resumed = read_for(0.4)
+        assert "STATUS" in resumed and "RTS_IMAGE" in resumed and resumed.count("IMAGE") >= 5
+        sock.close()
