@@ -119,3 +119,24 @@ def test_subset_phantom_definition_warns(recording, phantom, full_result):
     # the full definition raises no such warning (measured on PLUS's fCal 1.2 recording: 0/15 frames
     # with the 1.2 definition, 15/15 with the fCal 1.0 one)
     assert not any("further N-wire layer" in n for n in full_result.notes)
+
+
+@pytest.mark.slow
+def test_fcal10_definition_on_fcal12_recording_warns():
+    from pathlib import Path
+
+    from freehand3d.io.plus_config import read_device_set
+    from freehand3d.io.plus_sequence import read_plus_sequence
+
+    data = Path(__file__).resolve().parents[1] / "freehand3d" / "data" / "plus"
+    ds = read_device_set(data / "PlusDeviceSet_fCal_Sim_SpatialCalibration_1.2.xml")
+    fcal10 = read_device_set(data / "temporal" / "PlusDeviceSet_fCal_Sim_TemporalCalibration.xml").phantom
+    assert len(fcal10.nwires) == 2
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        res = calibrate(read_plus_sequence(data / "fCal_Test_Calibration_3NWires.igs.mha"), fcal10,
+                        params=ds.segmentation, phantom_to_reference=ds.transform("PhantomToReference"))
+    # the case: every frame segments with a good PRE3D (measured 0.46 mm), so only the
+    # leftover-layer check (15/15 frames) reveals it
+    assert res.frames_segmented == 188
+    assert any("further N-wire layer" in str(w.message) for w in caught)
