@@ -124,3 +124,27 @@ def test_replay_sends_the_recorded_type(dtype, components):
     for item, frame in zip(items, frames):
         assert item.frame.dtype == frame.dtype and np.array_equal(item.frame, frame)
         assert item.spacing == pytest.approx((0.25, 0.5))
+
+
+def test_live_compounding_of_uint16_frames(tmp_path):
+    """--reconstruct of a uint16 stream gives a uint16 volume (the Reconstructor's pixel_type)."""
+    from freehand3d.compound import OutputGrid
+    from freehand3d.io.volumes import read_volume
+    from freehand3d.stream.live import run_live
+    import SimpleITK as sitk
+
+    n = 6
+    frames = _frames(np.uint16, (12, 20), n=n)
+    probe = np.tile(np.eye(4), (n, 1, 1))
+    probe[:, 2, 3] = np.arange(n)
+    sweep = Sweep(frames, timestamps=1.0 + np.arange(n) * 0.1, transforms={"ImageToReference": probe})
+    grid = OutputGrid((0.0, 0.0, 0.0), (1.0, 1.0, 1.0), (20, 12, n))
+    with ReplayServer(sweep, port=0, fps=0) as server:
+        server.start(accept_timeout=300)
+        out = tmp_path / "v.nrrd"
+        result = run_live(IGTLSource(port=server.port, reconnect=False), reconstruct=out, grid=grid,
+                          volume_policy="block")
+    assert result.inserted == n
+    volume = sitk.GetArrayFromImage(read_volume(out))
+    assert volume.dtype == np.uint16
+    assert np.array_equal(volume[2], frames[2])  # slice z=2 is frame 2, pixel for pixel

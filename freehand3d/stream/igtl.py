@@ -785,7 +785,10 @@ class IGTLSource:
                         f"{pixels.shape[0]}); freehand3d records 2D frames, one slice per IMAGE, and does not "
                         "keep only the first slice", self.where)
                 t = header["timestamp"]
-                if t == 0:  # a sender that does not stamp its messages: the receive time is the best we have
+                if t == 0 and not any(h[0][0] == 0 for h in self._history.values()):
+                    # a sender that does not stamp its messages (OpenIGTLink's C++ examples): the
+                    # receive time is the best we have. Transforms at 0 too mean a recording that
+                    # starts at 0: then 0 is kept, the poses are matched on it
                     self.stats.zero_timestamps += 1
                     t = received
                 spacing = (float(msg.spacing[0]), float(msg.spacing[1]))

@@ -33,7 +33,7 @@ from typing import Callable
 
 import numpy as np
 
-from freehand3d.errors import StreamError
+from freehand3d.errors import Freehand3DError, StreamError
 from freehand3d.stream.igtl import IGTLSource, StreamItem, send_volume
 
 
@@ -238,15 +238,13 @@ class _LiveVolume:
         self.inserted = 0
         self.unposed = 0
         self.written = False
-        self._last_snapshot = time.monotonic()
-        if grid is not None:
-            self._make(grid)
+        self._last_snapshot = time.monotonic()  # a given grid is used once the first frame tells the pixel type
 
-    def _make(self, grid) -> None:
+    def _make(self, grid, pixel_type=np.uint8) -> None:
         from freehand3d.compound import Reconstructor
 
         self.reconstructor = Reconstructor(grid, method=self.method, compounding=self.compounding,
-                                           device=self.device)
+                                           device=self.device, pixel_type=pixel_type)
 
     def _insert(self, item: StreamItem) -> None:
         self.reconstructor.add_frame(item.frame, item.pose)
@@ -256,11 +254,20 @@ class _LiveVolume:
         if item.pose is None:
             self.unposed += 1
             return
+        if item.frame.ndim != 2:
+            raise StreamError(f"live compounding needs single-component frames, got {item.frame.shape[2]} "
+                              f"components ({item.device!r}); record without --reconstruct and convert first",
+                              self.path)
+        if self.reconstructor is not None and item.frame.dtype != self.reconstructor.pixel_type:
+            raise StreamError(f"the pixel type changed from {self.reconstructor.pixel_type} to {item.frame.dtype}",
+                              self.path)
+        if self.reconstructor is None and self.grid is not None:
+            self._make(self.grid, item.frame.dtype)
         if self.reconstructor is None:
             self.waiting.append(item)
             if len(self.waiting) < self.grid_frames:
                 return
-            self._make(_grid_from_items(self.waiting, self.spacing, self.margin_mm))
+            self._make(_grid_from_items(self.waiting, self.spacing, self.margin_mm), item.frame.dtype)
             for it in self.waiting:
                 self._insert(it)
             self.waiting.clear()
@@ -273,7 +280,7 @@ class _LiveVolume:
 
     def finish(self) -> None:
         if self.reconstructor is None and self.waiting:
-            self._make(_grid_from_items(self.waiting, self.spacing, self.margin_mm))
+            self._make(_grid_from_items(self.waiting, self.spacing, self.margin_mm), self.waiting[0].frame.dtype)
             for it in self.waiting:
                 self._insert(it)
             self.waiting.clear()
@@ -444,11 +451,14 @@ def run_live(
         result.latencies = vol_stage.latencies
         if volume.written:
             result.volume = str(reconstruct)
+    if error is None:
+        error = next((stage.error for stage in stages if stage.error is not None), None)
     if error is not None:
+        failed = next((stage for stage in stages if stage.error is error), None)
+        if failed is not None and not isinstance(error, Freehand3DError):
+            # a consumer's own failure ends the session with one line; the recording is finished
+            raise StreamError(f"the {failed.name} stage failed: {type(error).__name__}: {error}") from error
         raise error
-    for stage in stages:
-        if stage.error is not None:
-            raise stage.error
     if volume is not None and not volume.written and result.frames:
         raise StreamError(
             f"no volume written: none of the {result.frames} frames had a pose in {source.reference!r} "
