@@ -584,9 +584,11 @@ def calibrate(
 
 
 def write_overlays(sweep: Sweep, segmented: SegmentedSweep, directory: str | os.PathLike,
-                   phantom: NWirePhantom, prefix: str = "frame") -> list[Path]:
-    """PNG per frame: candidate dots (yellow), fitted N lines (green), wire labels (cyan); failed
-    frames get a red "FAILED". Written atomically; returns the paths."""
+                   phantom: NWirePhantom, prefix: str = "frame", errors=None) -> list[Path]:
+    """PNG per frame: candidate dots (yellow circles), fitted N lines (green), labelled wire points
+    (cyan crosses with the wire names); a header band names the recording, the frame number, how
+    many wires were found (or FAILED in red), ``errors[i]`` (mm, e.g. a per-frame PRE3D) when given,
+    and the legend. Written atomically; returns the paths."""
     import cv2
 
     from freehand3d._atomic import atomic_path
@@ -594,22 +596,36 @@ def write_overlays(sweep: Sweep, segmented: SegmentedSweep, directory: str | os.
     out_dir = Path(directory)
     out_dir.mkdir(parents=True, exist_ok=True)
     names = [w.name for w in phantom.wires]
+    font, band = cv2.FONT_HERSHEY_SIMPLEX, 46
     paths = []
     for i in range(len(sweep)):
         img = cv2.cvtColor(sweep.frames[i], cv2.COLOR_GRAY2BGR)
         if segmented.candidates:
             for x, y in segmented.candidates[i]:
                 cv2.circle(img, (int(round(x)), int(round(y))), 6, (0, 255, 255), 1)
+        found = 0
         if segmented.segmented[i]:
             lab = segmented.labelled[i].reshape(-1, 3, 2)
             for layer in lab:
                 cv2.line(img, tuple(int(v) for v in layer[0].round()), tuple(int(v) for v in layer[2].round()),
                          (0, 200, 0), 1)
             for k, (x, y) in enumerate(segmented.labelled[i]):
+                if not np.isfinite(x):
+                    continue
+                found += 1
                 cv2.drawMarker(img, (int(round(x)), int(round(y))), (255, 255, 0), cv2.MARKER_CROSS, 10, 1)
-                cv2.putText(img, names[k], (int(x) + 6, int(y) - 6), cv2.FONT_HERSHEY_SIMPLEX, 0.4, (255, 255, 0), 1)
-        else:
-            cv2.putText(img, "FAILED", (20, 40), cv2.FONT_HERSHEY_SIMPLEX, 1.0, (0, 0, 255), 2)
+                cv2.putText(img, names[k], (int(x) + 6, int(y) - 6), font, 0.4, (255, 255, 0), 1)
+        head = np.zeros((band, img.shape[1], 3), np.uint8)
+        status = f"{found}/{len(names)} wires found" if segmented.segmented[i] else "FAILED: N-wire pattern not found"
+        err = "" if errors is None or not np.isfinite(errors[i]) else f", error {float(errors[i]):.2f} mm"
+        cv2.putText(head, f"{prefix} frame {i} of {len(sweep)} ({i + 1}/{len(sweep)}): {status}{err}", (6, 17), font,
+                    0.5, (255, 255, 255) if segmented.segmented[i] else (0, 0, 255), 1)
+        x = 6
+        for symbol, colour, text in (("o", (0, 255, 255), "candidate dots"), ("-", (0, 200, 0), "fitted N lines"),
+                                     ("+", (255, 255, 0), "labelled wires")):
+            cv2.putText(head, f"{symbol} {text}", (x, 38), font, 0.45, colour, 1)
+            x += 10 + cv2.getTextSize(f"{symbol} {text}", font, 0.45, 1)[0][0] + 12
+        img = np.vstack([head, img])
         path = out_dir / f"{prefix}_{i:04d}.png"
         with atomic_path(path) as tmp:
             ok, buf = cv2.imencode(".png", img)

@@ -151,33 +151,94 @@ def default_max_memory() -> int:
             return 8 * 1024**3
 
 
-def estimate_bytes(grid: OutputGrid, bytes_per_voxel: int) -> int:
-    """Bytes needed for ``bytes_per_voxel`` bytes of buffers per voxel."""
-    return int(grid.n_voxels) * int(bytes_per_voxel)
+def estimate_bytes(grid: OutputGrid, bytes_per_voxel: float, fixed: int = 0) -> int:
+    """Bytes needed: ``fixed`` plus ``bytes_per_voxel`` per voxel of ``grid``."""
+    return int(fixed + grid.n_voxels * float(bytes_per_voxel))
 
 
-def check_memory(grid: OutputGrid, bytes_per_voxel: int, max_memory: int | None) -> None:
-    """Raise :class:`ResourceError` (before anything is allocated) when the buffers would exceed
-    ``max_memory`` bytes, naming a spacing that would fit."""
+#: Peak memory of a reconstruction (insert + hole filling + writing the volume) above what the
+#: process held before, in bytes per voxel, measured as peak RSS on real runs of the bundled spine
+#: sweep over a grid of spacings (benchmarks/bench_memory_guard.py, table in docs/compound.md).
+#: Keys: (method, compounding, exact_plus) on the CPU (numba) path.
+PASTE_BYTES_PER_VOXEL = {
+    ("nearest", "mean", False): 9.0, ("nearest", "mean", True): 9.0,
+    ("nearest", "latest", False): 9.0, ("nearest", "latest", True): 9.0,
+    ("nearest", "max", False): 9.0, ("nearest", "max", True): 9.0,
+    ("linear", "mean", False): 9.0, ("linear", "mean", True): 9.0,
+    ("linear", "latest", False): 9.0, ("linear", "latest", True): 9.0,
+    ("linear", "max", False): 9.0, ("linear", "max", True): 9.0,
+}
+#: extra bytes per voxel while a hole filler runs (fillers run one after the other: the largest counts)
+FILL_BYTES_PER_VOXEL = {"GAUSSIAN": 0.0, "GAUSSIAN_ACCUMULATION": 0.0, "NEAREST_NEIGHBOR": 0.0,
+                        "DISTANCE_WEIGHT_INVERSE": 0.0, "STICK": 0.0, "GAP": 0.0}
+#: the torch path (CUDA, or backend="torch") keeps an int64 order buffer for LATEST / MAX
+TORCH_ORDER_BYTES_PER_VOXEL = 8.0
+#: voxel-independent part (pixel lists, a chunk of frames, allocator slack)
+FIXED_BYTES = 64 * 1024**2
+
+
+def _kernel_kind(kernel) -> str:
+    kind = getattr(kernel, "type", None)
+    return "GAP" if kind is None else str(kind).upper()
+
+
+def memory_budget(n_voxels: int, method: str, compounding: str, exact_plus: bool, backend: str = "numba",
+                  fill_kernels=None, pixel_type=np.uint8, output_type=np.uint8) -> int:
+    """Bytes a reconstruction of ``n_voxels`` voxels needs at its peak (see the tables above).
+
+    The tables are measured with uint8 frames and volumes; wider pixel or volume types add twice
+    their extra buffer bytes (the buffers plus the volume's copy on writing; not measured)."""
+    from freehand3d.compound.insert import PasteState
+
+    paste = PASTE_BYTES_PER_VOXEL.get((method, "mean" if compounding == "importance" else compounding, bool(exact_plus)),
+                                      max(PASTE_BYTES_PER_VOXEL.values()))
+    if backend == "torch" and compounding in ("latest", "max"):
+        paste += TORCH_ORDER_BYTES_PER_VOXEL
+    fill = max((FILL_BYTES_PER_VOXEL.get(_kernel_kind(k), max(FILL_BYTES_PER_VOXEL.values())) for k in fill_kernels or ()),
+               default=0.0)
+    wider = (PasteState.bytes_per_voxel(compounding if compounding != "importance" else "mean", exact_plus, False, pixel_type, output_type)
+             - PasteState.bytes_per_voxel(compounding if compounding != "importance" else "mean", exact_plus, False))
+    return int(FIXED_BYTES + n_voxels * (paste + fill + 2 * max(wider, 0)))
+
+
+def _grid_voxels_at(grid: OutputGrid, spacing: float) -> int:
+    """Voxels of the same extent at an isotropic ``spacing`` (the grid rule: floor(extent / s) + 1)."""
+    n = 1
+    for size, sp in zip(grid.size, grid.spacing):
+        n *= int(math.floor((size - 1) * sp / spacing + 1e-9)) + 2  # +1 voxel of slack for a shifted origin
+    return n
+
+
+def check_memory(grid: OutputGrid, bytes_per_voxel: float, max_memory: int | None, fixed: int = 0) -> None:
+    """Raise :class:`ResourceError` (before anything is allocated) when ``fixed + bytes_per_voxel``
+    per voxel would exceed ``max_memory`` bytes, naming a spacing that fits (checked on the grid
+    that spacing gives)."""
     limit = default_max_memory() if max_memory is None else int(max_memory)
-    need = estimate_bytes(grid, bytes_per_voxel)
+    need = estimate_bytes(grid, bytes_per_voxel, fixed)
     if need <= limit:
         return
     extent_mm = [(n - 1) * s for n, s in zip(grid.size, grid.spacing)]
-    # voxel count scales with spacing**-3: the smallest isotropic spacing that fits, rounded up
-    factor = (need / limit) ** (1.0 / 3.0)
-    suggested = max(grid.spacing) * factor * 1.05
-    suggested = float(f"{suggested:.2g}") if suggested < 1 else round(suggested, 1)
+    advice = "raise --max-memory"
+    if limit > fixed:
+        # voxel count scales with spacing**-3: start there, then step up until the new grid fits
+        suggested = max(grid.spacing) * (need / limit) ** (1.0 / 3.0)
+        for _ in range(200):
+            rounded = float(f"{suggested:.2g}")
+            if rounded < suggested:
+                rounded = float(f"{suggested * 1.05:.2g}")
+            if fixed + _grid_voxels_at(grid, rounded) * float(bytes_per_voxel) <= limit:
+                advice = f"use a spacing of at least {rounded:g} mm or raise --max-memory"
+                break
+            suggested = rounded * 1.05
     raise ResourceError(
         f"a {grid.size[0]}x{grid.size[1]}x{grid.size[2]} voxel volume "
         f"({extent_mm[0]:.0f}x{extent_mm[1]:.0f}x{extent_mm[2]:.0f} mm at {grid.spacing[0]:g} mm) needs "
-        f"{need / 1024**3:.1f} GiB but the limit is {limit / 1024**3:.1f} GiB; use a spacing of at least "
-        f"{suggested:g} mm or raise --max-memory",
+        f"{need / 1024**3:.2f} GiB but the limit is {limit / 1024**3:.2f} GiB; {advice}",
         "spacing",
     )
 
 
-__all__ = ["OutputGrid", "grid_from_frames", "default_max_memory", "estimate_bytes", "check_memory"]
+__all__ = ["OutputGrid", "grid_from_frames", "default_max_memory", "estimate_bytes", "check_memory", "memory_budget"]
 
 
 # ====================================================================== incremental reconstruction
@@ -307,9 +368,14 @@ class Reconstructor:
             self._min_value = (np.iinfo(np.int64).min if pixel_rejection_threshold is None
                                else int(math.ceil(float(pixel_rejection_threshold))))
         # the guard runs before any buffer exists
-        scratch = backend == "torch"
-        check_memory(grid, PasteState.bytes_per_voxel(compounding, exact_plus, scratch, self.pixel_type, self.output_type),
-                     max_memory)
+        kernels = fill_holes
+        if isinstance(kernels, str):
+            from freehand3d.compound.holes import parse_fill_spec
+
+            kernels = parse_fill_spec(kernels)
+        self.budget = memory_budget(grid.n_voxels, method, compounding, exact_plus, backend, kernels,
+                                    self.pixel_type, self.output_type)
+        check_memory(grid, (self.budget - FIXED_BYTES) / grid.n_voxels, max_memory, fixed=FIXED_BYTES)
         self._state = PasteState(grid.n_voxels, compounding, self.exact_plus, self.device, self.pixel_type)
         self._user_mask = None if mask is None else np.asarray(mask, bool)
         self._importance = None if importance_mask is None else np.asarray(importance_mask, np.uint8)
@@ -729,6 +795,7 @@ def reconstruct(
     progress=None,
     phase=None,
     output_type=None,
+    budget_out: dict | None = None,
 ):
     """Reconstruct a tracked sweep into a volume.
 
@@ -771,6 +838,8 @@ def reconstruct(
         Volume type (default: the sweep's pixel type). Any :data:`freehand3d.sweep.PIXEL_TYPES`;
         frames other than uint8 accumulate in floats (see :class:`Reconstructor`). Colour
         (N, H, W, C) frames are refused: convert them to one component first.
+    budget_out : dict, optional
+        Receives ``"bytes"``: the memory budget the guard checked (see :func:`memory_budget`).
 
     Returns
     -------
@@ -846,6 +915,8 @@ def reconstruct(
         pixel_type=pixel_type,
         output_type=output_type,
     )
+    if budget_out is not None:
+        budget_out["bytes"] = rec.budget
     # the compiled kernels need no temporary memory per frame: bigger steps, fewer calls
     step = 64 if rec.backend == "numba" else 8
     if progress is not None:  # inputs, grid and memory are checked: the work starts now
@@ -877,8 +948,10 @@ def write_volume_file(image, path) -> None:
         sitk.WriteImage(image, str(tmp), True)
 
 
-def save_preview(image, path) -> None:
-    """PNG with three orthogonal slices through the centre and a maximum intensity projection."""
+def save_preview(image, path, title: str | None = None) -> None:
+    """PNG with three orthogonal slices through the centre and a maximum intensity projection, in
+    the volume's world coordinates (mm, voxel centres at origin + index x spacing), with a
+    colorbar of the voxel values and the slice positions in the panel titles."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -889,23 +962,33 @@ def save_preview(image, path) -> None:
 
     array = sitk.GetArrayFromImage(image)  # (z, y, x)
     sx, sy, sz = image.GetSpacing()
+    ox, oy, oz = image.GetOrigin()
     nz, ny, nx = array.shape
+
+    def edges(o, s, n):  # the outer voxel edges in mm
+        return o - s / 2, o + (n - 0.5) * s
+
+    (x0, x1), (y0, y1), (z0, z1) = edges(ox, sx, nx), edges(oy, sy, ny), edges(oz, sz, nz)
+    cx, cy, cz = ox + (nx // 2) * sx, oy + (ny // 2) * sy, oz + (nz // 2) * sz
     views = [
-        ("axial (z = centre)", array[nz // 2], (0, nx * sx, ny * sy, 0), "x (mm)", "y (mm)"),
-        ("coronal (y = centre)", array[:, ny // 2, :], (0, nx * sx, nz * sz, 0), "x (mm)", "z (mm)"),
-        ("sagittal (x = centre)", array[:, :, nx // 2], (0, ny * sy, nz * sz, 0), "y (mm)", "z (mm)"),
-        ("MIP along z", array.max(axis=0), (0, nx * sx, ny * sy, 0), "x (mm)", "y (mm)"),
+        (f"axial slice, z = {cz:.1f} mm", array[nz // 2], (x0, x1, y1, y0), "x (mm)", "y (mm)"),
+        (f"coronal slice, y = {cy:.1f} mm", array[:, ny // 2, :], (x0, x1, z1, z0), "x (mm)", "z (mm)"),
+        (f"sagittal slice, x = {cx:.1f} mm", array[:, :, nx // 2], (y0, y1, z1, z0), "y (mm)", "z (mm)"),
+        ("max. intensity projection along z", array.max(axis=0), (x0, x1, y1, y0), "x (mm)", "y (mm)"),
     ]
     # uint8 volumes show their full range; other types the whole volume's minimum..maximum
     vmin, vmax = (0, 255) if array.dtype == np.uint8 else (float(np.nanmin(array)), float(np.nanmax(array)))
-    fig, axes = plt.subplots(1, 4, figsize=(16, 4.5))
-    for ax, (title, img, extent, xlabel, ylabel) in zip(axes, views):
-        ax.imshow(img, cmap="gray", vmin=vmin, vmax=vmax, extent=extent, interpolation="nearest")
-        ax.set_title(title)
+    fig, axes = plt.subplots(1, 4, figsize=(17, 4.8))
+    for ax, (panel, img, extent, xlabel, ylabel) in zip(axes, views):
+        shown = ax.imshow(img, cmap="gray", vmin=vmin, vmax=vmax, extent=extent, interpolation="nearest")
+        ax.set_title(panel, fontsize=10)
         ax.set_xlabel(xlabel)
         ax.set_ylabel(ylabel)
-    fig.suptitle(f"{nx}x{ny}x{nz} voxels, spacing {sx:g} x {sy:g} x {sz:g} mm")
-    fig.tight_layout()
+    bar = fig.colorbar(shown, ax=list(axes), shrink=0.85, pad=0.01)
+    bar.set_label(f"voxel value ({array.dtype}; 0 = no data / hole)")
+    head = f"{title}\n" if title else ""
+    fig.suptitle(f"{head}{nx}x{ny}x{nz} voxels, spacing {sx:g} x {sy:g} x {sz:g} mm, origin "
+                 f"({ox:.1f}, {oy:.1f}, {oz:.1f}) mm", fontsize=11)
     with atomic_path(path) as tmp:
-        fig.savefig(tmp, dpi=80)
+        fig.savefig(tmp, dpi=80, bbox_inches="tight")
     plt.close(fig)

@@ -61,10 +61,15 @@ def save_density_png(
     *,
     extent: tuple[float, float, float, float] | None = None,
     gamma: float = 0.5,
+    title: str | None = None,
+    annotate: bool = True,
 ) -> np.ndarray:
-    """Render a density map of (x, z) positions to an 8-bit grey PNG (atomic write); returns the map.
+    """Render a density map of (x, z) positions to a PNG (atomic write); returns the map.
 
     ``gamma`` < 1 compresses the count range so that single tracks stay visible next to busy vessels.
+    With ``annotate`` (default) the PNG is a figure: axes in mm (x lateral, z depth), a colorbar of
+    the localization counts, and a title with ``title``, the pixel size and the number of
+    localizations; ``annotate=False`` writes the bare 8-bit map (one pixel per map pixel).
     """
     import cv2
 
@@ -78,7 +83,38 @@ def save_density_png(
     density = density_map(positions, extent, pixel)
     peak = density.max()
     image = (255 * (density / peak) ** gamma).astype(np.uint8) if peak > 0 else np.zeros(density.shape, np.uint8)
+    if annotate:
+        _save_annotated(path, density, extent, pixel, gamma, title, len(positions))
+        return density
     with atomic_path(path) as tmp:
         if not cv2.imwrite(str(tmp), image):
             raise OSError(f"cannot write {path}")
     return density
+
+
+def _save_annotated(path, density, extent, pixel, gamma, title, n_points) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    from matplotlib.colors import PowerNorm
+
+    x0, _, z0, _ = extent
+    nz, nx = density.shape
+    shown = (x0, x0 + nx * pixel, z0 + nz * pixel, z0)  # depth grows downwards
+    width = 7.0
+    height = min(max(width * nz / max(nx, 1), 2.5), 12.0) + 1.2
+    fig, ax = plt.subplots(figsize=(width + 1.5, height))
+    peak = max(float(density.max()), 1.0)
+    im = ax.imshow(density, cmap="inferno", extent=shown, interpolation="nearest", aspect="equal",
+                   norm=PowerNorm(gamma=gamma, vmin=0, vmax=peak))
+    ax.set_xlabel("x, lateral (mm)")
+    ax.set_ylabel("z, depth (mm)")
+    bar = fig.colorbar(im, ax=ax, shrink=0.85)
+    bar.set_label(f"localizations per pixel (display gamma {gamma:g})")
+    head = f"{title}\n" if title else ""
+    ax.set_title(f"{head}ULM density: {n_points} localizations, pixel {pixel * 1000:.1f} µm", fontsize=10)
+    fig.tight_layout()
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, dpi=100, format="png")
+    plt.close(fig)
