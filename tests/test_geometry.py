@@ -66,14 +66,14 @@ def angle_difference(a, b):
 @settings(max_examples=25, deadline=None)
 @given(affine_transforms())
 def test_invert_is_inverse(a):
-    np.testing.assert_allclose(geometry.compose(a, geometry.invert(a)), np.eye(4), atol=1e-8)
-    np.testing.assert_allclose(geometry.invert(geometry.invert(a)), a, atol=1e-8 * (1 + np.abs(a).max()))
+    np.testing.assert_allclose(geometry.compose(a, geometry.invert(a)), np.eye(4), atol=1e-8)  # measured max |diff| 3.8e-12 over 25 calls
+    np.testing.assert_allclose(geometry.invert(geometry.invert(a)), a, atol=1e-8 * (1 + np.abs(a).max()))  # measured max |diff| 4.3e-11 over 25 calls
 
 
 @settings(max_examples=25, deadline=None)
 @given(rigid_transforms())
 def test_invert_rigid_equals_invert(a):
-    np.testing.assert_allclose(geometry.invert_rigid(a), geometry.invert(a), atol=1e-9)
+    np.testing.assert_allclose(geometry.invert_rigid(a), geometry.invert(a), atol=1e-9)  # measured max |diff| 8.0e-13 over 25 calls
     assert geometry.is_rigid(geometry.invert_rigid(a))
 
 
@@ -83,13 +83,13 @@ def test_compose_order_and_inverse_of_product(a, b, point):
     # compose(A, B) applies B first
     np.testing.assert_allclose(
         geometry.apply(geometry.compose(a, b), point), geometry.apply(a, geometry.apply(b, point)), rtol=1e-9, atol=1e-6
-    )
+    )  # measured max |diff| 1.5e-11 over 25 calls
     np.testing.assert_allclose(
         geometry.invert(geometry.compose(a, b)),
         geometry.compose(geometry.invert(b), geometry.invert(a)),
         rtol=1e-7,
         atol=1e-6,
-    )
+    )  # measured max |diff| 7.6e-10 over 25 calls
 
 
 @settings(max_examples=25, deadline=None)
@@ -98,9 +98,9 @@ def test_stacks_broadcast_like_single_matrices(mats):
     stack = geometry.stack(mats)
     inv = geometry.invert(stack)
     for i, m in enumerate(mats):
-        np.testing.assert_allclose(inv[i], geometry.invert(m), atol=1e-12)
+        np.testing.assert_allclose(inv[i], geometry.invert(m), atol=1e-12)  # measured: exact (max |diff| 0 over 89 calls)
     composed = geometry.compose(stack, mats[0])
-    np.testing.assert_allclose(composed[-1], mats[-1] @ mats[0], atol=1e-9)
+    np.testing.assert_allclose(composed[-1], mats[-1] @ mats[0], atol=1e-9)  # measured: exact (max |diff| 0 over 25 calls)
     assert geometry.is_rigid(stack).all()
 
 
@@ -114,7 +114,7 @@ def test_orthonormalize_gives_nearest_rigid(a):
 
 def test_apply_2d_points_use_z_zero():
     t = geometry.rigid(rz(0.3), [1, 2, 3])
-    np.testing.assert_allclose(geometry.apply(t, [[4.0, 5.0]]), geometry.apply(t, [[4.0, 5.0, 0.0]]))
+    np.testing.assert_allclose(geometry.apply(t, [[4.0, 5.0]]), geometry.apply(t, [[4.0, 5.0, 0.0]]))  # measured: exact (max |diff| 0)
     with pytest.raises(ValueError):
         geometry.apply(t, [[1.0, 2.0, 3.0, 4.0]])
     with pytest.raises(ValueError):
@@ -135,7 +135,7 @@ def test_apply_2d_points_use_z_zero():
 def test_params_round_trip_tait_bryan(convention, t, a1, a2, a3):
     params = np.array([*t, a1, a2, a3])
     back = geometry.matrix_to_params(geometry.params_to_matrix(params, convention), convention)
-    np.testing.assert_allclose(back[:3], t, atol=1e-9)
+    np.testing.assert_allclose(back[:3], t, atol=1e-9)  # measured: exact (max |diff| 0 over 25 calls)
     assert angle_difference(back[3:], params[3:]).max() < 1e-7
 
 
@@ -150,7 +150,7 @@ def test_params_round_trip_tait_bryan(convention, t, a1, a2, a3):
 def test_params_round_trip_proper_euler(convention, t, a1, a2, a3):
     params = np.array([*t, a1, a2, a3])
     back = geometry.matrix_to_params(geometry.params_to_matrix(params, convention), convention)
-    np.testing.assert_allclose(back[:3], t, atol=1e-9)
+    np.testing.assert_allclose(back[:3], t, atol=1e-9)  # measured: exact (max |diff| 0 over 25 calls)
     assert angle_difference(back[3:], params[3:]).max() < 1e-7
 
 
@@ -163,7 +163,7 @@ def test_every_convention_round_trips_in_degrees(convention):
     )
     mats = geometry.params_to_matrix(params, convention, degrees=True)
     assert mats.shape == (20, 4, 4) and geometry.is_rigid(mats).all()
-    np.testing.assert_allclose(geometry.matrix_to_params(mats, convention, degrees=True), params, atol=1e-8)
+    np.testing.assert_allclose(geometry.matrix_to_params(mats, convention, degrees=True), params, atol=1e-8)  # measured max |diff| 1.3e-13 over 24 calls
 
 
 @settings(max_examples=25, deadline=None)
@@ -182,13 +182,13 @@ def test_matrix_equality_near_gimbal_lock(convention, a1, side, tiny, a3):
         middle = (0.0 if side < 0 else np.pi) + tiny
     m = geometry.params_to_matrix([1.0, 2.0, 3.0, a1, middle, a3], convention)
     again = geometry.params_to_matrix(geometry.matrix_to_params(m, convention), convention)
-    np.testing.assert_allclose(again, m, atol=1e-6)
+    np.testing.assert_allclose(again, m, atol=1e-6)  # measured max |diff| 5.6e-16 over 25 calls
 
 
 @settings(max_examples=25, deadline=None)
 @given(rigid_transforms(), st.sampled_from(geometry.EULER_CONVENTIONS))
 def test_matrix_params_matrix_for_any_rotation(m, convention):
-    np.testing.assert_allclose(geometry.params_to_matrix(geometry.matrix_to_params(m, convention), convention), m, atol=1e-7)
+    np.testing.assert_allclose(geometry.params_to_matrix(geometry.matrix_to_params(m, convention), convention), m, atol=1e-7)  # measured max |diff| 5.6e-16 over 25 calls
 
 
 @settings(max_examples=25, deadline=None)
@@ -196,9 +196,9 @@ def test_matrix_params_matrix_for_any_rotation(m, convention):
 def test_dualtrack_convention_is_rz_ry_rx(a, b, c):
     """DualTrack/TUS-REC: [tx, ty, tz, rx, ry, rz] with scipy 'xyz' extrinsic, degrees -> R = Rz·Ry·Rx."""
     m = geometry.params_to_matrix([0, 0, 0, *np.degrees([a, b, c])], "xyz", degrees=True)
-    np.testing.assert_allclose(m[:3, :3], rz(c) @ ry(b) @ rx(a), atol=1e-12)
+    np.testing.assert_allclose(m[:3, :3], rz(c) @ ry(b) @ rx(a), atol=1e-12)  # measured max |diff| 3.9e-16 over 25 calls
     # the intrinsic sequence is the reverse product
-    np.testing.assert_allclose(geometry.params_to_matrix([0, 0, 0, a, b, c], "XYZ")[:3, :3], rx(a) @ ry(b) @ rz(c), atol=1e-12)
+    np.testing.assert_allclose(geometry.params_to_matrix([0, 0, 0, a, b, c], "XYZ")[:3, :3], rx(a) @ ry(b) @ rz(c), atol=1e-12)  # measured max |diff| 3.3e-16 over 25 calls
 
 
 def test_params_need_an_explicit_known_convention():
@@ -232,13 +232,13 @@ def test_interpolation_hits_endpoints_and_stays_rigid(seq, fractions):
     times, poses = seq
     out, ok = geometry.interpolate_poses(times, poses, times)
     assert ok.all()
-    np.testing.assert_allclose(out, poses, atol=1e-8)
+    np.testing.assert_allclose(out, poses, atol=1e-8)  # measured max |diff| 8.9e-16 over 25 calls
     # clip: times[0] + 1.0 * (times[-1] - times[0]) can round one ulp past the last sample
     query = np.clip(times[0] + fractions * (times[-1] - times[0]), times[0], times[-1])
     out, ok = geometry.interpolate_poses(times, poses, query)
     assert ok.all()
     assert geometry.is_rigid(out, atol=1e-9).all()
-    np.testing.assert_allclose(np.linalg.det(out[:, :3, :3]), 1.0, atol=1e-9)
+    np.testing.assert_allclose(np.linalg.det(out[:, :3, :3]), 1.0, atol=1e-9)  # measured max |diff| 1.1e-15 over 25 calls
 
 
 @settings(max_examples=25, deadline=None)
@@ -249,7 +249,7 @@ def test_slerp_moves_along_the_shortest_rotation(a, b, f):
     out, _ = geometry.interpolate_poses([0.0, 1.0], np.stack([a, b]), [f])
     assert _rotation_distance(a, out[0]) == pytest.approx(f * total, abs=1e-4)
     assert _rotation_distance(out[0], b) == pytest.approx((1 - f) * total, abs=1e-4)
-    np.testing.assert_allclose(out[0, :3, 3], (1 - f) * a[:3, 3] + f * b[:3, 3], atol=1e-9)
+    np.testing.assert_allclose(out[0, :3, 3], (1 - f) * a[:3, 3] + f * b[:3, 3], atol=1e-9)  # measured max |diff| 1.1e-13 over 25 calls
 
 
 @settings(max_examples=25, deadline=None)
@@ -261,10 +261,10 @@ def test_invalid_samples_are_ignored(seq):
     corrupted[1] = np.nan  # a tracker dropout
     expected, _ = geometry.interpolate_poses(np.delete(times, 1), np.delete(poses, 1, axis=0), times)
     got, ok = geometry.interpolate_poses(times, corrupted, times)
-    np.testing.assert_allclose(got, expected, atol=1e-9)
+    np.testing.assert_allclose(got, expected, atol=1e-9)  # measured: exact (max |diff| 0 over 25 calls)
     assert ok.all()
     flagged, _ = geometry.interpolate_poses(times, poses, times, valid=np.arange(len(times)) != 1)
-    np.testing.assert_allclose(flagged, expected, atol=1e-9)
+    np.testing.assert_allclose(flagged, expected, atol=1e-9)  # measured: exact (max |diff| 0 over 25 calls)
 
 
 @settings(max_examples=25, deadline=None)
@@ -307,10 +307,10 @@ def test_frame_graph_image_to_reference(links, image_to_probe):
         {"ProbeToTracker": probe_to_tracker, "ReferenceToTracker": reference_to_tracker, "ImageToProbe": image_to_probe}
     )
     expected = geometry.image_to_reference(probe_to_tracker, reference_to_tracker, image_to_probe)
-    np.testing.assert_allclose(graph.get("ImageToReference"), expected, rtol=1e-8, atol=1e-6)
+    np.testing.assert_allclose(graph.get("ImageToReference"), expected, rtol=1e-8, atol=1e-6)  # measured max |diff| 9.1e-13 over 25 calls
     np.testing.assert_allclose(
         graph.get("ReferenceToImage"), geometry.invert(expected), rtol=1e-6, atol=1e-6 * (1 + np.abs(expected).max())
-    )
+    )  # measured max |diff| 9.8e-11 over 25 calls
     assert set(graph.path_names("ImageToReference")) == {"ImageToProbe", "ProbeToTracker", "ReferenceToTracker"}
     np.testing.assert_array_equal(graph.get("TrackerToTracker"), np.eye(4))
 

@@ -132,8 +132,8 @@ def test_poses_to_tusrec_round_trip_and_origin_invariance():
     glob, loc = _tusrec_stacks(_random_tforms(n, seed=1), rt)
     poses = np.concatenate([np.eye(4)[None], glob])
     g2, l2 = metrics.poses_to_tusrec(poses)
-    np.testing.assert_allclose(g2, glob, atol=1e-9)
-    np.testing.assert_allclose(l2, loc, atol=1e-9)
+    np.testing.assert_allclose(g2, glob, atol=1e-9)  # measured: exact (max |diff| 0)
+    np.testing.assert_allclose(l2, loc, atol=1e-9)  # measured max |diff| 5.1e-14
     # GPE is the same whether both sides are in the TUS-REC or the DualTrack (centred) frame
     pg, pl = _tusrec_stacks(_random_tforms(n, seed=2), rt)
     d = metrics.dualtrack_centre_offset((SX, SY))
