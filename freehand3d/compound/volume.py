@@ -157,24 +157,24 @@ def estimate_bytes(grid: OutputGrid, bytes_per_voxel: float, fixed: int = 0) -> 
 
 
 #: Peak memory of a reconstruction (insert + hole filling + writing the volume) above what the
-#: process held before, in bytes per voxel, measured as peak RSS on real runs of the bundled spine
-#: sweep over a grid of spacings (benchmarks/bench_memory_guard.py, table in docs/compound.md).
-#: Keys: (method, compounding, exact_plus) on the CPU (numba) path.
+#: process held before, measured as peak RSS (ru_maxrss) on real runs of the bundled spine sweep
+#: (820x616 frames) over spacings 0.5 / 0.3 / 0.2 mm (1.6 / 7.5 / 25 Mvoxel); fitted as
+#: FIXED_BYTES + voxels x bytes-per-voxel. Table and command: docs/compound.md "Memory guard",
+#: benchmarks/bench_memory_guard.py. Keys: (method, compounding, exact_plus) on the CPU path.
+#: The fast MEAN path holds float sums and their division temporaries (24.7 B/voxel measured);
+#: PLUS's integer MEAN 14.9, LATEST / MAX 13.2 (the issue's "9 B/voxel" counted the buffers only).
 PASTE_BYTES_PER_VOXEL = {
-    ("nearest", "mean", False): 9.0, ("nearest", "mean", True): 9.0,
-    ("nearest", "latest", False): 9.0, ("nearest", "latest", True): 9.0,
-    ("nearest", "max", False): 9.0, ("nearest", "max", True): 9.0,
-    ("linear", "mean", False): 9.0, ("linear", "mean", True): 9.0,
-    ("linear", "latest", False): 9.0, ("linear", "latest", True): 9.0,
-    ("linear", "max", False): 9.0, ("linear", "max", True): 9.0,
+    (method, compounding, exact): (24.7 if (compounding == "mean" and not exact) else 14.9 if compounding == "mean" else 13.2)
+    for method in ("nearest", "linear") for compounding in ("mean", "latest", "max") for exact in (False, True)
 }
-#: extra bytes per voxel while a hole filler runs (fillers run one after the other: the largest counts)
-FILL_BYTES_PER_VOXEL = {"GAUSSIAN": 0.0, "GAUSSIAN_ACCUMULATION": 0.0, "NEAREST_NEIGHBOR": 0.0,
-                        "DISTANCE_WEIGHT_INVERSE": 0.0, "STICK": 0.0, "GAP": 0.0}
+#: With hole filling the peak is the filler's (it replaces the MEAN division temporaries): total
+#: bytes per voxel while the named filler runs (fillers run one after another: the largest counts).
+FILL_BYTES_PER_VOXEL = {"GAUSSIAN": 17.5, "GAUSSIAN_ACCUMULATION": 33.5, "NEAREST_NEIGHBOR": 17.5,
+                        "DISTANCE_WEIGHT_INVERSE": 25.0, "STICK": 18.5, "GAP": 17.5}
 #: the torch path (CUDA, or backend="torch") keeps an int64 order buffer for LATEST / MAX
 TORCH_ORDER_BYTES_PER_VOXEL = 8.0
-#: voxel-independent part (pixel lists, a chunk of frames, allocator slack)
-FIXED_BYTES = 64 * 1024**2
+#: voxel-independent part (pixel lists of an 820x616 frame, a chunk of frames, allocator slack): 26 MiB
+FIXED_BYTES = 26 * 1024**2
 
 
 def _kernel_kind(kernel) -> str:
@@ -196,6 +196,8 @@ def memory_budget(n_voxels: int, method: str, compounding: str, exact_plus: bool
         paste += TORCH_ORDER_BYTES_PER_VOXEL
     fill = max((FILL_BYTES_PER_VOXEL.get(_kernel_kind(k), max(FILL_BYTES_PER_VOXEL.values())) for k in fill_kernels or ()),
                default=0.0)
+    if fill:  # the filler's peak replaces the insertion's (measured), it does not add to it
+        paste, fill = max(fill, paste if compounding != "mean" or exact_plus else 0.0), 0.0
     wider = (PasteState.bytes_per_voxel(compounding if compounding != "importance" else "mean", exact_plus, False, pixel_type, output_type)
              - PasteState.bytes_per_voxel(compounding if compounding != "importance" else "mean", exact_plus, False))
     return int(FIXED_BYTES + n_voxels * (paste + fill + 2 * max(wider, 0)))
