@@ -136,6 +136,8 @@ CASES = [
                                          "-o", "{tmp}/r.json"], mention=["5000"]),
     Case("register-bad-estimate", ["register-phantom", LANDMARKS, "--config", LANDMARK_SET, "--estimate", "median",
                                    "-o", "{tmp}/r.json"], mention=["--estimate"]),
+    Case("register-bad-detector", ["register-phantom", LANDMARKS, "--config", LANDMARK_SET, "--detect-landmarks",
+                                   "--detector", "plus2014", "-o", "{tmp}/r.json"], mention=["--detector"]),
     Case("register-no-landmarks-touched", ["register-phantom", "{tmp}/pivot.igs.mha", "--config", LANDMARK_SET,
                                            "--detect-landmarks", "-o", "{tmp}/r.json"], setup=_pivoting,
          mention=["detected", "pivot.igs.mha"]),

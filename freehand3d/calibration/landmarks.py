@@ -6,7 +6,8 @@
   ``filter_window_s``; a landmark when over ``detection_s`` the window-mean tip positions stay in a
   box of diagonal <= ``tip_max_mm`` while a point 100 mm along the tip frame's x axis sweeps a box of
   diagonal >= ``shaft_min_mm``; a landmark closer than a third of the landmarks' minimum spacing to
-  an earlier one is the same landmark).
+  an earlier one is the same landmark). ``detector="plus-2014"`` is the detector of 8 Oct 2014 that
+  wrote PlusLibData's landmark-detection baseline, which it reproduces to the printed digits.
 - :func:`register_landmarks` is the paired-point rigid registration (SVD, Arun/Horn) of the defined
   landmarks (phantom frame) onto the touched ones (reference frame), with the fiducial registration
   error.
@@ -111,6 +112,25 @@ def register_landmarks(defined_phantom: np.ndarray, touched_reference: np.ndarra
                               res, touched)
 
 
+#: PLUS detector versions :func:`detect_landmarks` follows (see its docstring)
+DETECTORS = ("plus", "plus-2014")
+
+
+def _plus_estimate_slice(n_windows: int) -> slice:
+    """The samples PLUS averages into a landmark, counted from the start of its buffer.
+
+    PLUS (vtkIGSIOLandmarkDetectionAlgo::EstimateLandmarkPosition, and the 2014
+    vtkLandmarkDetectionAlgo after its 8 Oct 2014 refactoring) meant to skip the first 10 % of the
+    windows and average the rest, but assigns the number of windows to skip to the window size as
+    well (``numberOfWindowsSkip = filterWindowSize = round(0.1 * n_windows)``, at least 1), so it
+    averages samples ``[s * s, n_windows * s)`` with ``s = max(1, round(0.1 * n_windows))``: with
+    the default 0.2 s / 1.0 s, samples 1..4 of the buffer.
+    """
+    skip = int(math.floor(n_windows * 0.1 + 0.5))
+    size = max(1, skip)
+    return slice(size * skip, n_windows * size)
+
+
 def detect_landmarks(
     stylus_tip_to_reference: np.ndarray,
     acquisition_rate_hz: float,
@@ -122,23 +142,42 @@ def detect_landmarks(
     tip_max_mm: float = 1.5,
     max_landmarks: int | None = None,
     estimate: str = "plus",
+    detector: str = "plus",
 ) -> tuple[np.ndarray, list[int]]:
     """Landmark positions (K, 3) in the reference frame, in the order touched, and the frame index
     at which each was accepted.
 
-    ``estimate="plus"`` averages the tip over the samples PLUS averages (samples 1..4 after the
-    last reset, with the default 0.2 s / 1.0 s windows: PLUS's window-skip arithmetic reduces its
-    window to one sample); ``"dwell"`` averages the tip over the whole accepted detection period
-    (all its windows but the first).
+    ``detector="plus"`` is PLUS's current detector (vtkIGSIOLandmarkDetectionAlgo, PLUS 2.8+):
+    every completed window's mean tip and shaft point go into bounding boxes; the tip moving
+    (box diagonal > ``tip_max_mm``) clears the buffer; a landmark once the buffer holds
+    ``detection_s`` and the shaft box diagonal is >= ``shaft_min_mm`` (the buffer keeps growing
+    while the shaft has not moved enough).
+
+    ``detector="plus-2014"`` is the detector PLUS had when it wrote PlusLibData's
+    ``PhantomRegistrationLandmarkDetection.results.xml`` (vtkLandmarkDetectionAlgo, PlusLib commit
+    02d6a8fb4, 8 Oct 2014; the baseline is dated 8 Oct 2014 15:39): the first window after a
+    (re)start is not put in the boxes; when the tip moves, the buffer keeps its last window and
+    the boxes restart from it; after ``detection_s`` the shaft criterion is the SUM of the shaft
+    box's side lengths (> ``shaft_min_mm``), and when it fails the buffer again keeps only its last
+    window, so a landmark is always estimated from a buffer of exactly ``detection_s``.
+
+    ``estimate="plus"`` averages the samples PLUS averages (:func:`_plus_estimate_slice`: samples
+    1..4 of the buffer with the default windows); ``"dwell"`` averages the whole buffer but its
+    first window.
     """
     poses = np.asarray(stylus_tip_to_reference, float)
     if not (np.isfinite(acquisition_rate_hz) and acquisition_rate_hz > 0):
         raise CalibrationError(f"acquisition rate {acquisition_rate_hz!r} Hz is not positive")
+    if detector not in DETECTORS:
+        raise ValueError(f"detector must be one of {DETECTORS}, not {detector!r}")
+    if estimate not in ("plus", "dwell"):
+        raise ValueError(f"estimate must be 'plus' or 'dwell', not {estimate!r}")
     window = max(1, int(math.floor(acquisition_rate_hz * filter_window_s + 0.5)))
     n_windows = int(detection_s / filter_window_s)
     if n_windows < 1:
         raise CalibrationError("detection time must be longer than the filter window")
-    skip = int(math.floor(n_windows * 0.1 + 0.5))
+    plus_slice = _plus_estimate_slice(n_windows)
+    plus_count = len(range(*plus_slice.indices(10 ** 9)))
     shaft_point = np.array([100.0, 0.0, 0.0, 1.0])
     found: list[np.ndarray] = []
     frames: list[int] = []
@@ -146,9 +185,24 @@ def detect_landmarks(
     tip_box: list[np.ndarray] = []
     shaft_box: list[np.ndarray] = []
 
-    def diag(points):
+    def lengths(points):
         arr = np.array(points)
-        return float(np.linalg.norm(arr.max(axis=0) - arr.min(axis=0)))
+        return arr.max(axis=0) - arr.min(axis=0)
+
+    def accept(i) -> str:
+        """Estimate the landmark from ``buf``: "short", "same" (an earlier landmark), "new", "done"."""
+        if estimate == "plus":
+            use = buf[plus_slice]
+            if len(use) != plus_count:  # PLUS: "Not right number of points", no landmark
+                return "short"
+        else:
+            use = buf[window:]
+        point = poses[use, :3, 3].mean(axis=0)
+        if any(np.linalg.norm(point - p) < min_spacing_mm / 3 for p in found):
+            return "same"
+        found.append(point)
+        frames.append(i)
+        return "done" if max_landmarks is not None and len(found) >= max_landmarks else "new"
 
     for i in range(len(poses)):
         if not np.isfinite(poses[i]).all():
@@ -156,26 +210,36 @@ def detect_landmarks(
         buf.append(i)
         if len(buf) % window:
             continue
-        tip_box.append(poses[buf[-window:], :3, 3].mean(axis=0))
-        shaft_box.append((poses[i] @ shaft_point)[:3])
-        if diag(tip_box) > tip_max_mm:
+        tip_mean = poses[buf[-window:], :3, 3].mean(axis=0)
+        shaft = (poses[i] @ shaft_point)[:3]
+        n_done = len(buf) // window
+        if detector == "plus":
+            tip_box.append(tip_mean)
+            shaft_box.append(shaft)
+            if np.linalg.norm(lengths(tip_box)) > tip_max_mm:
+                buf, tip_box, shaft_box = [], [], []
+                continue
+            if n_done < n_windows or np.linalg.norm(lengths(shaft_box)) < shaft_min_mm:
+                continue
+            status = accept(i)
             buf, tip_box, shaft_box = [], [], []
-            continue
-        if len(buf) // window < n_windows or diag(shaft_box) < shaft_min_mm:
-            continue
-        if estimate == "plus":
-            use = buf[skip: n_windows] if skip >= 1 else buf[:n_windows * window]
-        elif estimate == "dwell":
-            use = buf[window:]
-        else:
-            raise ValueError(f"estimate must be 'plus' or 'dwell', not {estimate!r}")
-        point = poses[use, :3, 3].mean(axis=0)
-        buf, tip_box, shaft_box = [], [], []
-        if any(np.linalg.norm(point - p) < min_spacing_mm / 3 for p in found):
-            continue
-        found.append(point)
-        frames.append(i)
-        if max_landmarks is not None and len(found) >= max_landmarks:
+        else:  # plus-2014
+            if n_done > 1:
+                tip_box.append(tip_mean)
+                shaft_box.append(shaft)
+                if not np.linalg.norm(lengths(tip_box)) < tip_max_mm:
+                    buf, tip_box, shaft_box = buf[-window:], [tip_mean], [shaft]
+            if n_done < n_windows:
+                continue
+            moved = float(lengths(shaft_box).sum()) if shaft_box else -math.inf
+            if not moved > shaft_min_mm:
+                buf, tip_box, shaft_box = buf[-window:], [tip_mean], [shaft]
+                continue
+            status = accept(i)
+            tip_box, shaft_box = [], []
+            if status != "short":  # 2014: the buffer is only cleared once a position was estimated
+                buf = []
+        if status == "done":
             break
     return (np.array(found) if found else np.zeros((0, 3))), frames
 
@@ -190,6 +254,7 @@ def register_phantom_files(
     estimate: str = "plus",
     plus_config=None,
     landmark_frames: list[int] | None = None,
+    detector: str = "plus",
 ) -> RegistrationResult:
     """What ``freehand3d register-phantom`` runs.
 
@@ -197,7 +262,8 @@ def register_phantom_files(
     StylusToReference). ``config``: device set with the phantom's landmarks and (unless
     ``stylus_tip_to_stylus`` is given) the StylusTipToStylus calibration. With ``detect`` the
     landmarks are found automatically; otherwise ``landmark_frames`` gives, per defined landmark,
-    the frame index at which the tip rested on it (averaged over +-0.1 s).
+    the frame index at which the tip rested on it (averaged over +-0.1 s). ``detector``: see
+    :func:`detect_landmarks`.
     """
     import json
     from pathlib import Path
@@ -244,7 +310,7 @@ def register_phantom_files(
         if not dt > 0:
             raise InputError("the first two frames share a timestamp: cannot tell the acquisition rate", stylus_path)
         touched, at = detect_landmarks(full, 1.0 / dt, min_landmark_spacing(defined),
-                                       max_landmarks=len(defined), estimate=estimate)
+                                       max_landmarks=len(defined), estimate=estimate, detector=detector)
         if len(touched) < len(defined):
             raise CalibrationError(
                 f"detected {len(touched)} of the {len(defined)} landmarks (hold the tip still on each "
@@ -263,6 +329,7 @@ def register_phantom_files(
         frames = list(landmark_frames)
     result = register_landmarks(defined, touched)
     result.details.update({"landmark_names": names, "landmark_frames": frames, "detected": bool(detect),
+                           "detector": detector if detect else None,
                            "stylus_tip_to_stylus": np.asarray(stylus_tip_to_stylus).tolist(),
                            "stylus_file": str(stylus_path), "config": str(config)})
     write_text_atomic(output, json.dumps(result.to_json(), indent=2) + "\n")
@@ -274,4 +341,4 @@ def register_phantom_files(
 
 
 __all__ = ["read_landmarks", "detect_landmarks", "register_landmarks", "rigid_fit", "RegistrationResult",
-           "register_phantom_files", "min_landmark_spacing"]
+           "register_phantom_files", "min_landmark_spacing", "DETECTORS"]

@@ -179,6 +179,9 @@ def register(app: typer.Typer) -> None:
         plus_config: Optional[Path] = typer.Option(None, "--plus-config",
                                                    help="Write the device set with PhantomToReference (what calibrate reads)."),
         estimate: str = typer.Option("plus", "--estimate", help="Landmark position: plus (PLUS's samples) or dwell (whole rest)."),
+        detector: str = typer.Option("plus", "--detector",
+                                     help="Landmark detection rules: plus (PLUS's current detector) or plus-2014 "
+                                          "(the one that made PlusLibData's baseline; docs/calibration.md)."),
     ) -> None:
         """Phantom registration (PhantomToReference) from stylus-tip landmark points."""
         from freehand3d.calibration.landmarks import register_phantom_files
@@ -186,6 +189,8 @@ def register(app: typer.Typer) -> None:
 
         if estimate not in ("plus", "dwell"):
             raise ConfigError(f"--estimate must be plus or dwell, not {estimate!r}")
+        if detector not in ("plus", "plus-2014"):
+            raise ConfigError(f"--detector must be plus or plus-2014, not {detector!r}")
         if detect_landmarks and landmark_frames:
             raise ConfigError("--detect-landmarks and --landmark-frame contradict each other: give one")
         tip = None
@@ -193,7 +198,8 @@ def register(app: typer.Typer) -> None:
             tip = _read_stylus_calibration(stylus_calibration)
         result = register_phantom_files(stylus_seq, config, output, detect=detect_landmarks or not landmark_frames,
                                         stylus_tip_to_stylus=tip, estimate=estimate, plus_config=plus_config,
-                                        landmark_frames=list(landmark_frames) if landmark_frames else None)
+                                        landmark_frames=list(landmark_frames) if landmark_frames else None,
+                                        detector=detector)
         typer.echo(f"registered {len(result.per_landmark_mm)} landmarks, FRE {result.fre_mm:.3f} mm RMS "
                    f"(max {result.fre_max_mm:.3f}) -> {output}")
 
