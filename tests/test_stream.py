@@ -321,11 +321,12 @@ def test_replay_answers_stp_and_stt_with_rts_and_get_status():
         sock = socket.create_connection(("127.0.0.1", server.port), timeout=5)
         buf = bytearray()
 
-        def read_for(seconds):
+        def read_until(done, timeout=10.0):
+            """Message types received until ``done(types)`` holds (or the timeout: no timing asserted)."""
             types = []
-            end = time.time() + seconds
+            end = time.time() + timeout
             sock.settimeout(0.05)
-            while time.time() < end:
+            while time.time() < end and not done(types):
                 try:
                     buf.extend(sock.recv(65536))
                 except socket.timeout:
@@ -338,14 +339,14 @@ def test_replay_answers_stp_and_stt_with_rts_and_get_status():
                     del buf[:HEADER_SIZE + header["body_size"]]
             return types
 
-        first = read_for(0.3)
-        assert first[0] == "STATUS" and "IMAGE" in first
+        first = read_until(lambda ts: ts.count("IMAGE") >= 3)
+        assert first[0] == "STATUS" and first.count("IMAGE") >= 3
         sock.sendall(request_message("STP_IMAGE"))
-        acked = read_for(0.3)
+        acked = read_until(lambda ts: "RTS_IMAGE" in ts)
         assert "RTS_IMAGE" in acked
-        paused = read_for(0.4)
+        paused = read_until(lambda ts: False, timeout=0.5)
         assert "IMAGE" not in paused
         sock.sendall(request_message("GET_STATUS") + request_message("STT_IMAGE"))
-        resumed = read_for(0.4)
+        resumed = read_until(lambda ts: "STATUS" in ts and "RTS_IMAGE" in ts and ts.count("IMAGE") >= 5)
         assert "STATUS" in resumed and "RTS_IMAGE" in resumed and resumed.count("IMAGE") >= 5
         sock.close()

@@ -99,7 +99,9 @@ def test_hostile_server_ends_with_a_clear_message(case, tmp_path):
     assert len(lines) == 1, res.stderr
     for word in words:
         assert word in lines[0].lower(), lines[0]
-    assert took < limit, took
+    # a hang guard, not a timing test: the case's own timeouts are 1-2 s (`limit` is the time it
+    # takes on an idle machine, interpreter work included); under a loaded machine allow far more
+    assert took < 10 * limit, took
     assert not list(tmp_path.iterdir())  # no recording, no side files
 
 
