@@ -102,6 +102,7 @@ def test_full_calibration_on_16bit_recordings_matches_uint8(tmp_path):
                           validation_path=tmp_path / "fCal_Test_Validation_3NWires16.igs.mha", to_uint8="dtype")  # fmt: skip
     a, b = np.asarray(ref.image_to_probe), np.asarray(got.image_to_probe)
     assert got.frames_segmented == ref.frames_segmented
-    # measured: see docs/formats.md (translation and validation PRE3D well inside PLUS's 1 mm / 0.5 deg)
+    # measured: translation 0.0093 mm, rotation 0.013 deg, validation PRE3D 0.6292 vs 0.6286 mm
+    # (PLUS's own test accepts 1 mm / 0.5 deg of ImageToProbe)
     assert np.linalg.norm(a[:3, 3] - b[:3, 3]) <= 0.1
     assert abs(got.pre3d_validation_mean_mm - ref.pre3d_validation_mean_mm) <= 0.02
