@@ -8,6 +8,8 @@ and a density (ULM) image of the G-ULM localizations.
     python examples/ulm_benchmark.py --out out/ulm                    # 20 frames, clutter -30 dB
     python examples/ulm_benchmark.py --out out/ulm --fast             # 3 frames, 8 bubbles per frame
     python examples/ulm_benchmark.py --out out/ulm --clutter-db -30 -20 -10 --frames 50
+    python examples/ulm_benchmark.py --out out/ulm --snr-db 30          # in-band SNR 30 dB on top
+    (independent simulator, noise sweep, two probes: benchmarks/bench_ulm_pymust.py)
 
 The same from the command line:
     freehand3d ulm simulate -o sim --frames 20 --clutter-db -30
@@ -30,6 +32,7 @@ def main(argv=None) -> dict:
     parser.add_argument("--bubbles", type=float, default=12.0, help="Mean bubbles per frame.")
     parser.add_argument("--clutter-db", type=float, nargs="+", default=[-30.0], help="PALA clutter levels (dB).")
     parser.add_argument("--channels", type=int, default=128, help="Receive channels used.")
+    parser.add_argument("--snr-db", type=float, default=None, help="Also add noise of this in-band SNR (the G-ULM authors' noise shape).")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--out", type=Path, required=True, help="Output folder.")
     parser.add_argument("--fast", action="store_true", help="3 frames, 8 bubbles per frame, one clutter level.")
@@ -45,7 +48,7 @@ def main(argv=None) -> dict:
     for clutter in args.clutter_db:
         folder = args.out / f"clutter{int(clutter)}dB"
         folder.mkdir(parents=True, exist_ok=True)
-        rf, gt = simulate_dataset(folder, args.frames, args.seed, clutter_db=clutter, bubbles_per_frame=args.bubbles)
+        rf, gt = simulate_dataset(folder, args.frames, args.seed, clutter_db=clutter, bubbles_per_frame=args.bubbles, snr_db=args.snr_db)
         for method in METHODS:
             points_csv = folder / f"{method}.csv"
             localize_file(rf, points_csv, method=method, channels=args.channels)

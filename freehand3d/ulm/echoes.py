@@ -513,6 +513,13 @@ def find_echoes(
         the other echoes (a multimodal fit by backfitting); 0 fits each window alone.
     reference : ReferenceFit, optional
         Pulse reference; by default :func:`reference_fit` of the probe.
+    detect_band : (low, high), optional
+        Detect onsets (threshold, rising edges) on data band-passed to ``low..high`` centre
+        frequencies instead of the fitting band 0.35..1.65 (e.g. the probe's -6 dB band); fits are
+        unchanged. Measured on 5 PyMUST L11-5v-like frames at in-band SNR 20 dB, 128 channels:
+        Jaccard 61 % -> 72.5 % with (1 -/+ bw/2); not the default (not yet measured across the grid).
+    peak_onsets : bool
+        Also take envelope maxima (not only rising edges) as onsets where no rising edge marks them.
 
     Returns
     -------
