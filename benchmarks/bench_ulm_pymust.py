@@ -85,6 +85,7 @@ def main(argv=None) -> dict:
     parser.add_argument("--snr", default="none,40,30,20,10", help="in-band SNR levels (dB; none = noiseless)")
     parser.add_argument("--densities", default="9,18", help="mean bubbles per frame; all but the first only at 30 dB")
     parser.add_argument("--quick", action="store_true", help="L11-5v, 0 deg, 9 bubbles, 30 and 20 dB")
+    parser.add_argument("--methods", default="all", help="all, or a comma list of row names to run, e.g. 'G-ULM 128,G-ULM no pulse 128'")
     parser.add_argument("--json", type=Path)
     args = parser.parse_args(argv)
     if args.quick:
@@ -117,6 +118,9 @@ def main(argv=None) -> dict:
                     methods = [("G-ULM", 128, pulse), ("G-ULM", 16, pulse), ("DAS+WA", 128, None)]
                     if snr in ("30", "none"):
                         methods.append(("G-ULM no pulse", 128, None))
+                    if args.methods != "all":
+                        wanted = {m.strip() for m in args.methods.split(",")}
+                        methods = [m for m in methods if f"{m[0]} {m[1]}" in wanted]
                     for method, channels, p in methods:
                         r = run_method(method.split()[0] if method != "DAS+WA" else method, rf, truth, probe, angle, p, channels)
                         r.update(probe=probe_name, angle_deg=angle_deg, bubbles=density, snr=snr, method=f"{method} {channels}")

@@ -105,7 +105,7 @@ def derived_parameters(probe: LinearProbe, channels: int = 128) -> dict:
         "bandwidth_mm": lam / 4,
         "tolerance_mm": lam / 8,
         "min_cluster_size": 1 if n_pairs < 4 else max(3, int(round(0.05 * n_pairs))),
-        "min_votes": 1,
+        "min_votes": 2 if len(chosen) >= 64 else 1,
         "false_alarms": 10.0,
         "threshold_db": -26.0,
         "max_cost": 0.7,
@@ -302,7 +302,7 @@ def localize_frame(
     merge_radius: float | None = None,
     ghost_radius: float | None = None,
     ghost_ratio: float = 3.0,
-    min_votes: int = 1,
+    min_votes: int | None = None,
     pulse=None,
     echoes: Echoes | None = None,
 ) -> np.ndarray:
@@ -332,8 +332,12 @@ def localize_frame(
         reference = reference_fit(probe, resolve_pulse(rf, probe, pulse))
         echoes = find_echoes(rf[:, chosen], probe, t0=t0, threshold_db=threshold_db, false_alarms=false_alarms, max_cost=max_cost, reference=reference)
     paths = echo_paths(echoes.toa, probe, tx_angle)
-    points = match_echoes(paths, element_x, tx_angle=tx_angle, gap=gap, amplitude=echoes.amplitude, tolerance=tolerance, min_votes=min_votes)
     n_pairs = max(1, len(chosen) - gap)
+    if min_votes is None:
+        # many channels: two of the (up to three) check channels must confirm a pair; few
+        # channels: one, or weak bubbles lose too many pairs in noise
+        min_votes = 2 if len(chosen) >= 64 else 1
+    points = match_echoes(paths, element_x, tx_angle=tx_angle, gap=gap, amplitude=echoes.amplitude, tolerance=tolerance, min_votes=min_votes)
     if min_cluster_size is None:
         # few pairs (tiny channel counts) cannot outvote anything; otherwise 5 % of the pairs, at
         # least three: in noise a weak bubble's echoes pass the noise floor in only a handful of
@@ -365,7 +369,7 @@ def localize(
     merge_radius: float | None = None,
     ghost_radius: float | None = None,
     ghost_ratio: float = 3.0,
-    min_votes: int = 1,
+    min_votes: int | None = None,
     pulse=None,
     progress: bool = False,
 ):
@@ -411,8 +415,9 @@ def localize(
         large residual; geometry, not the fit, rejects noise).
     merge_radius, ghost_radius, ghost_ratio
         Satellite-cluster suppression (:func:`suppress_ghosts`); defaults lambda / 2, 2 lambda, 3.
-    min_votes : int
-        Check channels that must confirm an intersection (:func:`match_echoes`).
+    min_votes : int, optional
+        Check channels that must confirm an intersection (:func:`match_echoes`); default 2 with 64
+        or more channels, 1 with fewer.
     pulse : callable, (t, values), "analytic" or None
         Two-way pulse of the acquisition (envelope maximum at t = 0), e.g. the one stored in
         ``rf.npz``; None estimates it from the data (with a warning, :func:`resolve_pulse`);
