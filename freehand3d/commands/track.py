@@ -76,7 +76,7 @@ def register(app: typer.Typer) -> None:
         from freehand3d.sweep import checked_conversion
         from freehand3d.tracking.workflows import check_track_options, track_file
 
-        check_track_options(precision, kernel, threads, device)  # before reading anything
+        check_track_options(precision, kernel, threads, device, preset)  # before reading anything
         method, win = checked_conversion(to_uint8, window)
         result = track_file(sweep, checkpoint, output, preset=preset, device=device, plot_path=plot,
                             to_uint8=method, window=win, precision=precision, kernel=kernel, threads=threads)

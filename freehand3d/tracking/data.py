@@ -61,6 +61,15 @@ def read_sweep_csv(csv_path: str | os.PathLike) -> list[SweepEntry]:
     csv_path = Path(csv_path)
     if not csv_path.is_file():
         raise InputError("sweep list CSV not found", csv_path)
+    try:
+        return _read_sweep_csv(csv_path)
+    except UnicodeDecodeError as exc:
+        raise InputError(f"not UTF-8 text (byte {exc.start}); save the CSV as UTF-8", csv_path) from None
+    except csv.Error as exc:
+        raise InputError(f"not a readable CSV ({exc})", csv_path) from None
+
+
+def _read_sweep_csv(csv_path: Path) -> list[SweepEntry]:
     with open(csv_path, newline="", encoding="utf-8") as fh:
         reader = csv.DictReader(fh)
         columns = [c.strip() for c in (reader.fieldnames or [])]

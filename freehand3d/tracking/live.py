@@ -47,7 +47,7 @@ from freehand3d.tracking.infer import (
 from freehand3d.tracking.model.streaming import StreamingCNN
 from freehand3d.tracking.preprocess import global_frames, local_crops
 
-__all__ = ["LiveTracker"]
+__all__ = ["LiveTracker", "TrackingConsumer", "tracking_stage", "StreamTracking"]
 
 
 class LiveTracker:
@@ -173,3 +173,135 @@ class LiveTracker:
         self.head = head
         self._trajectory = compose_poses(head)[0] @ self.pixel_to_image
         return self._trajectory
+
+
+class TrackingConsumer:
+    """Feeds a :class:`LiveTracker` from another thread, batching the frames that queue up while an
+    update runs (so a slower-than-real-time model falls behind by a bounded batch instead of
+    dropping frames).
+
+    ``offer(frame, received)`` is cheap and never blocks; ``received`` is the frame's arrival time
+    on the :func:`time.time` clock (e.g. :attr:`freehand3d.stream.igtl.StreamItem.received`), so
+    :attr:`latencies_s` is arrival -> pose. :meth:`close` waits for the queue to drain, finishes
+    the tracker and returns the final trajectory. ``on_pose(index, pose)`` is called for every
+    emitted pose, in the worker thread.
+    """
+
+    def __init__(self, tracker: LiveTracker, max_batch: int = 32, on_pose=None):
+        import collections
+        import threading
+
+        self.tracker = tracker
+        self.max_batch = max(1, int(max_batch))
+        self.on_pose = on_pose
+        self.latencies_s: list[float] = []
+        self.batches: list[int] = []
+        self.error: BaseException | None = None
+        self._queue = collections.deque()
+        self._cond = threading.Condition()
+        self._closing = False
+        self._thread = threading.Thread(target=self._run, daemon=True, name="freehand3d-live-tracking")
+        self._thread.start()
+
+    def offer(self, frame: np.ndarray, received: float | None = None) -> None:
+        with self._cond:
+            self._queue.append((frame, time.time() if received is None else received))
+            self._cond.notify_all()
+
+    def _run(self):
+        try:
+            while True:
+                with self._cond:
+                    while not self._queue and not self._closing:
+                        self._cond.wait(0.05)
+                    if not self._queue and self._closing:
+                        return
+                    batch = [self._queue.popleft() for _ in range(min(len(self._queue), self.max_batch))]
+                frames = np.stack([_grey_uint8(f) for f, _ in batch])
+                first = self.tracker.n
+                poses = self.tracker.push_many(frames)
+                now = time.time()
+                self.latencies_s.extend(now - t for _, t in batch)
+                self.batches.append(len(batch))
+                if self.on_pose is not None:
+                    for i, pose in enumerate(poses):
+                        self.on_pose(first + i, pose)
+        except BaseException as exc:  # noqa: BLE001 - reported by close()
+            self.error = exc
+
+    def close(self, timeout: float = 600.0) -> np.ndarray:
+        with self._cond:
+            self._closing = True
+            self._cond.notify_all()
+        self._thread.join(timeout)
+        if self.error is not None:
+            raise self.error
+        return self.tracker.finish()
+
+
+def _grey_uint8(frame) -> np.ndarray:
+    """A streamed frame as the (H, W) uint8 DualTrack reads: the first channel of a multi-component
+    frame; other pixel types must already be uint8 (the stream carries the sender's type)."""
+    arr = np.asarray(frame)
+    if arr.ndim == 3:
+        arr = arr[..., 0]
+    if arr.dtype != np.uint8:
+        raise InputError(f"live tracking needs 8-bit frames, the stream sends {arr.dtype}")
+    return arr
+
+
+def tracking_stage(tracker: LiveTracker, on_pose=None, max_batch: int = 32):
+    """A :class:`freehand3d.stream.live.Stage` for ``run_live(..., consumers=[...])`` that tracks
+    every frame with ``tracker`` (never drops: frames queue in the :class:`TrackingConsumer`).
+    Returns (stage, consumer); after the stream ends ``consumer.tracker.trajectory()`` holds the
+    final poses and ``consumer.latencies_s`` the arrival -> pose latencies."""
+    from freehand3d.stream.live import Stage
+
+    consumer = TrackingConsumer(tracker, max_batch=max_batch, on_pose=on_pose)
+    stage = Stage("tracking", lambda item: consumer.offer(item.frame, item.received), maxsize=1024,
+                  policy="block", finish=consumer.close)
+    return stage, consumer
+
+
+class StreamTracking:
+    """Live tracking for ``freehand3d stream --track CKPT``: the stage to hand to
+    :func:`freehand3d.stream.live.run_live`, and a summary line for the end.
+
+    The model is loaded and its kernels chosen here, before the stream connects. With ``output``
+    the final (N, 4, 4) ImageToReference trajectory (pixel -> mm in frame 0's DualTrack image frame)
+    is written as ``.npy`` when the stream ends (atomically)."""
+
+    def __init__(self, checkpoint, output=None, precision: str = "fp32", threads: int | None = None,
+                 spacing=None, device: str = "cpu"):
+        from freehand3d.errors import ConfigError
+        from freehand3d.tracking.checkpoint import load_dualtrack
+
+        if output is not None and not str(output).endswith(".npy"):
+            raise ConfigError("--track-output must be a .npy file (the (N, 4, 4) poses)", output)
+        self.output = output
+        model = load_dualtrack(checkpoint)
+        self.tracker = LiveTracker(model, device=device, precision=precision, threads=threads, spacing=spacing)
+        self.stage, self.consumer = tracking_stage(self.tracker)
+        self.stage.finish = self._finish
+        self.final = None
+
+    def _finish(self):
+        self.final = self.consumer.close()
+        if self.output is not None and len(self.final):
+            import io
+
+            from freehand3d._atomic import write_bytes_atomic
+
+            buf = io.BytesIO()
+            np.save(buf, self.final)
+            write_bytes_atomic(self.output, buf.getvalue())
+
+    def summary(self) -> str:
+        lat = np.array(self.consumer.latencies_s) * 1e3
+        if not len(lat):
+            return "tracking: no frames tracked"
+        text = (f"tracking ({self.tracker.cfg.name}, {self.tracker.precision}): {len(self.tracker.emitted)} frames, "
+                f"arrival -> pose p50 {np.percentile(lat, 50):.0f} ms, p95 {np.percentile(lat, 95):.0f} ms")
+        if self.output is not None and self.final is not None:
+            text += f"; final trajectory -> {self.output}"
+        return text

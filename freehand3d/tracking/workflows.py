@@ -191,7 +191,8 @@ def plot_trajectories(path, pred_poses, gt_poses=None, title: str | None = None)
         fig.savefig(tmp, format="png")
 
 
-def check_track_options(precision: str, kernel: str, threads: int | None, device: str | None) -> str:
+def check_track_options(precision: str, kernel: str, threads: int | None, device: str | None,
+                        preset: str | None = None) -> str:
     """Validate the inference options before any work; returns the device to use (default: CUDA
     when available, else CPU). Raises :class:`~freehand3d.errors.ConfigError` naming the option."""
     import torch
@@ -199,6 +200,10 @@ def check_track_options(precision: str, kernel: str, threads: int | None, device
     from freehand3d.errors import ConfigError
     from freehand3d.tracking.infer import PRECISIONS
     from freehand3d.tracking.kernels import KERNELS
+    from freehand3d.tracking.model.presets import PRESETS
+
+    if preset is not None and preset not in PRESETS:
+        raise ConfigError(f"unknown preset {preset!r}; choose one of {', '.join(sorted(PRESETS))}", "--preset")
 
     if precision not in PRECISIONS:
         raise ConfigError(f"unknown precision {precision!r}; choose one of {', '.join(PRECISIONS)}", "--precision")
@@ -267,7 +272,7 @@ def track_file(
     from freehand3d.io import read_sweep, write_sweep
     from freehand3d.tracking import load_dualtrack, track
 
-    device = check_track_options(precision, kernel, threads, device)
+    device = check_track_options(precision, kernel, threads, device, preset)
     sweep = read_sweep(sweep_path)
     model = load_dualtrack(checkpoint, preset=preset)
     tracked = track(sweep.as_uint8(to_uint8, window), model, device=device, precision=precision, kernel=kernel,
