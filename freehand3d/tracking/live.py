@@ -196,6 +196,9 @@ class TrackingConsumer:
         self.on_pose = on_pose
         self.latencies_s: list[float] = []
         self.batches: list[int] = []
+        #: CPU seconds of this thread in the tracker's updates (with threads=1 all of the model's
+        #: work; a load-independent measure of the cost per frame)
+        self.cpu_s = 0.0
         self.error: BaseException | None = None
         self._queue = collections.deque()
         self._cond = threading.Condition()
@@ -219,7 +222,9 @@ class TrackingConsumer:
                     batch = [self._queue.popleft() for _ in range(min(len(self._queue), self.max_batch))]
                 frames = np.stack([_grey_uint8(f) for f, _ in batch])
                 first = self.tracker.n
+                cpu0 = time.thread_time()
                 poses = self.tracker.push_many(frames)
+                self.cpu_s += time.thread_time() - cpu0
                 now = time.time()
                 self.latencies_s.extend(now - t for _, t in batch)
                 self.batches.append(len(batch))
