@@ -169,6 +169,7 @@ def _corner_error(poses_a, poses_b, spacing=(0.229389190673828, 0.22097969055175
     """Largest distance (mm) between the image corners placed by two trajectories."""
     import numpy as np
 
+    poses_a, poses_b = np.asarray(poses_a), np.asarray(poses_b)
     h, w = shape
     xs = np.array([-(w - 1) / 2, (w - 1) / 2]) * spacing[0]
     ys = np.array([-(h - 1) / 2, (h - 1) / 2]) * spacing[1]
@@ -267,6 +268,39 @@ def live(frames, threads, fps, checkpoint, precision, seed=5):
         print(f"{name:30} {m['GPE']:8.3f} {m['LPE']:8.3f} {elev:13.3f} {m['final_drift_mm']:15.3f}")
 
 
+def precision_error(frames, threads, checkpoint, seed=5):
+    """Reduced precision against fp32 on a simulated sweep: time per frame (side by side, same
+    process), head difference and the distance of the image corners placed by the two trajectories."""
+    import numpy as np
+    import torch
+
+    from freehand3d.simulate import simulate_freehand
+    from freehand3d.tracking import load_dualtrack, predict
+    from freehand3d.tracking.infer import cpu_has_fast_bf16
+
+    torch.set_num_threads(threads)
+    sweep, _ = simulate_freehand(n_frames=frames, seed=seed)
+    model = load_dualtrack(checkpoint)
+    out, times, cpu = {}, {}, {}
+    for precision in ("fp32", "bf16", "fp32"):  # fp32 twice: its best time brackets the bf16 run
+        start, c0 = time.perf_counter(), time.process_time()
+        res = predict(sweep.frames, model, precision=precision, threads=threads)
+        wall, c = time.perf_counter() - start, time.process_time() - c0
+        out[precision] = res
+        times[precision] = min(times.get(precision, float("inf")), wall / frames)
+        cpu[precision] = min(cpu.get(precision, float("inf")), c / frames)
+    h32, h16 = out["fp32"]["head_output"], out["bf16"]["head_output"]
+    corner = _corner_error(out["bf16"]["poses_global"], out["fp32"]["poses_global"], sweep.spacing, sweep.frame_shape)
+    last = _corner_error(out["bf16"]["poses_global"][-1:], out["fp32"]["poses_global"][-1:], sweep.spacing,
+                         sweep.frame_shape)
+    print(f"bf16 convolutions vs fp32: {checkpoint} ({model.config.name}), {frames} simulated frames, {threads} threads, "
+          f"CPU: {_cpu_model()} (native bf16: {cpu_has_fast_bf16()}), {_load()}")
+    print(f"s/frame fp32 {times['fp32']:.4f}, bf16 {times['bf16']:.4f} ({times['fp32'] / times['bf16']:.2f}x); "
+          f"CPU-s/frame fp32 {cpu['fp32']:.4f}, bf16 {cpu['bf16']:.4f} ({cpu['fp32'] / cpu['bf16']:.2f}x)")
+    print(f"head: max |d| {np.abs(h16 - h32).max():.2e} (largest fp32 value {np.abs(h32).max():.2f}); image corners: "
+          f"max over frames {corner:.3f} mm, at the last frame {last:.3f} mm")
+
+
 def conv_layers(frames, threads, rounds):
     """One 3x3x3 conv of each local-CNN stage (2024 widths, 256 px crops): direct (oneDNN,
     channels-last) vs Winograd F(2x2,3x3), alternating, best of ``rounds``; printed as a table."""
@@ -314,6 +348,8 @@ def main():
     parser.add_argument("--live", action="store_true",
                         help="instead: live tracking of a simulated sweep replayed over loopback (--frames, --fps)")
     parser.add_argument("--fps", type=float, default=30.0)
+    parser.add_argument("--precision-error", action="store_true",
+                        help="instead: bf16 vs fp32 speed and pose error on a simulated sweep (--checkpoint, --frames)")
     parser.add_argument("--checkpoint", default=os.path.join(os.path.dirname(__file__), "..", "freehand3d", "data",
                                                               "dualtrack-tiny.pt"))
     parser.add_argument("--precision", default="fp32")
@@ -323,6 +359,9 @@ def main():
 
     if args.conv_layers:
         conv_layers(min(args.frames, 8), args.threads, max(args.rounds, 3))
+        return
+    if args.precision_error:
+        precision_error(args.frames, args.threads, args.checkpoint)
         return
     if args.live:
         live(args.frames, args.threads, args.fps, args.checkpoint, args.precision)

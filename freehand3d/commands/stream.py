@@ -69,6 +69,8 @@ def register(app: typer.Typer) -> None:
         live_policy: str = typer.Option("drop-oldest", help="drop-oldest|block: what a full live-volume queue does (block slows the sender)."),
         reconnect: bool = typer.Option(True, help="Reconnect when the server goes away."),
         max_message_mb: float = typer.Option(256.0, help="A message declaring a larger body is treated as garbage (MB)."),
+        track: Optional[Path] = typer.Option(None, help="DualTrack checkpoint: track the frames sensorlessly as they arrive (live)."),
+        track_output: Optional[Path] = typer.Option(None, help="With --track: write the final (N, 4, 4) ImageToReference poses (.npy)."),
     ) -> None:
         """Receive frames and poses over OpenIGTLink, losslessly; record and/or compound them live.
 
@@ -124,7 +126,12 @@ def register(app: typer.Typer) -> None:
                 image_to_probe = json.loads(calibration.read_text())["image_to_probe"]
             except (OSError, ValueError, KeyError, TypeError) as exc:
                 raise InputError(f"cannot read image_to_probe ({exc.__class__.__name__}: {exc})", calibration) from None
-        if record is None and reconstruct is None and frames is None and duration is None:
+        tracking = None
+        if track is not None:  # loads the model and measures its kernels before connecting
+            from freehand3d.tracking.live import StreamTracking
+
+            tracking = StreamTracking(track, track_output)
+        if record is None and reconstruct is None and tracking is None and frames is None and duration is None:
             raise ConfigError("nothing to do: give --record and/or --reconstruct, or --frames/--duration to just count")
         send_to = _host_port(send_volume) if send_volume else None
         source = IGTLSource(host, port, image_device=image_device, reference=reference,
@@ -154,7 +161,7 @@ def register(app: typer.Typer) -> None:
             result = run_live(source, record=record, reconstruct=reconstruct, spacing=spacing, method=method,
                               compounding=compounding, snapshot_every=snapshot_every, send_volume_to=send_to,
                               max_frames=frames, on_frame=on_frame, volume_queue=live_queue,
-                              volume_policy=live_policy)
+                              volume_policy=live_policy, consumers=[tracking.stage] if tracking else None)
         finally:
             if tty and last_update[0]:
                 sys.stderr.write("\r\033[K")
@@ -184,6 +191,8 @@ def register(app: typer.Typer) -> None:
         if result.volume:
             typer.echo(f"volume: {result.volume} (latency p50 {result.latency_ms(50):.1f} ms, "
                        f"p95 {result.latency_ms(95):.1f} ms)")
+        if tracking is not None:
+            typer.echo(tracking.summary())
 
     @app.command()
     def recover(
