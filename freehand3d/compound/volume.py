@@ -167,9 +167,9 @@ PASTE_BYTES_PER_VOXEL = {
     (method, compounding, exact): (24.7 if (compounding == "mean" and not exact) else 14.9 if compounding == "mean" else 13.2)
     for method in ("nearest", "linear") for compounding in ("mean", "latest", "max") for exact in (False, True)
 }
-#: With hole filling the peak is the filler's (it replaces the MEAN division temporaries): total
-#: bytes per voxel while the named filler runs (fillers run one after another: the largest counts).
-FILL_BYTES_PER_VOXEL = {"GAUSSIAN": 17.5, "GAUSSIAN_ACCUMULATION": 33.5, "NEAREST_NEIGHBOR": 17.5,
+#: With hole filling: total bytes per voxel while the named filler runs; the budget takes the larger
+#: of the insertion's and the filler's (fillers run one after another: the largest counts).
+FILL_BYTES_PER_VOXEL = {"GAUSSIAN": 17.5, "GAUSSIAN_ACCUMULATION": 30.0, "NEAREST_NEIGHBOR": 17.5,
                         "DISTANCE_WEIGHT_INVERSE": 25.0, "STICK": 18.5, "GAP": 17.5}
 #: the torch path (CUDA, or backend="torch") keeps an int64 order buffer for LATEST / MAX
 TORCH_ORDER_BYTES_PER_VOXEL = 8.0
@@ -196,8 +196,8 @@ def memory_budget(n_voxels: int, method: str, compounding: str, exact_plus: bool
         paste += TORCH_ORDER_BYTES_PER_VOXEL
     fill = max((FILL_BYTES_PER_VOXEL.get(_kernel_kind(k), max(FILL_BYTES_PER_VOXEL.values())) for k in fill_kernels or ()),
                default=0.0)
-    if fill:  # the filler's peak replaces the insertion's (measured), it does not add to it
-        paste, fill = max(fill, paste if compounding != "mean" or exact_plus else 0.0), 0.0
+    if fill:  # the filler runs after the insertion: the larger of the two peaks counts (measured), not their sum
+        paste, fill = max(fill, paste), 0.0
     wider = (PasteState.bytes_per_voxel(compounding if compounding != "importance" else "mean", exact_plus, False, pixel_type, output_type)
              - PasteState.bytes_per_voxel(compounding if compounding != "importance" else "mean", exact_plus, False))
     return int(FIXED_BYTES + n_voxels * (paste + fill + 2 * max(wider, 0)))
