@@ -90,6 +90,7 @@ def _command_lines(optional: bool = True) -> list[list[str]]:
     """
     lines = []
     for block in _blocks("text") + _blocks("bash"):
+        block = re.sub(r"\\\n\s*", " ", block)  # shell line continuations
         for line in block.splitlines():
             code = line.split("#", 1)[0].strip()
             if code.startswith("freehand3d "):
