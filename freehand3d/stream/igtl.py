@@ -1032,11 +1032,14 @@ class ReplayServer:
             elif mtype == "GET_STATUS":
                 self._send(conn, session, pack_status("ready", version=v))
             elif mtype.startswith("STT_"):
-                session["streaming"].set()
-                self._send(conn, session, self._rts(mtype[4:]))
+                with session["lock"]:
+                    session["streaming"].set()
+                    conn.sendall(self._rts(mtype[4:]))
             elif mtype.startswith("STP_"):
-                session["streaming"].clear()
-                self._send(conn, session, self._rts(mtype[4:]))
+                # under the send lock: no frame leaves after the acknowledgement
+                with session["lock"]:
+                    session["streaming"].clear()
+                    conn.sendall(self._rts(mtype[4:]))
         except OSError:
             pass
 
@@ -1068,12 +1071,17 @@ class ReplayServer:
             self._send(conn, session, pack_status(f"freehand3d replay: {self.n_frames} frames",
                                                   version=self.header_version))
             k = 0
+            paused = False
             while not self._stop.is_set():
                 if k >= self.n_frames:
                     if not self.loop:
                         break
                     k = 0
-                if not session["streaming"].is_set():
+                streaming = session["streaming"].is_set()
+                if streaming and paused:  # resumed: keep the pace from now on, no catch-up burst
+                    t0 = time.perf_counter() - sent * period
+                paused = not streaming
+                if not streaming:
                     # paused or on request: one frame per GET_IMAGE
                     if not session["get"].wait(0.05):
                         continue
@@ -1084,8 +1092,12 @@ class ReplayServer:
                     if delay > 0:
                         time.sleep(delay)
                 idx = (self.start_frame + k) % len(self.sweep)
-                session["index"] = idx
-                self._send(conn, session, self.frame_messages(idx))
+                data = self.frame_messages(idx)
+                with session["lock"]:
+                    if streaming and not session["streaming"].is_set():
+                        continue  # paused (STP_) while this frame was being prepared
+                    session["index"] = idx
+                    conn.sendall(data)
                 sent += 1
                 self.sent += 1
                 k += 1
