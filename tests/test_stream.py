@@ -137,7 +137,7 @@ def test_server_restart_is_survived_and_gap_reported_as_missed():
 
     consumer = threading.Thread(target=consume, daemon=True)
     consumer.start()
-    first.wait(10)
+    first.wait(60)  # a hang guard: the client first loads its CRC kernel (seconds under load)
     first.close()  # the server goes away after frame 49
     time.sleep(0.5)
     second = ReplayServer(sweep, port=port, fps=100, start_frame=80, n_frames=40, loop=True)
@@ -241,7 +241,7 @@ def test_receives_from_pyigtls_own_server():
 
         consumer = threading.Thread(target=consume, daemon=True)
         consumer.start()
-        deadline = time.time() + 10
+        deadline = time.time() + 60  # the client loads its CRC kernel before connecting
         while not server.is_connected() and time.time() < deadline:
             time.sleep(0.05)
         for i, (frame, pose) in enumerate(zip(frames, poses)):

@@ -43,7 +43,7 @@ def _send_with_pyigtl(frames, matrix, device="US"):
     server, port = _pyigtl_server()
 
     def send():
-        deadline = time.time() + 10
+        deadline = time.time() + 60  # the client loads its CRC kernel before connecting
         while not server.is_connected() and time.time() < deadline:
             time.sleep(0.02)
         time.sleep(0.2)
@@ -94,7 +94,7 @@ def test_three_slice_image_is_refused_clearly(tmp_path):
     volume = np.zeros((3, 8, 10), np.uint8)
 
     def send():
-        deadline = time.time() + 10
+        deadline = time.time() + 60  # the client loads its CRC kernel before connecting
         while not server.is_connected() and time.time() < deadline:
             time.sleep(0.02)
         time.sleep(0.2)
