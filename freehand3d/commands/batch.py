@@ -33,13 +33,19 @@ def _common(
     }
 
 
-def _run(operation: str, common: dict, options: dict) -> None:
+def _run(operation: str, common: dict, options: dict, quiet: bool = False) -> None:
     from rich.console import Console
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
     from freehand3d.batch import run_batch
 
     console = Console(stderr=False)
+    if quiet:
+        report = run_batch(operation, **common, **options)
+        _print_report(console, report)
+        if report.n_failed:
+            raise typer.Exit(1)
+        return
     with Progress(
         TextColumn(f"batch {operation}"), BarColumn(), MofNCompleteColumn(), TextColumn("{task.description}"),
         TimeElapsedColumn(), console=console, transient=True,
@@ -119,6 +125,7 @@ def register(app: typer.Typer) -> None:
             None, "--image-to-reference",
             help="Pose transform name (default ImageToReference; e.g. ImageToTracker for DualTrack / TUS-REC .h5 sweeps)."),
         overwrite: bool = typer.Option(False, "--overwrite", help="Recompute sweeps whose output exists (e.g. after changing settings)."),
+        quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bar (the report is still printed)."),
     ) -> None:
         """Reconstruct every sweep of the CSV into <out>/<sweep_id>.nrrd."""
         options = {
@@ -138,7 +145,7 @@ def register(app: typer.Typer) -> None:
             from freehand3d.errors import ConfigError
 
             raise ConfigError(f"must be a positive number of mm, got {spacing}", "--spacing")
-        _run("reconstruct", common, options)
+        _run("reconstruct", common, options, quiet)
 
     @batch.command("track")
     def batch_track(
@@ -153,10 +160,11 @@ def register(app: typer.Typer) -> None:
         preset: Optional[str] = typer.Option(None, "--preset", help="dualtrack-2024 | dualtrack-tusrec2025 | tiny (default: from the checkpoint)."),
         device: Optional[str] = typer.Option(None, "--device", help="cpu, cuda ... (default: cuda if available)."),
         overwrite: bool = typer.Option(False, "--overwrite", help="Recompute sweeps whose output exists (e.g. after changing settings)."),
+        quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bar (the report is still printed)."),
     ) -> None:
         """Track every sweep of the CSV with DualTrack into <out>/<sweep_id>.igs.mha."""
         options = {"checkpoint": checkpoint, "preset": preset, "device": device}
-        _run("track", {**_common(csv, out, scheduler, workers, split, suffix, threads), "overwrite": overwrite}, options)
+        _run("track", {**_common(csv, out, scheduler, workers, split, suffix, threads), "overwrite": overwrite}, options, quiet)
 
     @batch.command("evaluate")
     def batch_evaluate(
@@ -171,7 +179,8 @@ def register(app: typer.Typer) -> None:
         split: Optional[str] = typer.Option(None, "--split", help="Only the rows of this split."),
         world: Optional[str] = typer.Option(None, "--world", help="World frame name (default: Reference, then Tracker)."),
         overwrite: bool = typer.Option(False, "--overwrite", help="Recompute sweeps whose output exists (e.g. after changing settings)."),
+        quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bar (the report is still printed)."),
     ) -> None:
         """Tracking errors of every sweep (one <out>/<sweep_id>.json each) and their mean/median table."""
         options = {"predictions": predictions, "world": world}
-        _run("evaluate", {**_common(csv, out, scheduler, workers, split, None, 0), "overwrite": overwrite}, options)
+        _run("evaluate", {**_common(csv, out, scheduler, workers, split, None, 0), "overwrite": overwrite}, options, quiet)

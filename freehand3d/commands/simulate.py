@@ -8,8 +8,10 @@ from typing import Optional
 import typer
 
 
-def _with_progress(description: str, run):
-    """Run ``run(progress_callback)`` under a rich progress bar on stderr."""
+def _with_progress(description: str, run, quiet: bool = False):
+    """Run ``run(progress_callback)`` under a rich progress bar on stderr (none with ``quiet``)."""
+    if quiet:
+        return run(lambda done, total: None)
     from rich.console import Console
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
@@ -50,6 +52,7 @@ def register(app: typer.Typer) -> None:
         phantom: str = typer.Option("fcal-1.2", "--phantom", help="Shipped phantom name, phantom YAML or PLUS device-set XML."),
         seed: int = typer.Option(0, "--seed", help="Random seed (same seed, same bytes)."),
         preview: Optional[Path] = typer.Option(None, "--preview", help="Write a PNG with a few frames."),
+        quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bar."),
     ) -> None:
         """Simulate a tracked N-wire calibration recording; the truth goes to NAME.EXT.truth.npz beside it."""
         from freehand3d.errors import ConfigError
@@ -69,7 +72,7 @@ def register(app: typer.Typer) -> None:
             output, phantom=phantom, n_frames=frames, noise=level, wall_echoes=wall_echoes,
             corrupt_pose_fraction=corrupt_poses, missing_phantom_frames=missing, seed=seed, preview=preview,
             progress=update,
-        ))
+        ), quiet)
         typer.echo(f"wrote {sweep_path} ({frames} frames) and {truth_path}" + (f"; preview {preview}" if preview else ""))
 
     @simulate_app.command("sweep")
@@ -80,6 +83,7 @@ def register(app: typer.Typer) -> None:
         seed: int = typer.Option(0, "--seed", help="Random seed (same seed, same bytes)."),
         device: str = typer.Option("cpu", "--device", help="torch device for the slicing (cpu, cuda)."),
         preview: Optional[Path] = typer.Option(None, "--preview", help="Write a PNG with frames and the trajectory."),
+        quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bar."),
     ) -> None:
         """Simulate a freehand sweep through a speckle volume; the truth (poses, volume) goes to
         NAME.EXT.truth.npz beside it (e.g. sweep.igs.mha.truth.npz)."""
@@ -96,7 +100,7 @@ def register(app: typer.Typer) -> None:
         sweep_path, truth_path = _with_progress("simulating sweep", lambda update: simulate_sweep_to_file(
             output, n_frames=frames, frame_size=(height, width), seed=seed, device=device, preview=preview,
             progress=update,
-        ))
+        ), quiet)
         typer.echo(f"wrote {sweep_path} ({frames} frames) and {truth_path}" + (f"; preview {preview}" if preview else ""))
 
     app.add_typer(simulate_app, name="simulate")
