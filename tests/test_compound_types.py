@@ -123,6 +123,21 @@ def test_wide_types_accumulate_in_float64(dtype):
     assert np.abs(mean[filled].astype(np.float64) - (ref_mean[filled] + 2**30)).max() <= tol
 
 
+@pytest.mark.parametrize("dtype", [np.float32, np.int16, np.float64])
+@pytest.mark.parametrize("method", ["nearest", "linear"])
+@pytest.mark.parametrize("mode", MODES)
+def test_torch_path_equals_the_compiled_kernels_for_other_types(dtype, method, mode):
+    """The torch scatters (the CUDA path) give the compiled kernels' volume and accumulation for
+    non-uint8 frames too, negative values and a rejection threshold included."""
+    frames, mats, grid, kwargs = _setup()
+    typed = (frames.astype(np.float64) * 3 - 300.5).astype(dtype)
+    recs = [_volume(grid, typed, mats, method, mode, threshold=-250.0, pixel_type=dtype, backend=backend, **kwargs)
+            for backend in ("numba", "torch")]
+    np.testing.assert_array_equal(recs[1].volume_array(), recs[0].volume_array())
+    np.testing.assert_array_equal(recs[1].accumulation(), recs[0].accumulation())
+    assert (recs[0].volume_array() < 0).any()
+
+
 def test_integer_output_clips_to_its_range():
     frames, mats, grid, kwargs = _setup()
     f32 = frames.astype(np.float32) * 4 - 300  # -300 .. 720
@@ -147,8 +162,6 @@ def test_non_uint8_refusals():
     frames, mats, grid, kwargs = _setup()
     with pytest.raises(ConfigError, match="exact"):
         Reconstructor(grid, "nearest", "mean", exact_plus=True, pixel_type=np.uint16)
-    with pytest.raises(ConfigError, match="numba"):
-        Reconstructor(grid, "nearest", "mean", backend="torch", pixel_type=np.float32)
     with pytest.raises(ConfigError, match="volume type"):
         Reconstructor(grid, "nearest", "mean", output_type=np.int64)
     rec = Reconstructor(grid, "nearest", "mean", pixel_type=np.uint16)

@@ -337,7 +337,16 @@ def detect_points(
     if frame.ndim != 2:
         raise ValueError(f"frame must be a 2D image, got shape {frame.shape}")
     if frame.dtype != np.uint8:
-        frame = np.clip(frame, 0, 255).astype(np.uint8)
+        # thresholds are 8-bit grey levels: only a lossless cast is done here, never a silent
+        # clip or rescale (issue 14); other data is converted by the caller, explicitly
+        lossless = frame.dtype.kind in "iuf" and frame.size and np.isfinite(frame).all() and \
+            frame.min() >= 0 and frame.max() <= 255 and (frame == np.round(frame)).all()
+        if not lossless:
+            from freehand3d.errors import InputError
+
+            raise InputError(f"N-wire detection takes 8-bit grey frames, got {frame.dtype} values outside "
+                             "0..255 integers: convert with freehand3d.sweep.to_uint8 (CLI: --to-uint8)")
+        frame = frame.astype(np.uint8)
     params = params or SegmentationParams()
     spacing = float(params.approximate_spacing_mm_per_pixel if spacing_mm is None else spacing_mm)
     if not spacing > 0:

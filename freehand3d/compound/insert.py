@@ -23,6 +23,8 @@ gather, never by relying on the write order of a scatter.
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 import torch
 
@@ -96,6 +98,10 @@ class PasteState:
         else:
             value_dtype = accumulation_dtype(self.pixel_type)
         self.value = torch.zeros(n, dtype=value_dtype, device=self.device)
+        if self.pixel_type != np.uint8 and compounding == "max":
+            # an empty voxel takes the first pixel, negative ones too (a scatter amax from -inf);
+            # result() shows empty voxels as 0
+            self.value.fill_(-math.inf)
         # weights sum in float32 (the uint8 path's arithmetic), in float64 for the float64 buffers
         acc_dtype = torch.int32 if self.exact_plus else torch.float32
         if self.pixel_type != np.uint8 and value_dtype == torch.float64:
@@ -161,12 +167,13 @@ class PasteState:
             _replay_nearest_mean(self, idx, values, None if mode != "importance" else weights.to(torch.int64))
         else:
             w = torch.ones_like(values, dtype=torch.float32) if weights is None else weights.to(torch.float32)
-            self.value.index_add_(0, idx, w * values.to(torch.float32))
-            self.acc.index_add_(0, idx, w)
+            # float32 sums for uint8 (and 8/16-bit, float32) pixels, float64 for the float64 buffers
+            self.value.index_add_(0, idx, w * values.to(self.value.dtype))
+            self.acc.index_add_(0, idx, w.to(self.acc.dtype))
         self._clear_dump()
 
     def _clear_dump(self) -> None:
-        self.value[self.dump] = 0
+        self.value[self.dump] = -math.inf if (self.pixel_type != np.uint8 and self.compounding == "max") else 0
         self.acc[self.dump] = 0
 
     # ------------------------------------------------------------------ trilinear splatting
@@ -224,8 +231,8 @@ class PasteState:
             w = weights.to(torch.float32)
             if importance is not None:
                 w = w * importance.to(torch.float32)
-            self.value.index_add_(0, idx, w * values.to(torch.float32))
-            self.acc.index_add_(0, idx, w)
+            self.value.index_add_(0, idx, w * values.to(self.value.dtype))
+            self.acc.index_add_(0, idx, w.to(self.acc.dtype))
         self._clear_dump()
 
     def _acc_from_weight(self, weights: torch.Tensor) -> torch.Tensor:
@@ -251,6 +258,8 @@ class PasteState:
             return value.clamp(0, 255).to(torch.uint8)
         if float_sums:
             value = torch.where(acc > 0, value / acc.clamp_min(1e-12).to(value.dtype), torch.zeros_like(value))
+        elif self.compounding == "max" and self.pixel_type != np.uint8:
+            value = torch.where(acc > 0, value, torch.zeros_like(value))
         if output_type.kind == "f":
             return value.to(_TORCH_TYPES[output_type])
         info = np.iinfo(output_type)

@@ -279,7 +279,7 @@ class Reconstructor:
         Type of the frames :meth:`add_frames` will get (any :data:`freehand3d.sweep.PIXEL_TYPES`).
         uint8 runs the original integer / float32 path; other types accumulate in floats (float32
         for 8/16-bit integers and float32, float64 for 32-bit integers and float64) through the same
-        compiled kernels (the numba backend, fast arithmetic only).
+        compiled kernels or torch scatters (fast arithmetic only; both give the same volumes).
     output_type : numpy dtype, optional
         Type of the volume (default: ``pixel_type``). MEAN / importance give the weighted mean,
         LATEST / MAXIMUM the pixel value; integer outputs round ``floor(x + 0.5)`` and clip to the
@@ -353,10 +353,6 @@ class Reconstructor:
                 raise ConfigError(
                     f"PLUS's exact arithmetic is defined for uint8 frames; {self.pixel_type} frames use the "
                     "float path (exact_plus=False)", "exact_plus")
-            if backend != "numba":
-                raise ConfigError(
-                    f"{self.pixel_type} frames are compounded by the compiled CPU kernels (backend='numba'); "
-                    "the torch path takes uint8 frames", "backend")
         # pixels are integers: "value >= threshold" is "value >= ceil(threshold)", one rule for every path
         self._min_value = 0
         if pixel_rejection_threshold is not None and not math.isfinite(float(pixel_rejection_threshold)):
@@ -456,7 +452,10 @@ class Reconstructor:
             self.frames_added += len(frames)
             return
         for start in range(0, len(frames), per_batch):
-            chunk = torch.as_tensor(frames[start : start + per_batch], device=self.device)
+            chunk = frames[start : start + per_batch]
+            if self.pixel_type != np.uint8:  # the torch scatters work on the float buffer type
+                chunk = chunk.astype(np.float64 if self._state.value.dtype == torch.float64 else np.float32)
+            chunk = torch.as_tensor(chunk, device=self.device)
             self._paste(chunk, pix_to_vox[start : start + per_batch])
         self.frames_added += len(frames)
 
@@ -605,7 +604,10 @@ class Reconstructor:
         strides = torch.tensor([1.0, nx, nx * ny], dtype=flat_dtype, device=self.device)
         dump = self.grid.n_voxels
         reject = None
-        if self._min_value > 0:
+        if self.pixel_type != np.uint8:
+            if self.pixel_rejection_threshold is not None:
+                reject = values < self._min_value
+        elif self._min_value > 0:
             reject = values.to(torch.int16) < self._min_value
         importance = None
         if self._pixel_importance is not None:
@@ -627,7 +629,7 @@ class Reconstructor:
             flat = (rounded.to(flat_dtype) @ strides).long()
             if inside is not None:
                 flat.masked_fill_(~inside, dump)
-            state.paste_nearest(flat, values.to(torch.int32), importance)
+            state.paste_nearest(flat, values.to(torch.int32) if self.pixel_type == np.uint8 else values, importance)
             return
         low = torch.floor(pos)
         frac = pos.sub_(low)  # in place: pos is not needed any more
@@ -643,7 +645,7 @@ class Reconstructor:
         fx = fx * inside_f
         rx = inside_f - fx
         ry, rz = 1.0 - fy, 1.0 - fz
-        value_f = values.to(torch.float32)
+        value_f = values.to(torch.float32 if self.pixel_type == np.uint8 else state.value.dtype)
         corners = []
         for dx, wx in ((0, rx), (1, fx)):
             for dy, wy in ((0, ry), (1, fy)):
@@ -659,12 +661,14 @@ class Reconstructor:
             if importance is not None:
                 weight = weight * importance.to(torch.float32)[:, None]
             state.value.index_add_(0, index, (weight * value_f[:, None]).reshape(-1))
-            state.acc.index_add_(0, index, weight.reshape(-1))
+            state.acc.index_add_(0, index, weight.reshape(-1).to(state.acc.dtype))
             state._clear_dump()
             return
         elif self.compounding == "max":
-            value_i = values.to(torch.int32)
-            lit = values > 0  # PLUS counts a voxel as filled only once a brighter pixel raised it
+            value_i = values.to(torch.int32) if self.pixel_type == np.uint8 else value_f
+            # PLUS counts a voxel as filled only once a brighter pixel raised it (uint8); other types:
+            # any eligible pixel fills it (the compiled kernels' rule)
+            lit = values > 0 if self.pixel_type == np.uint8 else torch.ones_like(values, dtype=torch.bool)
             for index, weight in corners:
                 eligible = weight >= MIN_SPLAT_WEIGHT
                 state.value.scatter_reduce_(0, index.masked_fill(~eligible, dump), value_i, reduce="amax")
@@ -681,11 +685,11 @@ class Reconstructor:
                 rank = pixel_rank + (7 - c)
                 order.scatter_reduce_(0, target, rank, reduce="amax")
                 targets.append((target, rank, weight))
-            value_i = values.to(torch.int32)
+            value_i = values.to(torch.int32) if self.pixel_type == np.uint8 else value_f
             for target, rank, weight in targets:
                 winner = target.masked_fill(order.index_select(0, target) != rank, dump)
                 state.value.scatter_(0, winner, value_i)
-                state.acc.scatter_(0, winner, weight)
+                state.acc.scatter_(0, winner, weight.to(state.acc.dtype))
         state._clear_dump()
 
     # ------------------------------------------------------------------ results
