@@ -55,7 +55,7 @@ def localize(
     gap: Optional[int] = typer.Option(None, "--gap", help="G-ULM channel-pair gap in selected channels (overrides --baseline-mm)."),
     bandwidth_mm: Optional[float] = typer.Option(None, "--bandwidth-mm", help="G-ULM mean-shift radius in mm (default lambda/4)."),
     min_cluster_size: Optional[int] = typer.Option(None, "--min-cluster-size", help="G-ULM intersection points a bubble needs (default 10 percent of the channel pairs)."),
-    false_alarms: Optional[float] = typer.Option(None, "--false-alarms", help="Noise-floor (CFAR) threshold as expected noise crossings per frame (default: gulm 10 echoes, rejected by geometry; das-wa 0.1 pixels)."),
+    false_alarms: Optional[float] = typer.Option(None, "--false-alarms", help="Noise-floor (CFAR) threshold as expected noise crossings per frame (default: gulm 10 echoes, rejected by geometry; das-wa 0.01 maxima)."),
     threshold_db: Optional[float] = typer.Option(None, "--threshold-db", help="Also require echoes/pixels this many dB below the frame maximum (default: gulm -26, das-wa -20; the noise floor applies too)."),
 ) -> None:
     """Localize microbubbles in every frame (warns when the pulse is estimated from the data)."""

@@ -35,8 +35,10 @@ def beamform_das(
     t0: float = 0.0,
     f_number: float = 1.0,
     channels: np.ndarray | None = None,
+    return_counts: bool = False,
 ) -> np.ndarray:
-    """Delay-and-sum one plane-wave RF frame onto a grid; returns the complex image (nz, nx).
+    """Delay-and-sum one plane-wave RF frame onto a grid; returns the complex image (nz, nx)
+    (and, with ``return_counts``, the number of channels summed at each pixel).
 
     Parameters
     ----------
@@ -60,6 +62,7 @@ def beamform_das(
     iq = analytic_signal(rf[:, chosen], axis=0) * np.exp(-2j * np.pi * fc * t)[:, None]
     elem_x = probe.element_x[chosen]
     image = np.zeros((len(z), len(x)), complex)
+    counts = np.zeros((len(z), len(x)))
     xx = np.broadcast_to(x[None, :], (1, len(x)))
     rows_per_chunk = max(1, 200_000 // max(1, len(x) * len(chosen)) * 8)
     for start in range(0, len(z), rows_per_chunk):
@@ -75,8 +78,10 @@ def beamform_das(
         sample = iq[i0, cols] * (1 - frac) + iq[i0 + 1, cols] * frac
         sample *= np.exp(2j * np.pi * fc * delay)  # back onto the carrier at the pixel's delay
         aperture = np.abs(pts[..., 0:1] - elem_x) <= pts[..., 1:2] / (2 * f_number)
-        image[start : start + len(zz)] = np.sum(np.where(inside & aperture, sample, 0), axis=-1)
-    return image
+        used = inside & aperture
+        image[start : start + len(zz)] = np.sum(np.where(used, sample, 0), axis=-1)
+        counts[start : start + len(zz)] = used.sum(axis=-1)
+    return (image, counts) if return_counts else image
 
 
 def weighted_average_localize(
@@ -87,7 +92,8 @@ def weighted_average_localize(
     threshold_db: float | None = -26.0,
     radius: int = 2,
     max_bubbles: int | None = None,
-    false_alarms: float | None = 0.1,
+    false_alarms: float | None = 0.01,
+    noise_scale: np.ndarray | None = None,
 ) -> np.ndarray:
     """Regional maxima of an envelope image refined by intensity-weighted centroids.
 
@@ -102,6 +108,10 @@ def weighted_average_localize(
         sigma (Rayleigh, median / sqrt(ln 4), then a running median over 21 rows so that one
         bubble's side lobes do not set its own row's floor) times k = sqrt(2 ln(n_pixels /
         false_alarms)); pure noise yields about ``false_alarms`` maxima per image. None: off.
+    noise_scale : array (nz, nx), optional
+        Relative noise amplitude per pixel (for DAS: sqrt of the channels summed there, which
+        changes along a row where the f-number aperture is cut by the array's ends); the row's noise
+        sigma is measured on envelope / noise_scale and the threshold scaled back per pixel.
     radius : int
         Half-width (pixels) of the centroid window.
     max_bubbles : int, optional
@@ -124,10 +134,14 @@ def weighted_average_localize(
 
         from freehand3d.ulm.pulse import noise_floor
 
-        sigma = median_filter(noise_floor(envelope, axis=1), size=21, mode="nearest")
+        scale = np.ones_like(envelope) if noise_scale is None else np.asarray(noise_scale, float)
+        safe = np.where(scale > 0, scale, 1.0)
+        sigma = median_filter(noise_floor(envelope / safe, axis=1), size=21, mode="nearest")
         k = np.sqrt(2 * np.log(max(envelope.size, 2) / false_alarms))
-        level = np.maximum(level, k * sigma)
-    is_max = (envelope == maximum_filter(envelope, size=2 * radius + 1, mode="constant")) & (envelope >= level[:, None]) & (envelope > 0)
+        level = np.maximum(level[:, None], k * sigma[:, None] * scale)
+    else:
+        level = level[:, None]
+    is_max = (envelope == maximum_filter(envelope, size=2 * radius + 1, mode="constant")) & (envelope >= level) & (envelope > 0)
     # maxima on the border cannot be refined symmetrically
     is_max[:radius], is_max[-radius:], is_max[:, :radius], is_max[:, -radius:] = False, False, False, False
     zi, xi = np.nonzero(is_max)
@@ -155,7 +169,7 @@ def localize_das_wa(
     z_range: tuple[float, float] | None = None,
     pixel: float | None = None,
     threshold_db: float | None = -20.0,
-    false_alarms: float | None = 0.1,
+    false_alarms: float | None = 0.01,
     radius: int = 2,
     f_number: float = 1.0,
     progress: bool = False,
@@ -163,7 +177,8 @@ def localize_das_wa(
     """DAS + weighted-average localization; same input/output conventions as
     :func:`freehand3d.ulm.pipeline.localize` ((K, 2) for one frame, (K, 3) (frame, x, z) for many).
 
-    ``z_range`` (mm) defaults to 1 mm .. the deepest depth the recording reaches below the array.
+    ``z_range`` (mm) defaults to 1 mm .. the deepest depth whose echoes lie wholly inside the record
+    (16 carrier periods before its end, less the steering's extra path across the aperture).
     ``threshold_db`` and ``false_alarms``: see :func:`weighted_average_localize`; the default -20 dB
     sits above the side lobes of a single plane-wave DAS image (f-number 1): with -26 dB, noiseless
     PyMUST frames gave 10 false positives per 40 bubbles (Jaccard 80 %), with -20 dB none. Channels with
@@ -181,7 +196,12 @@ def localize_das_wa(
     frames_rf = rf[None] if single else rf
     if z_range is None:
         t_end = t0 + frames_rf.shape[1] / probe.sampling_frequency
-        z_range = (1.0, probe.speed_of_sound * t_end / 2)
+        # stop 16 carrier periods before the record ends, and where the steered wave still reaches
+        # every element's echo inside the record: the last samples hold only part of an echo (and
+        # the zero-phase band-pass wraps them around), which made false maxima in noise-only frames
+        aperture = probe.pitch * (probe.n_elements - 1)
+        depth = probe.speed_of_sound * (t_end - 16 / probe.center_frequency) / 2
+        z_range = (1.0, max(1.5, depth * np.cos(tx_angle) - aperture * abs(np.sin(tx_angle))))
     x, z = default_grid(probe, z_range, pixel)
     chosen = select_channels(probe.n_elements, channels) if np.ndim(channels) == 0 else np.asarray(channels, int)
     frames = range(len(frames_rf))
@@ -195,8 +215,8 @@ def localize_das_wa(
         usable = np.isfinite(frame).all(axis=0)
         use = chosen if usable[chosen].all() else chosen[usable[chosen]]  # NaN channels sit the frame out
         frame = np.where(np.isfinite(frame), frame, 0.0) if not usable.all() else frame
-        image = beamform_das(frame, probe, x, z, tx_angle=tx_angle, t0=t0, f_number=f_number, channels=use)
-        pos = weighted_average_localize(np.abs(image), x, z, threshold_db=threshold_db, radius=radius, false_alarms=false_alarms)
+        image, counts = beamform_das(frame, probe, x, z, tx_angle=tx_angle, t0=t0, f_number=f_number, channels=use, return_counts=True)
+        pos = weighted_average_localize(np.abs(image), x, z, threshold_db=threshold_db, radius=radius, false_alarms=false_alarms, noise_scale=np.sqrt(counts))
         out.append(np.column_stack([np.full(len(pos), f), pos]))
     if single:
         return out[0][:, 1:]
