@@ -132,3 +132,21 @@ class _nothing:
 
     def __exit__(self, *exc):
         return False
+
+
+def test_track_cli_says_which_precision_and_kernels_ran(tmp_path, cache):
+    from _bad_inputs import run_cli
+
+    from freehand3d.io import read_sweep, write_sweep
+    from freehand3d.sweep import Sweep
+
+    tiny = Path(__file__).resolve().parents[1] / "freehand3d" / "data" / "dualtrack-tiny.pt"
+    frames = refs.gen_frames(40, 2024)[:3]
+    write_sweep(Sweep(frames=frames, spacing=(0.2, 0.2), timestamps=np.arange(3) * 0.05), tmp_path / "s.igs.mha")
+    res = run_cli(["track", str(tmp_path / "s.igs.mha"), "-c", str(tiny), "-o", str(tmp_path / "t.igs.mha"),
+                   "--device", "cpu", "--kernel", "direct", "--threads", "1"])
+    assert res.code == 0, res.stderr
+    assert "(precision fp32, device cpu)" in res.stdout
+    assert "local-CNN kernels:" in res.stdout and "winograd" not in res.stdout
+    tracked = read_sweep(tmp_path / "t.igs.mha")
+    assert tracked.metadata["DualTrackPrecision"] == "fp32"
