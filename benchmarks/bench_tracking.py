@@ -134,7 +134,8 @@ def memory_case(frames, threads, mode):
     model = DualTrack("dualtrack-2024" if frames <= 1024 else "dualtrack-tusrec2025").eval()
     arr = _frames(frames)
     start = time.perf_counter()
-    kwargs = {"cnn_tile": 128} if mode == "tiled" else {}
+    # modes: "tiled" (128-frame halo tiles), "stream" (default piece) or "stream:P" (pieces of P)
+    kwargs = {"cnn_tile": 128} if mode == "tiled" else {"piece": int(mode.split(":")[1])} if ":" in mode else {}
     out = predict(arr, model, kernel="direct", **kwargs)
     wall = time.perf_counter() - start
     peak_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024

@@ -257,7 +257,7 @@ def predict(
         ``cudnn.benchmark``.
     threads : CPU threads for this call (default: torch's current setting); restored afterwards.
     piece : frames per streamed local-CNN piece (memory knob; the result does not depend on it).
-        Default 32 on CPU, 256 on CUDA.
+        Default 16 on CPU (:data:`~freehand3d.tracking.model.streaming.DEFAULT_PIECE`), 256 on CUDA.
 
     Returns
     -------

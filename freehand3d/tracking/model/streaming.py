@@ -24,8 +24,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-#: frames per piece when streaming a whole sweep (activations of ~32 frames at a time)
-DEFAULT_PIECE = 32
+#: frames per piece when streaming a whole sweep. The work does not depend on it (no halo), only
+#: the size of each oneDNN call; 16 keeps the activations of the 2024 layout under ~0.6 GB (32:
+#: a 1030-frame run peaked at 2.8 GB RSS before the in-place ReLUs, see docs/tracking.md)
+DEFAULT_PIECE = 16
 
 
 def _conv_valid(conv: nn.Module, x: torch.Tensor) -> torch.Tensor:
@@ -128,10 +130,11 @@ class _Block:
     def __call__(self, x: torch.Tensor, final: bool) -> torch.Tensor:
         residual = x if self.down is None else self.down(x, final)
         self.queue = residual if self.queue is None else torch.cat([self.queue, residual], dim=2)
-        out = self.conv2(F.relu(self.conv1(x, final)), final)
+        # conv outputs are fresh tensors: ReLU and the residual add run in place (one map less alive)
+        out = self.conv2(self.conv1(x, final).relu_(), final)
         n = out.shape[2]
-        matched, self.queue = _frames(self.queue, 0, n), _frames(self.queue, n)
-        return F.relu(out + matched)
+        matched, self.queue = _frames(self.queue, 0, n), _frames(self.queue, n).clone()
+        return out.add_(matched).relu_()
 
 
 class StreamingCNN:
@@ -168,8 +171,8 @@ class StreamingCNN:
         self.pushed, self.emitted = state[2], state[3]
 
     def push(self, x: torch.Tensor, final: bool = False) -> torch.Tensor:
-        y = F.relu(self.spatial(x, final))
-        y = F.relu(self.temporal(y, final))
+        y = self.spatial(x, final).relu_()
+        y = self.temporal(y, final).relu_()
         for block in self.blocks:
             y = block(y, final)
         self.pushed += x.shape[2]
