@@ -7,11 +7,11 @@ numba kernels on a coarse grid, take the RSS as baseline, then reconstruct and w
 the CLI does) and take the peak RSS (``ru_maxrss``). The measured peak above the baseline is
 compared with :func:`freehand3d.compound.volume.memory_budget` for the same request.
 
-    python benchmarks/bench_memory_guard.py            # the grid, a table, exit 1 if a point is off by > 15 %
+    python benchmarks/bench_memory_guard.py            # the grid, a table; exit 1 if a peak exceeds its budget by > 15 %
     python benchmarks/bench_memory_guard.py --quick    # 2 spacings, a few combinations
 
 Keep each point under ~3 GiB on the shared build machine: the finest spacing here is 0.2 mm
-(25 Mvoxel, about 0.6-0.8 GiB).
+(25 Mvoxel; the gap fill's fallback peaks at 1.5 GiB there).
 """
 
 from __future__ import annotations
@@ -102,8 +102,11 @@ def main() -> None:
                   f"{row['peak'] / 2**20:.0f} | {row['budget'] / 2**20:.0f} | {ratio:.2f} |", flush=True)
     if args.json:
         args.json.write_text(json.dumps(rows, indent=1))
-    print(f"worst |budget/measured - 1| = {worst:.3f} over {len(rows)} points")
-    sys.exit(0 if worst <= 0.15 else 1)
+    ratios = [r["budget"] / max(r["peak"], 1) for r in rows]
+    within = sum(0.85 <= x <= 1.15 for x in ratios)
+    print(f"{within} of {len(rows)} points within 15 %; budget/measured {min(ratios):.2f} .. {max(ratios):.2f}")
+    # the guard must never let a request exceed its budget by more than 15 % (over-budget is safe)
+    sys.exit(0 if min(ratios) * 1.15 >= 1.0 else 1)
 
 
 if __name__ == "__main__":

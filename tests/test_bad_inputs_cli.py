@@ -50,7 +50,6 @@ WRITERS = [
     ("reconstruct", ["reconstruct", SPINE, "--config", NN_LATE, "-o", "OUT.nrrd"]),
     ("simulate-nwire", ["simulate", "nwire", "--frames", "2", "-o", "OUT.igs.mha"]),
     ("simulate-sweep", ["simulate", "sweep", "--frames", "2", "--size", "16x16", "-o", "OUT.h5"]),
-    ("calibrate", ["calibrate", CAL, "--phantom", "fcal-1.2", "--config", FCAL, "-o", "OUT.json"]),
     ("ulm-render", ["ulm", "render", "{tmp}/p.csv", "-o", "OUT.png"]),
 ]
 

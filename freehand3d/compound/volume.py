@@ -158,19 +158,24 @@ def estimate_bytes(grid: OutputGrid, bytes_per_voxel: float, fixed: int = 0) -> 
 
 #: Peak memory of a reconstruction (insert + hole filling + writing the volume) above what the
 #: process held before, measured as peak RSS (ru_maxrss) on real runs of the bundled spine sweep
-#: (820x616 frames) over spacings 0.5 / 0.3 / 0.2 mm (1.6 / 7.5 / 25 Mvoxel); fitted as
-#: FIXED_BYTES + voxels x bytes-per-voxel. Table and command: docs/compound.md "Memory guard",
-#: benchmarks/bench_memory_guard.py. Keys: (method, compounding, exact_plus) on the CPU path.
-#: The fast MEAN path holds float sums and their division temporaries (24.7 B/voxel measured);
-#: PLUS's integer MEAN 14.9, LATEST / MAX 13.2 (the issue's "9 B/voxel" counted the buffers only).
+#: (820x616 frames) at 0.5 / 0.3 / 0.2 mm (1.6 / 7.5 / 25 Mvoxel) and fitted as FIXED_BYTES +
+#: voxels x bytes-per-voxel (39 points; table and command: docs/compound.md "Memory guard",
+#: benchmarks/bench_memory_guard.py). Keys: (method, compounding, exact_plus) on the CPU path.
+#: The fast MEAN path holds float sums and their division temporaries (23.0 B/voxel); PLUS's
+#: integer MEAN, LATEST and MAX 13.0 (the old guard's 9 B/voxel counted the buffers only).
 PASTE_BYTES_PER_VOXEL = {
-    (method, compounding, exact): (24.7 if (compounding == "mean" and not exact) else 14.9 if compounding == "mean" else 13.2)
+    (method, compounding, exact): (23.0 if (compounding == "mean" and not exact) else 13.0)
     for method in ("nearest", "linear") for compounding in ("mean", "latest", "max") for exact in (False, True)
 }
 #: With hole filling: total bytes per voxel while the named filler runs; the budget takes the larger
-#: of the insertion's and the filler's (fillers run one after another: the largest counts).
-FILL_BYTES_PER_VOXEL = {"GAUSSIAN": 17.5, "GAUSSIAN_ACCUMULATION": 30.0, "NEAREST_NEIGHBOR": 17.5,
-                        "DISTANCE_WEIGHT_INVERSE": 25.0, "STICK": 18.5, "GAP": 17.5}
+#: of the insertion's and the filler's (fillers run one after another: the largest counts). Measured:
+#: Gaussian, nearest-neighbour and stick fills never rose above the insertion's peak; inverse
+#: distance not above fast MEAN's; Gaussian-accumulation 21-35 from run to run (28.5). GAP: 62.5 B/voxel when its
+#: search falls back to scipy's exact distance transform (float64 distances + indices over the
+#: volume; seen at 0.2 mm), so the budget is that worst case (at 0.5 / 0.3 mm it stayed at the
+#: insertion's peak and the budget is ~3x the measured peak: safe, not tight).
+FILL_BYTES_PER_VOXEL = {"GAUSSIAN": 13.0, "GAUSSIAN_ACCUMULATION": 28.5, "NEAREST_NEIGHBOR": 13.0,
+                        "DISTANCE_WEIGHT_INVERSE": 23.0, "STICK": 13.0, "GAP": 62.5}
 #: the torch path (CUDA, or backend="torch") keeps an int64 order buffer for LATEST / MAX
 TORCH_ORDER_BYTES_PER_VOXEL = 8.0
 #: voxel-independent part (pixel lists of an 820x616 frame, a chunk of frames, allocator slack): 26 MiB
