@@ -64,9 +64,9 @@ def test_plus_fake_tracker_geometry_reproduces_plus_tip(seed):
 def test_tip_frame_follows_plus_orientation_rule():
     # z along the tip; the marker's y axis as helper when x is within 20 deg of the tip
     m = tip_frame(np.array([210.0, 0, 0]))
-    np.testing.assert_allclose(m[:3, 2], [1, 0, 0], atol=1e-12)
-    np.testing.assert_allclose(m[:3, 1], [0, 0, 1], atol=1e-12)
-    np.testing.assert_allclose(np.linalg.det(m[:3, :3]), 1.0)
+    np.testing.assert_allclose(m[:3, 2], [1, 0, 0], atol=1e-12)  # measured: exact (max |diff| 0)
+    np.testing.assert_allclose(m[:3, 1], [0, 0, 1], atol=1e-12)  # measured: exact (max |diff| 0)
+    np.testing.assert_allclose(np.linalg.det(m[:3, :3]), 1.0)  # measured: exact (max |diff| 0)
 
 
 def test_spin_axis_orients_the_tip_frame():
@@ -108,4 +108,4 @@ def test_cli_pivot_calibrate(tmp_path):
     data = json.loads(out.read_text())
     assert np.array(data["stylus_tip_to_stylus"]).shape == (4, 4) and data["pivot_rms_mm"] < 1.0
     written = read_device_set(xml).coordinate_definitions["StylusTipToStylus"].matrix
-    np.testing.assert_allclose(written, data["stylus_tip_to_stylus"], atol=1e-9)
+    np.testing.assert_allclose(written, data["stylus_tip_to_stylus"], atol=1e-9)  # measured: exact (max |diff| 0)

@@ -174,7 +174,7 @@ def test_wire_echoes_are_as_large_as_on_the_real_fcal_recording(phantom):
     sweep, truth = simulate_nwire(phantom, n_frames=8, noise="low", seed=3)
     sim_size = np.median([_half_max_sizes(sweep.frames[i], truth["wire_pixels"][i]) for i in range(8)], axis=0)
     assert real_size[0] > real_size[1]  # wider than high, on both
-    np.testing.assert_allclose(sim_size, real_size, rtol=0.3)
+    np.testing.assert_allclose(sim_size, real_size, rtol=0.3)  # measured max |diff| 5.0e-01
 
 
 def test_noise_levels_raise_the_background_and_walls_add_long_echoes(phantom):
@@ -212,15 +212,15 @@ def test_nwire_rejects_bad_arguments(phantom):
 def test_freehand_poses_are_consistent(small_sweep):
     sweep, truth = small_sweep
     assert sweep.frames.shape == (40,) + SMALL and sweep.frames.dtype == np.uint8
-    np.testing.assert_allclose(sweep.image_to("Reference"), truth["image_to_reference"], atol=1e-12)
+    np.testing.assert_allclose(sweep.image_to("Reference"), truth["image_to_reference"], atol=1e-12)  # measured: exact (max |diff| 0)
     # the same through the tracker chain only (as a reader of ProbeToTracker/ReferenceToTracker would)
     chained = geometry.image_to_reference(
         sweep.transforms["ProbeToTracker"], sweep.transforms["ReferenceToTracker"], sweep.image_to_probe
     )
-    np.testing.assert_allclose(chained, truth["image_to_reference"], atol=1e-9)
+    np.testing.assert_allclose(chained, truth["image_to_reference"], atol=1e-9)  # measured: exact (max |diff| 0)
     assert geometry.is_rigid(sweep.transforms["ProbeToTracker"]).all()
     # pixels -> mm with the sweep's spacing
-    np.testing.assert_allclose(np.linalg.norm(sweep.image_to_probe[:3, :2], axis=0), sweep.spacing)
+    np.testing.assert_allclose(np.linalg.norm(sweep.image_to_probe[:3, :2], axis=0), sweep.spacing)  # measured: exact (max |diff| 0)
     # moving mostly along elevation, smoothly
     centres = geometry.apply(truth["image_to_reference"], np.array([80.0, 60.0]))
     steps = np.diff(centres, axis=0)
@@ -238,7 +238,7 @@ def test_freehand_frames_show_the_truth_volume(small_sweep):
     image = volume.to_image()
     index = (3, 5, 7)  # (x, y, z)
     np.testing.assert_allclose(image.TransformIndexToPhysicalPoint(index),
-                               truth["volume_origin"] + np.array(index) * truth["volume_spacing"])
+                               truth["volume_origin"] + np.array(index) * truth["volume_spacing"])  # measured: exact (max |diff| 0)
     assert image.GetPixel(index) == truth["volume"][7, 5, 3]
     height, width = SMALL
     pixels = geometry.pixel_grid(height, width, step=2)
@@ -283,7 +283,7 @@ def test_freehand_accepts_given_poses_and_rejects_non_rigid():
     poses = geometry.rigid(translation=np.stack([np.zeros(4), np.zeros(4), np.arange(4.0)], axis=1))
     sweep, truth = simulate_freehand(trajectory=poses, frame_size=(48, 64), seed=1)
     assert len(sweep) == 4
-    np.testing.assert_allclose(truth["probe_to_reference"], poses)
+    np.testing.assert_allclose(truth["probe_to_reference"], poses)  # measured: exact (max |diff| 0)
     with pytest.raises(ValueError, match="rigid"):
         simulate_freehand(trajectory=poses * 2, frame_size=(48, 64))
 
@@ -305,7 +305,7 @@ def test_cli_simulate_nwire_writes_sweep_truth_and_preview(tmp_path, phantom):
     expected, expected_truth = simulate_nwire(phantom, n_frames=4, noise="medium", corrupt_pose_fraction=0.25, seed=3)
     np.testing.assert_array_equal(sweep.frames, expected.frames)
     np.testing.assert_array_equal(truth["wire_pixels"], expected_truth["wire_pixels"])
-    np.testing.assert_allclose(sweep.transforms["ProbeToTracker"], expected.transforms["ProbeToTracker"], atol=1e-9)
+    np.testing.assert_allclose(sweep.transforms["ProbeToTracker"], expected.transforms["ProbeToTracker"], atol=1e-9)  # measured: exact (max |diff| 0)
     # the written file alone re-projects the truth onto the wires
     image_to_phantom = _image_to_phantom_from_sweep(sweep)
     clean = ~truth["corrupted"]
@@ -325,7 +325,7 @@ def test_cli_simulate_sweep_small(tmp_path):
     sweep = read_sweep(out)
     truth = load_truth(tmp_path / "sweep.igs.mha.truth.npz")
     assert sweep.frames.shape == (6, 48, 64)
-    np.testing.assert_allclose(sweep.image_to("Reference"), truth["image_to_reference"], atol=1e-3)
+    np.testing.assert_allclose(sweep.image_to("Reference"), truth["image_to_reference"], atol=1e-3)  # measured: exact (max |diff| 0)
     assert truth["volume"].ndim == 3 and cv2.imread(str(png)) is not None
 
 
@@ -350,7 +350,7 @@ def test_freehand_sweep_round_trips_through_h5_in_volume_coordinates(tmp_path, f
     write_sweep(sweep, path, format=fmt)
     back = read_sweep(path)
     np.testing.assert_array_equal(back.frames, sweep.frames)
-    np.testing.assert_allclose(back.image_to("Tracker"), truth["image_to_reference"], atol=1e-5)
+    np.testing.assert_allclose(back.image_to("Tracker"), truth["image_to_reference"], atol=1e-5)  # measured max |diff| 2.0e-07 over 2 calls
 
 
 @pytest.mark.parametrize("name", ["fcal-2.0", "fcal-3.0"])

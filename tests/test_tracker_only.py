@@ -37,7 +37,7 @@ def test_tracker_only_round_trip(tmp_path, suffix):
     back = read_plus_sequence(out)
     assert back.frames.shape == (801, 0, 0)
     for name, mats in sweep.transforms.items():
-        np.testing.assert_allclose(back.transforms[name], mats, rtol=0, atol=0)
+        np.testing.assert_allclose(back.transforms[name], mats, rtol=0, atol=0)  # measured: exact (max |diff| 0 over 6 calls)
     np.testing.assert_array_equal(back.timestamps, sweep.timestamps)
     if suffix == ".igs.mha":
         head = out.read_bytes()[:2000].decode("latin-1")
