@@ -488,6 +488,15 @@ def _client(scheduler, n_workers: int):
                 yield client
         return
     failure = None
+    address = str(scheduler)
+    if address.startswith("tcp://") and address.count(":") == 2:
+        import socket
+
+        host, _, port = address[len("tcp://"):].rpartition(":")
+        try:  # nobody listening: say so at once (the Client below waits its whole 20 s timeout)
+            socket.create_connection((host, int(port)), timeout=5).close()
+        except (OSError, ValueError) as exc:
+            raise ConfigError(f"cannot connect to the Dask scheduler ({exc})", address) from None
     try:
         client = Client(scheduler, timeout="20s")
     except (OSError, TimeoutError, ValueError) as exc:
