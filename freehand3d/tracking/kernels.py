@@ -110,13 +110,17 @@ def _time_layer(conv: nn.Conv3d, shape, dtype, rounds: int) -> tuple[float, floa
     from freehand3d.tracking.model.streaming import _conv_valid
     from freehand3d.tracking.model.winograd import WinogradConv3d
 
+    import copy
+
     cin, _, h, w = shape
     gen = torch.Generator().manual_seed(0)
-    x = torch.randn(1, cin, MEASURE_FRAMES + 2, h, w, generator=gen, dtype=dtype)
-    x = x.contiguous(memory_format=torch.channels_last_3d)
-    direct = conv.to(dtype=dtype)
+    plain = torch.randn(1, cin, MEASURE_FRAMES + 2, h, w, generator=gen, dtype=dtype)
+    x = plain.contiguous(memory_format=torch.channels_last_3d)
+    direct = copy.deepcopy(conv).to(dtype=dtype, memory_format=torch.channels_last_3d)
+    flat = copy.deepcopy(conv).to(dtype=dtype, memory_format=torch.contiguous_format)
     fast = WinogradConv3d(direct)
-    runs = {"direct": lambda: _conv_valid(direct, x), "winograd": lambda: fast(x, valid_time=True)}
+    runs = {"direct": lambda: _conv_valid(direct, x), "winograd": lambda: fast(x, valid_time=True),
+            "contiguous": lambda: _conv_valid(flat, plain)}
     best = {k: float("inf") for k in runs}
     with torch.inference_mode():
         for fn in runs.values():
@@ -126,7 +130,7 @@ def _time_layer(conv: nn.Conv3d, shape, dtype, rounds: int) -> tuple[float, floa
                 start = time.perf_counter()
                 fn()
                 best[k] = min(best[k], time.perf_counter() - start)
-    return best["direct"], best["winograd"]
+    return best["direct"], best["winograd"], best["contiguous"]
 
 
 def choose_kernels(cnn: nn.Module, crop_size: int, threads: int | None = None, dtype=torch.float32,
@@ -143,17 +147,18 @@ def choose_kernels(cnn: nn.Module, crop_size: int, threads: int | None = None, d
     missing = False
     for _, _, shape in eligible_layers(cnn, crop_size):
         name = "{}x{}@{}x{}".format(*shape)
-        if name in entry:
+        if name in entry and "contiguous_ms" in entry[name]:
             continue
         conv = None
         for parent, attr, s in eligible_layers(cnn, crop_size):
             if s == shape:
                 conv = getattr(parent, attr)
                 break
-        d, w = _time_layer(conv, shape, dtype, rounds)
+        d, w, c = _time_layer(conv, shape, dtype, rounds)
         entry[name] = {
             "direct_ms": round(d * 1e3 / MEASURE_FRAMES, 3),
             "winograd_ms": round(w * 1e3 / MEASURE_FRAMES, 3),
+            "contiguous_ms": round(c * 1e3 / MEASURE_FRAMES, 3),
             "kernel": "winograd" if w * MARGIN < d else "direct",
         }
         missing = True
@@ -165,13 +170,25 @@ def choose_kernels(cnn: nn.Module, crop_size: int, threads: int | None = None, d
     return entry
 
 
+def channels_last_wins(measured: dict) -> bool:
+    """Channels-last (with the per-layer best of direct and Winograd) against the plain layout's
+    direct convs, summed over the measured layer shapes; the plain layout needs a clear win
+    (:data:`MARGIN`), channels-last being the layout the rest of the pipeline was tuned for."""
+    cl = sum(min(v["direct_ms"], v["winograd_ms"] if v["kernel"] == "winograd" else v["direct_ms"])
+             for v in measured.values())
+    plain = sum(v.get("contiguous_ms", float("inf")) for v in measured.values())
+    return not plain * MARGIN < cl
+
+
 def apply_kernels(cnn: nn.Module, crop_size: int, kernel: str, threads: int | None = None, dtype=torch.float32,
                   min_channels: int = 128) -> dict[str, str]:
     """Replace the eligible convs of a folded CNN copy (in place) per ``kernel``; returns
     ``{layer shape: kernel}``.
 
     ``direct``: keep every conv. ``winograd``: the fixed rule, Winograd from ``min_channels`` input
-    channels. ``auto``: per layer as measured by :func:`choose_kernels`.
+    channels. ``auto``: per layer as measured by :func:`choose_kernels`; when the plain memory layout
+    measured faster than channels-last (:func:`channels_last_wins`), every conv stays direct and the
+    returned kernels read ``"direct (contiguous)"`` -- the caller then keeps the plain layout.
     """
     from freehand3d.tracking.model.winograd import WinogradConv3d
 
@@ -180,6 +197,9 @@ def apply_kernels(cnn: nn.Module, crop_size: int, kernel: str, threads: int | No
     layers = eligible_layers(cnn, crop_size)
     measured = choose_kernels(cnn, crop_size, threads, dtype) if kernel == "auto" and layers else {}
     used = {}
+    if kernel == "auto" and measured and not channels_last_wins(measured):
+        # the plain layout's direct convs beat channels-last (and with it Winograd) on this machine
+        return {"{}x{}@{}x{}".format(*shape): "direct (contiguous)" for _, _, shape in layers}
     for parent, attr, shape in layers:
         name = "{}x{}@{}x{}".format(*shape)
         if kernel == "auto":
