@@ -15,6 +15,25 @@ def _echo_warnings(caught) -> None:
         typer.echo(f"freehand3d: warning: {w.message}", err=True)
 
 
+def _check_outputs(files=(), folders=(), inputs=()) -> None:
+    """Before any work: every output file can be written (not a folder, no file in the way of its
+    folder, the folder writable), every output folder can be made, and no output overwrites an input.
+    ``files``/``folders``: (path or None, what it is) pairs."""
+    from freehand3d._atomic import check_output_dir, check_output_path
+    from freehand3d.errors import ConfigError
+
+    ins = {Path(p).resolve() for p in inputs if p is not None and Path(p).exists()}
+    for path, what in files:
+        if path is None:
+            continue
+        check_output_path(path, what)
+        if Path(path).resolve() in ins:
+            raise ConfigError(f"the {what} would overwrite an input file; give another name", path)
+    for path, what in folders:
+        if path is not None:
+            check_output_dir(path, what)
+
+
 def register(app: typer.Typer) -> None:
     @app.command("calibrate")
     def calibrate_command(
@@ -75,6 +94,16 @@ def register(app: typer.Typer) -> None:
 
         if time_offset_s is not None and not time_offset:
             raise ConfigError("--time-offset-s and --no-time-offset contradict each other: give one")
+        # the outputs are checked before the recordings are read and calibrated (~26 s)
+        if plus_config is not None and not any(
+                c is not None and str(c).lower().endswith(".xml") for c in (phantom, config)):
+            raise ConfigError("--plus-config needs a PLUS device set as --phantom or --config to copy", plus_config)
+        if tfm is not None and not tfm.name.lower().endswith((".tfm", ".txt")):
+            raise ConfigError("the ITK transform file needs a name ending in .tfm or .txt", tfm)
+        _check_outputs(files=[(output, "result JSON"), (tfm, "transform file (--tfm)")],
+                       folders=[(overlay, "overlay folder")],
+                       inputs=[calibration, validation, config, Path(phantom)])
+        _check_outputs(files=[(plus_config, "device set (--plus-config)")], inputs=[calibration, validation])
         console = Console(stderr=True)
         with warnings.catch_warnings(record=True) as caught, Progress(
                 TextColumn("segmenting frames"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
@@ -129,6 +158,7 @@ def register(app: typer.Typer) -> None:
 
         if clip is not None and len(clip) not in (0, 4):
             raise ConfigError(f"--clip needs 4 numbers (X Y WIDTH HEIGHT), got {len(clip)}")
+        _check_outputs(files=[(output, "result JSON")], inputs=[video, tracker, config])
         with warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always")
             result = temporal_calibrate_files(
@@ -156,6 +186,8 @@ def register(app: typer.Typer) -> None:
         """Stylus pivot calibration: StylusTipToStylus and the pivot error."""
         from freehand3d.calibration.pivot import pivot_calibrate_files
 
+        _check_outputs(files=[(output, "result JSON")], inputs=[stylus_seq, spin, config])
+        _check_outputs(files=[(plus_config, "device set (--plus-config)")], inputs=[stylus_seq, spin])
         result = pivot_calibrate_files(stylus_seq, output, stylus=stylus, method=method, spin_path=spin,
                                        threshold_mm=threshold, config=config, plus_config=plus_config, seed=seed)
         tip = result.stylus_tip_to_stylus[:3, 3]
@@ -193,6 +225,8 @@ def register(app: typer.Typer) -> None:
             raise ConfigError(f"--detector must be plus or plus-2014, not {detector!r}")
         if detect_landmarks and landmark_frames:
             raise ConfigError("--detect-landmarks and --landmark-frame contradict each other: give one")
+        _check_outputs(files=[(output, "result JSON")], inputs=[stylus_seq, stylus_calibration, config])
+        _check_outputs(files=[(plus_config, "device set (--plus-config)")], inputs=[stylus_seq, stylus_calibration])
         tip = None
         if stylus_calibration is not None:
             tip = _read_stylus_calibration(stylus_calibration)
@@ -240,8 +274,12 @@ def _register_segment(app: typer.Typer) -> None:
 
         from freehand3d.calibration.temporal import apply_tracker_lag
         from freehand3d.errors import ConfigError, InputError
-        from freehand3d.io import read_sweep, write_sweep
+        from freehand3d.io import H5_SUFFIXES, SEQUENCE_SUFFIXES, read_sweep, write_sweep
 
+        if not output.name.lower().endswith(SEQUENCE_SUFFIXES + H5_SUFFIXES):
+            raise ConfigError("unknown recording format; use one of "
+                              f"{', '.join(SEQUENCE_SUFFIXES + H5_SUFFIXES)}", output)
+        _check_outputs(files=[(output, "output recording")])
         if (lag is None) == (lag_json is None):
             raise ConfigError("give the lag either as --lag S or as --lag-json lag.json (one of them)")
         if lag_json is not None:
@@ -275,6 +313,7 @@ def _register_segment(app: typer.Typer) -> None:
         """Segment the N-wires of every frame (no calibration): points in PLUS order or the failure reason."""
         from freehand3d.calibration.segment import segment_files
 
+        _check_outputs(files=[(output, "result JSON")], inputs=[recording, config, baseline])
         run = segment_files(recording, config, output, phantom=phantom, detection=detection, baseline=baseline)
         line = f"segmented {run.segmented}/{len(run.frames)} frames ({detection})"
         cmp = run.details.get("baseline")
