@@ -70,12 +70,11 @@ def register(app: typer.Typer) -> None:
             help="How non-8-bit frames become 8-bit grey for detection: dtype (full type range), window "
                  "(--window LOW,HIGH) or minmax (whole recording). One map for all frames; uint8 is used as is."),
         window: Optional[str] = typer.Option(None, "--window", help="LOW,HIGH grey window for --to-uint8 window."),
+        quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress display."),
     ) -> None:
         """Calibrate a tracked probe (ImageToProbe) from an N-wire phantom recording."""
-        from rich.console import Console
-        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
-
         from freehand3d.calibration.pipeline import calibrate_files
+        from freehand3d.commands._progress import Phases
         from freehand3d.calibration.solve import RegistrationPrior
         from freehand3d.errors import ConfigError
         from freehand3d.sweep import checked_conversion
@@ -104,15 +103,12 @@ def register(app: typer.Typer) -> None:
                        folders=[(overlay, "overlay folder")],
                        inputs=[calibration, validation, config, Path(phantom)])
         _check_outputs(files=[(plus_config, "device set (--plus-config)")], inputs=[calibration, validation])
-        console = Console(stderr=True)
-        with warnings.catch_warnings(record=True) as caught, Progress(
-                TextColumn("segmenting frames"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
-                console=console, transient=True) as bar:
+        with warnings.catch_warnings(record=True) as caught, Phases(quiet) as phases:
             warnings.simplefilter("always")
 
             def factory(total: int):
-                task = bar.add_task("segment", total=total)
-                return lambda n: bar.advance(task, n)
+                phases.start("segmenting frames", total, then=f"calibrating ({solver})")
+                return phases.advance
 
             result = calibrate_files(
                 calibration, phantom, output, validation_path=validation, solver=solver, config=config,
@@ -309,12 +305,20 @@ def _register_segment(app: typer.Typer) -> None:
         phantom: Optional[str] = typer.Option(None, "--phantom", "-p", help="Phantom instead of the device set's."),
         baseline: Optional[Path] = typer.Option(None, "--baseline",
                                                 help="PLUS *_Segmentation_baseline.xml to compare with."),
+        quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress display."),
     ) -> None:
         """Segment the N-wires of every frame (no calibration): points in PLUS order or the failure reason."""
         from freehand3d.calibration.segment import segment_files
+        from freehand3d.commands._progress import Phases
 
         _check_outputs(files=[(output, "result JSON")], inputs=[recording, config, baseline])
-        run = segment_files(recording, config, output, phantom=phantom, detection=detection, baseline=baseline)
+        with Phases(quiet) as phases:
+            def factory(total: int):
+                phases.start("segmenting frames", total, then="writing" if baseline is None else "comparing, writing")
+                return phases.advance
+
+            run = segment_files(recording, config, output, phantom=phantom, detection=detection, baseline=baseline,
+                                progress_factory=factory)
         line = f"segmented {run.segmented}/{len(run.frames)} frames ({detection})"
         cmp = run.details.get("baseline")
         if cmp:

@@ -69,17 +69,25 @@ def register(app: typer.Typer) -> None:
             help="auto (direct or Winograd per layer, measured once on this machine and cached) | direct | winograd.",
         ),
         threads: Optional[int] = typer.Option(None, "--threads", help="CPU threads (default: torch's default)."),
+        quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress display."),
     ) -> None:
         """Estimate the probe trajectory of a sweep from its frames alone (DualTrack)."""
         from rich.console import Console
 
+        from freehand3d.commands._progress import Phases
         from freehand3d.sweep import checked_conversion
         from freehand3d.tracking.workflows import check_track_options, track_file
 
         check_track_options(precision, kernel, threads, device, preset)  # before reading anything
         method, win = checked_conversion(to_uint8, window)
-        result = track_file(sweep, checkpoint, output, preset=preset, device=device, plot_path=plot,
-                            to_uint8=method, window=win, precision=precision, kernel=kernel, threads=threads)
+        with Phases(quiet) as phases:
+            def phase(description, total=None):
+                then = "global context and poses" if total is not None else None
+                phases.start(description, total, then=then)
+
+            result = track_file(sweep, checkpoint, output, preset=preset, device=device, plot_path=plot,
+                                to_uint8=method, window=win, precision=precision, kernel=kernel, threads=threads,
+                                phase=phase, progress=phases.update)
         console = Console()
         console.print(f"tracked {result['n_frames']} frames -> {output} "
                       f"(precision {result['precision']}, device {result['device']})")

@@ -241,7 +241,8 @@ def predict(
         :func:`~freehand3d.tracking.preprocess`).
     cnn_tile : run the local CNN in halo tiles of this many output frames instead of streaming it
         (0 = one piece); the result does not depend on it. Kept for comparisons.
-    progress : show a progress bar.
+    progress : show a progress bar; or a callable ``progress(done, total)`` called as the local CNN
+        has seen ``done`` of the ``total`` frames (the longest part of the run).
     channels_last : store the CNN weights channels-last (faster convolutions on CPU and GPU).
         BatchNorm is always folded into the convolutions for inference. Both change results only
         at rounding level (float64 stays within 1e-12 of the unfused model).
@@ -295,10 +296,11 @@ def predict(
         def get_clip(lo, hi):
             return local_crops(arr[lo:hi], cfg.local_size, device=device).to(conv_dtype)[None]
 
-        bar = _progress_bar(n) if progress else None
+        bar = _progress_bar(n) if progress and not callable(progress) else None
         with torch.inference_mode(), _autocast(device, amp), (bar or contextlib.nullcontext()):
             task = bar.add_task("DualTrack local CNN", total=n) if bar else None
-            report = (lambda done: bar.update(task, completed=done)) if bar else None
+            report = (lambda done: bar.update(task, completed=done)) if bar else (
+                (lambda done: progress(done, n)) if callable(progress) else None)
             if cnn_tile is not None:
                 tile_cnn = _CastCNN(local_cnn, torch.bfloat16) if precision == "bf16" else local_cnn
 

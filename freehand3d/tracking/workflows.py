@@ -240,6 +240,8 @@ def track_file(
     precision: str = "fp32",
     kernel: str = "auto",
     threads: int | None = None,
+    phase=None,
+    progress=None,
 ) -> dict:
     """Track a sweep file with a DualTrack checkpoint and write the tracked sweep.
 
@@ -257,6 +259,9 @@ def track_file(
     to_uint8, window : how frames other than 8-bit grey become the uint8 DualTrack's preprocessing
         takes (:func:`freehand3d.sweep.to_uint8`); the written sweep keeps the input's frames.
     precision, kernel, threads : see :func:`freehand3d.tracking.predict`.
+    phase : optional ``phase(description, total=None)`` called as each step starts (reading,
+        loading the model, the local CNN with ``total`` frames, writing, the plot).
+    progress : optional ``progress(done, total)``: frames the local CNN has seen.
 
     Returns
     -------
@@ -273,10 +278,14 @@ def track_file(
     from freehand3d.tracking import load_dualtrack, track
 
     device = check_track_options(precision, kernel, threads, device, preset)
+    phase = phase or (lambda description, total=None: None)
+    phase(f"reading {Path(sweep_path).name}")
     sweep = read_sweep(sweep_path)
+    phase("loading the model")
     model = load_dualtrack(checkpoint, preset=preset)
+    phase("local CNN (frames)", len(sweep))
     tracked = track(sweep.as_uint8(to_uint8, window), model, device=device, precision=precision, kernel=kernel,
-                    threads=threads)
+                    threads=threads, progress=progress or False)
     tracked.frames = sweep.frames  # the model saw the converted frames; the output keeps the input's
     tracked.metadata.pop("Uint8Conversion", None)
     info = {
@@ -284,6 +293,7 @@ def track_file(
         "device": device,
         "kernels": tracked.metadata.get("DualTrackKernels", ""),
     }
+    phase(f"writing {Path(out_path).name}")
     write_sweep(tracked, out_path)
     result = {"n_frames": len(tracked), "out_path": os.fspath(out_path), **info}
     pred = sweep_dualtrack_poses(tracked)
@@ -295,5 +305,6 @@ def track_file(
     if gt is not None:
         result["metrics"] = evaluate_poses(pred, gt, sweep_spacing(sweep), sweep.frame_shape)
     if plot_path is not None:
+        phase(f"writing {Path(plot_path).name}")
         plot_trajectories(plot_path, pred, gt, title=Path(sweep_path).name)
     return result
