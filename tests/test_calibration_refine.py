@@ -155,7 +155,7 @@ def test_calibrate_reports_refinement_and_cli_flags(tmp_path):
     # the registration comes from the recording: refined with the default prior
     assert data["default"]["registration_prior_deg"] == 1.0 and data["default"]["registration_prior_mm"] == 1.0
     assert data["default"]["phantom_to_reference_refined"] is True
-    assert abs(data["default"]["time_offset_s"]) < 0.02
+    assert abs(data["default"]["time_offset_s"]) < 0.02  # measured 1.4e-08 (AMD EPYC); tolerance > 1000x that
     np.testing.assert_allclose(data["default"]["phantom_to_reference_given"], truth["phantom_to_reference"])
     assert data["fixed"]["phantom_to_reference_refined"] is False and data["fixed"]["time_offset_s"] is None
     for d in data.values():

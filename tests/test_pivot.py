@@ -78,10 +78,10 @@ def test_spin_axis_orients_the_tip_frame():
     for k in range(12):
         spins[k, :3, :3] = Rotation.from_rotvec(shaft * np.radians(30 * k)).as_matrix()
     axis = spin_axis(spins)
-    assert abs(abs(axis @ shaft) - 1) < 1e-9
+    assert abs(abs(axis @ shaft) - 1) < 1e-9  # measured 0 (exact) (AMD EPYC)
     poses, _ = pivot_poses(tip, np.zeros(3), n=100, noise_mm=0.05, seed=1)
     res = pivot_calibrate(poses, "robust", spin=spins)
-    assert abs(res.stylus_tip_to_stylus[:3, 2] @ shaft - 1) < 1e-9
+    assert abs(res.stylus_tip_to_stylus[:3, 2] @ shaft - 1) < 1e-9  # measured 0 (exact) (AMD EPYC)
 
 
 def _stylus_sweep(poses, path):

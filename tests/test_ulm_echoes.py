@@ -65,9 +65,9 @@ def test_memgo_fit_with_noise_keeps_the_identifiable_parameters():
     signal = memgo(t, TRUE) + rng.normal(0, 0.002, t.size)
     params, cost = fit_memgo(t, signal, TRUE + np.array([0.2, 0.8, 0.6, -0.5, 0.08, 0.5]))
     assert abs(params[0] - TRUE[0]) < 0.05  # a also trades off a little with the skew
-    assert abs(params[4] - TRUE[4]) < 0.01
+    assert abs(params[4] - TRUE[4]) < 0.01  # measured 0.00044 (AMD EPYC); tolerance 22.5x that
     assert abs(_carrier_time(params) - _carrier_time(TRUE)) < 0.01
-    assert abs(envelope_peak(params) - envelope_peak(TRUE)) < 0.2
+    assert abs(envelope_peak(params) - envelope_peak(TRUE)) < 0.2  # measured 0.0077 (AMD EPYC); tolerance 25.9x that
     assert cost < 1e-3
 
 
@@ -93,7 +93,7 @@ def test_phase_precise_delay_recovers_subsample_shift():
     for delay in (0.0, 0.37, -1.81, 2.5):
         y = probe.two_way_pulse((t - delay) / fs)
         params, _ = fit_memgo(t, y, ref.params + np.array([0, delay + 0.3, 0, 0, 0, 0.2]))
-        assert abs(phase_precise_delay(params, ref.params) - delay) < 0.01
+        assert abs(phase_precise_delay(params, ref.params) - delay) < 0.01  # measured 1.5e-07 (max of 4) (AMD EPYC); tolerance > 1000x that
 
 
 def test_find_echoes_gives_exact_times_on_noiseless_data():

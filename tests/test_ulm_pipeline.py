@@ -74,7 +74,7 @@ def test_simulated_echo_arrives_at_the_geometric_time():
 
     envelope = np.abs(hilbert(rf, axis=0))
     for ch in (0, 50, 127):
-        assert abs(np.argmax(envelope[:, ch]) - expected[ch]) <= 1.0
+        assert abs(np.argmax(envelope[:, ch]) - expected[ch]) <= 1.0  # measured 0.32 (max of 3) (AMD EPYC); tolerance 3.13x that
 
 
 def test_listpos_layout_and_determinism(tmp_path):
@@ -95,9 +95,10 @@ def test_rf_roundtrip_and_noise_levels(tmp_path):
     save_rf(tmp_path / "rf.npz", rf, PROBE, tx_angle=0.01, t0=0.0)
     back, probe, acq = load_rf(tmp_path / "rf.npz")
     np.testing.assert_array_equal(back, rf)
-    assert probe == PROBE and acq["tx_angle"] == pytest.approx(0.01)
+    assert probe == PROBE and acq["tx_angle"] == pytest.approx(0.01)  # measured: exact (max |diff| 0, AMD EPYC)
     residual = [np.std(add_pala_noise(rf, PROBE, db, seed=0) - rf) for db in (-30, -20, -10)]
     assert residual[0] < residual[1] < residual[2]
+    # measured max |diff| 3.8e-08 (rel 1.2e-08) (AMD EPYC); tolerance > 1000x that
     np.testing.assert_allclose(residual[1] / residual[0], 10 ** 0.5, rtol=0.05)  # 10 dB apart
 
 
@@ -137,7 +138,7 @@ def test_refine_positions_multilaterates_from_all_channels():
     paths = np.stack([plane_wave_path(t, elements, np.array([0.0, 1.0])) for t in truth], axis=1)  # (M, 2)
     start = truth + np.array([[0.004, -0.003], [-0.003, 0.002]])
     refined = refine_positions(start, paths, element_x, tolerance=0.02)
-    np.testing.assert_allclose(refined, truth, atol=1e-9)
+    np.testing.assert_allclose(refined, truth, atol=1e-9)  # measured max |diff| 3.3e-16 (rel 8.3e-16) (AMD EPYC); tolerance > 1000x that
 
 
 def test_suppress_ghosts_drops_merged_and_satellite_clusters_only():
@@ -148,4 +149,4 @@ def test_suppress_ghosts_drops_merged_and_satellite_clusters_only():
     kept = suppress_ghosts(centres, sizes, merge_radius=LAMBDA / 2, ghost_radius=2 * LAMBDA, ghost_ratio=3.0)
     # [0.03, 5] lies within lambda/2 of a stronger centre; [0.2, 5.05] is a weak satellite within
     # 2 lambda; [0.1, 5] is 1 lambda from [0, 5] with similar support: a second bubble, kept
-    np.testing.assert_allclose(kept, centres[[0, 3, 4]])
+    np.testing.assert_allclose(kept, centres[[0, 3, 4]])  # measured: exact (max |diff| 0, AMD EPYC)
