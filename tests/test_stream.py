@@ -39,13 +39,16 @@ def test_replay_is_received_losslessly_with_poses():
     for item, frame in zip(items, sweep.frames):
         assert np.array_equal(item.frame, frame)
     got_ts = np.array([it.timestamp for it in items])
+    # measured max |diff| 1.1e-10 (rel 1.1e-12) (AMD EPYC); tolerance > 1000x that
     np.testing.assert_allclose(got_ts, sweep.timestamps, atol=1e-6)
     # OpenIGTLink TRANSFORM bodies are float32: poses equal to float32 precision
     for name, mats in sweep.transforms.items():
         got = np.stack([it.transforms[name] for it in items])
+        # measured max |diff| 9.4e-07 (rel 5.1e-08) (AMD EPYC); tolerance > 1000x that
         np.testing.assert_allclose(got, mats, atol=1e-4 * np.abs(mats).max())
     expected = geometry.image_to_reference(sweep.transforms["ProbeToTracker"],
                                            sweep.transforms["ReferenceToTracker"], IMAGE_TO_PROBE)
+    # measured max |diff| 9.4e-07 (rel 1.4e-06) (AMD EPYC); tolerance > 1000x that
     np.testing.assert_allclose(np.stack([it.pose for it in items]), expected, atol=1e-3)
 
 
@@ -57,8 +60,10 @@ def test_plus_embedded_image_to_reference():
         items = list(IGTLSource(port=server.port, reconnect=False))
     assert {it.device for it in items} == {"Image_Reference"}
     expected = sweep.transform("ImageToReference")[0]
+    # measured max |diff| 1.9e-06 (rel 7.4e-07) (AMD EPYC); tolerance 528x that
     np.testing.assert_allclose(np.stack([it.pose for it in items]), expected, atol=1e-3)
     # the image-centre convention of the wire format is undone: pixel (0, 0) maps to the origin column
+    # measured max |diff| 3.1e-07 (rel 1.5e-07) (AMD EPYC); tolerance > 1000x that
     np.testing.assert_allclose(items[0].pose[:3, 3], expected[0, :3, 3], atol=1e-3)
 
 
@@ -118,6 +123,7 @@ def test_transform_matched_by_interpolation():
     port = _serve_bytes([b"".join(chunks)])
     items = list(IGTLSource(port=port, reconnect=False))
     expected = geometry.params_to_matrix([5, 0, 0, 0, 0, 20], "xyz", degrees=True)
+    # measured max |diff| 1.3e-08 (rel 3.8e-08) (AMD EPYC); tolerance 775x that
     np.testing.assert_allclose(items[0].pose, expected, atol=1e-5)
 
 
@@ -182,10 +188,12 @@ def test_fcal_recording_replayed_at_60fps_is_recorded_losslessly(tmp_path):
     assert "received 188 frames" in result.output and "missed 0, malformed 0" in result.output
     rec = read_sweep(out)
     assert np.array_equal(rec.frames, source.frames)
+    # measured max |diff| 1.2e-10 (rel 2.7e-13) (AMD EPYC); tolerance > 1000x that
     np.testing.assert_allclose(rec.timestamps, source.timestamps, atol=1e-6)
     for name, mats in source.transforms.items():
         assert np.array_equal(rec.valid[name], source.valid[name])
         # OpenIGTLink TRANSFORM carries float32
+        # measured max |diff| 1.5e-05 (rel 5.8e-08) (AMD EPYC); tolerance 23.9x that
         np.testing.assert_allclose(rec.transforms[name], mats, atol=1e-4, rtol=1e-6)
 
 
@@ -254,7 +262,7 @@ def test_receives_from_pyigtls_own_server():
     assert len(received) == len(frames)
     for item, frame, pose in zip(received, frames, poses):
         assert np.array_equal(item.frame, frame)
-        np.testing.assert_allclose(item.pose, pose, atol=1e-4)
+        np.testing.assert_allclose(item.pose, pose, atol=1e-4)  # measured max |diff| 8.9e-07 (AMD EPYC); tolerance 114x that
 
 
 def test_replay_v2_metadata_is_read_by_pyigtls_client():
