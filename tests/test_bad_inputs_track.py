@@ -101,6 +101,18 @@ CASES = [
                               "--to-uint8", "window", "--window", "low,high"], setup=SWEEP, mention=["--window"]),
     Case("track-output-unknown-format", ["track", "{tmp}/s.igs.mha", "-c", TINY, "-o", "{tmp}/o.xyz",
                                          "--threads", "1"], setup=SWEEP, mention=["o.xyz"]),
+    # outputs checked before the model runs
+    Case("track-output-is-folder", ["track", "{tmp}/s.igs.mha", "-c", TINY, "-o", "{tmp}/o.igs.mha"],
+         setup=_both(SWEEP, lambda t: (t / "o.igs.mha").mkdir()), mention=["o.igs.mha", "folder"]),
+    Case("track-output-under-a-file", ["track", "{tmp}/s.igs.mha", "-c", TINY, "-o", "{tmp}/afile/o.igs.mha"],
+         setup=_both(SWEEP, lambda t: (t / "afile").write_text("x")), mention=["afile"]),
+    Case("track-output-overwrites-input", ["track", "{tmp}/s.igs.mha", "-c", TINY, "-o", "{tmp}/s.igs.mha"],
+         setup=SWEEP, mention=["s.igs.mha", "overwrite"]),
+    Case("track-plot-not-png", ["track", "{tmp}/s.igs.mha", "-c", TINY, "-o", "{tmp}/o.igs.mha",
+                                "--plot", "{tmp}/traj.pdf"], setup=SWEEP, mention=["traj.pdf", ".png"]),
+    Case("track-plot-is-folder", ["track", "{tmp}/s.igs.mha", "-c", TINY, "-o", "{tmp}/o.igs.mha",
+                                  "--plot", "{tmp}/p.png"], setup=_both(SWEEP, lambda t: (t / "p.png").mkdir()),
+         mention=["p.png", "folder"]),
     # ---------------------------------------------------------------- evaluate
     Case("evaluate-missing-prediction", ["evaluate", "{tmp}/none.igs.mha", "{tmp}/s.igs.mha"], setup=SWEEP,
          mention=["none.igs.mha"]),

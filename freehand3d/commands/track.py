@@ -42,6 +42,23 @@ def _metrics_table(metrics: dict, title: str):
     return table
 
 
+def _check_track_outputs(sweep: Path, output: Path, plot: Optional[Path]) -> None:
+    """The tracked sweep and the plot can be written: checked before the model runs."""
+    from freehand3d._atomic import check_output_path
+    from freehand3d.errors import ConfigError
+    from freehand3d.io import H5_SUFFIXES, SEQUENCE_SUFFIXES
+
+    if not output.name.lower().endswith(SEQUENCE_SUFFIXES + H5_SUFFIXES):
+        raise ConfigError(f"unknown sweep format; use one of {', '.join(SEQUENCE_SUFFIXES + H5_SUFFIXES)}", output)
+    check_output_path(output, "tracked sweep")
+    if sweep.exists() and output.resolve() == sweep.resolve():
+        raise ConfigError("the tracked sweep would overwrite the input sweep; give another name", output)
+    if plot is not None:
+        if not plot.name.lower().endswith(".png"):
+            raise ConfigError("the plot is a PNG; give a name ending in .png", plot)
+        check_output_path(plot, "plot")
+
+
 def register(app: typer.Typer) -> None:
     @app.command("track")
     def track_command(
@@ -80,6 +97,7 @@ def register(app: typer.Typer) -> None:
 
         check_track_options(precision, kernel, threads, device, preset)  # before reading anything
         method, win = checked_conversion(to_uint8, window)
+        _check_track_outputs(sweep, output, plot)
         with Phases(quiet) as phases:
             def phase(description, total=None):
                 then = "global context and poses" if total is not None else None
