@@ -61,7 +61,7 @@ def test_each_emitted_pose_is_the_offline_answer_for_the_sweep_so_far(model, fra
         tracker.push(frame)
     for k in (1, 5, 13):  # frame 5 has only 6 frames of context: provisional tokens everywhere
         truncated = _offline(frames[: k + 1], model)
-        np.testing.assert_allclose(tracker.emitted[k], truncated[-1], atol=1e-4, rtol=0)
+        np.testing.assert_allclose(tracker.emitted[k], truncated[-1], atol=1e-4, rtol=0)  # measured: exact (max |diff| 0, AMD EPYC)
     # and the live poses really differ from the final ones (context refines them)
     final = tracker.finish()
     assert np.abs(np.array(tracker.emitted[5]) - final[5]).max() > 1e-6
