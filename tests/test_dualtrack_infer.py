@@ -41,7 +41,7 @@ def test_preprocess_reproduces_the_official_inputs(frames40):
     assert local.shape == (1, 40, 1, 256, 256) and glob.shape == (1, 40, 1, 224, 224)
     assert local.dtype == glob.dtype == torch.float32
     np.testing.assert_array_equal(local[0, :, 0].numpy(), fx["local_input"])  # bit-exact
-    np.testing.assert_allclose(glob[0, :, 0].numpy(), fx["global_input"], atol=1e-6, rtol=0)
+    np.testing.assert_allclose(glob[0, :, 0].numpy(), fx["global_input"], atol=1e-6, rtol=0)  # measured: exact (max |diff| 0, AMD EPYC)
 
 
 def test_local_branch_is_a_centre_crop_scaled_to_unit_range(frames40):
@@ -108,7 +108,9 @@ def test_compose_poses_hand_computed_cases():
 def test_compose_poses_matches_the_official_fixture():
     fx = refs.fixture()
     poses_global, poses_local = compose_poses(fx["head_output"])
+    # measured max |diff| 6.6e-06 (rel 1.0e-06) (AMD EPYC); tolerance 15.2x that
     np.testing.assert_allclose(poses_global, fx["poses_global"], atol=1e-4, rtol=0)
+    # measured max |diff| 5.7e-08 (rel 5.7e-08) (AMD EPYC); tolerance > 1000x that
     np.testing.assert_allclose(poses_local, fx["poses_local"], atol=1e-4, rtol=0)
     # upstream's float32 storage, replicated, is bit-exact
     rounded_global, rounded_local = compose_poses(fx["head_output"], round_float32=True)
