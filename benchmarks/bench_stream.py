@@ -20,7 +20,7 @@ Rows:
 * ``freehand3d stream --reconstruct`` (nearest, 1 mm) paced at 60 fps: frames lost by the live
   volume, latency send -> inserted (p50/p95).
 
-Run: python benchmarks/bench_stream.py [--frames 2000] [--cpp-client /work/scratch/igtl/build/bin/ReceiveClient]
+Run: python benchmarks/bench_stream.py [--frames 2000] [--cpp-client OPENIGTLINK_BUILD/bin/ReceiveClient]
 """
 
 from __future__ import annotations

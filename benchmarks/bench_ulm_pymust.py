@@ -12,7 +12,7 @@ the same run; G-ULM 128 also without a pulse (estimated from the data). Scores: 
 pairing) Jaccard and error in lambda/10, and PALA's (greedy) Jaccard; wall seconds per frame.
 
 Noiseless RF is simulated once per (probe, angle, density, frames, seed) and cached outside git
-(default /work/scratch/ulm-cache, or --cache); noise is added on the fly (seeded).
+(default .benchmarks-cache/ulm-pymust, git-ignored, or --cache); noise is added on the fly (seeded).
 
     python benchmarks/bench_ulm_pymust.py                       # the full grid (about 15 min on 2 cores)
     python benchmarks/bench_ulm_pymust.py --quick               # L11-5v-like, 0 deg, 30 and 20 dB only
@@ -79,7 +79,7 @@ def main(argv=None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--frames", type=int, default=10)
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--cache", type=Path, default=Path("/work/scratch/ulm-cache"))
+    parser.add_argument("--cache", type=Path, default=Path(".benchmarks-cache/ulm-pymust"))
     parser.add_argument("--probes", default="L11-5v,L22-14v")
     parser.add_argument("--angles", default="0,5", help="steering angles in degrees")
     parser.add_argument("--snr", default="none,40,30,20,10", help="in-band SNR levels (dB; none = noiseless)")
