@@ -65,7 +65,7 @@ def register(app: typer.Typer) -> None:
         image_timeout: float = typer.Option(10.0, help="Give up when no IMAGE arrives this many seconds after connecting."),
         stall_timeout: float = typer.Option(5.0, help="Drop a connection whose message stops arriving for this many seconds."),
         request: str = typer.Option("auto", help="auto|get|stt|none: ask on-request servers for images (STT_IMAGE/GET_IMAGE)."),
-        live_queue: int = typer.Option(4, help="Frames queued for the live volume before the oldest is dropped."),
+        live_queue: int = typer.Option(32, help="Frames queued for the live volume before the oldest is dropped (32: the backlog of the first 20 frames inserted at once when the grid is set up, ~0.5 s at 60 fps)."),
         live_policy: str = typer.Option("drop-oldest", help="drop-oldest|block: what a full live-volume queue does (block slows the sender)."),
         reconnect: bool = typer.Option(True, help="Reconnect when the server goes away."),
         max_message_mb: float = typer.Option(256.0, help="A message declaring a larger body is treated as garbage (MB)."),

@@ -353,7 +353,7 @@ def run_live(
     on_frame: Callable[[LiveResult, IGTLSource], None] | None = None,
     consumers: list[Stage] | None = None,
     volume_policy: str = "drop-oldest",
-    volume_queue: int = 4,
+    volume_queue: int = 32,
     drain_timeout: float = 5.0,
     flush_interval: float = 0.25,
 ) -> LiveResult:
