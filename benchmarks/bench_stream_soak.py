@@ -28,7 +28,6 @@ import os
 import random
 import shutil
 import signal
-import socket
 import struct
 import subprocess
 import sys
@@ -302,31 +301,10 @@ def _hostile_scripts():
 
 
 def _serve(script, hold=30.0):
-    listener = socket.socket()
-    listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    listener.bind(("127.0.0.1", 0))
-    listener.listen(4)
-    listener.settimeout(60)
-    stop = threading.Event()
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+    from tests._loopback import serve
 
-    def run():
-        try:
-            while not stop.is_set():
-                conn, _ = listener.accept()
-                try:
-                    script(conn)
-                    stop.wait(hold)
-                except OSError:
-                    pass
-                finally:
-                    conn.close()
-        except OSError:
-            pass
-        finally:
-            listener.close()
-
-    threading.Thread(target=run, daemon=True).start()
-    return listener.getsockname()[1], stop
+    return serve(script, hold=hold, accept_timeout=60.0)
 
 
 def hostile(args) -> None:

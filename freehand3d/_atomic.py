@@ -38,6 +38,13 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
         raise
 
 
+def _nearest_existing(path: Path) -> Path:
+    """``path`` itself if it exists, else its nearest existing parent (where a write would create folders)."""
+    while not path.exists() and path != path.parent:
+        path = path.parent
+    return path
+
+
 def check_output_path(path: str | os.PathLike, what: str = "output") -> Path:
     """Check before the work starts that ``path`` can be written: not a folder, and its nearest
     existing parent is a writable folder. Raises :class:`freehand3d.errors.OutputError`."""
@@ -46,9 +53,7 @@ def check_output_path(path: str | os.PathLike, what: str = "output") -> Path:
     target = Path(path)
     if target.is_dir():
         raise OutputError(f"the {what} names a folder; give a file name", target)
-    parent = target.parent
-    while not parent.exists() and parent != parent.parent:
-        parent = parent.parent
+    parent = _nearest_existing(target.parent)
     if parent.exists() and not parent.is_dir():
         raise OutputError(f"cannot write the {what}: {parent} is a file, not a folder", target)
     if not os.access(parent, os.W_OK | os.X_OK):
@@ -63,9 +68,7 @@ def check_output_dir(path: str | os.PathLike, what: str = "output folder") -> Pa
     folder = Path(path)
     if folder.exists() and not folder.is_dir():
         raise OutputError(f"the {what} is a file, not a folder", folder)
-    parent = folder
-    while not parent.exists() and parent != parent.parent:
-        parent = parent.parent
+    parent = _nearest_existing(folder)
     if parent.exists() and not parent.is_dir():
         raise OutputError(f"cannot create the {what}: {parent} is a file", folder)
     if not os.access(parent, os.W_OK | os.X_OK):

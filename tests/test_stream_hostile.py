@@ -2,9 +2,7 @@
 
 from __future__ import annotations
 
-import socket
 import struct
-import threading
 import time
 
 import numpy as np
@@ -12,35 +10,11 @@ import pytest
 
 from freehand3d.stream.igtl import image_message, pack_header, transform_message
 from tests._bad_inputs import run_cli
+from tests._loopback import serve
 
 
 def _server(script, hold: float = 8.0):
-    """Listen on loopback; on each connection run ``script(conn)`` then keep it open ``hold`` s."""
-    listener = socket.socket()
-    listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    listener.bind(("127.0.0.1", 0))
-    listener.listen(4)
-    listener.settimeout(15)
-    stop = threading.Event()
-
-    def run():
-        try:
-            while not stop.is_set():
-                conn, _ = listener.accept()
-                try:
-                    script(conn)
-                    stop.wait(hold)
-                except OSError:
-                    pass
-                finally:
-                    conn.close()
-        except OSError:
-            pass
-        finally:
-            listener.close()
-
-    threading.Thread(target=run, daemon=True).start()
-    return listener.getsockname()[1], stop
+    return serve(script, hold=hold, accept_timeout=15.0)
 
 
 def _header(mtype: str, body_size: int, device: str = "Image") -> bytes:
