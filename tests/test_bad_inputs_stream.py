@@ -65,6 +65,15 @@ def _complete(tmp: Path) -> None:
     (tmp / "seq.igs.mha").rename(tmp / "rec.igs.mha")
 
 
+def _garbage_checkpoint(tmp: Path) -> None:
+    (tmp / "bad.pt").write_bytes(b"not a torch checkpoint" * 10)
+
+
+def _npy_folder(tmp: Path) -> None:
+    (tmp / "d.npy").mkdir()
+
+
+TINY = str(Path(__file__).resolve().parents[1] / "freehand3d" / "data" / "dualtrack-tiny.pt")
 REC = ["--record", "{tmp}/out.igs.mha"]
 S = ["stream", "--connect-timeout", "0.5"]
 
@@ -102,6 +111,20 @@ CASES = [
     Case("unreachable server", [*S, "--port", str(CLOSED), "--frames", "1"], mention=["cannot connect", str(CLOSED)]),
     Case("unfinished recording in the way", [*S, "--record", "{tmp}/rec.igs.mha"], setup=_unfinished,
          mention=["recover"]),
+    # live tracking (checked before the model loads / the stream connects)
+    Case("track checkpoint missing", [*S, "--track", "{tmp}/nope.pt"], mention=["nope.pt"]),
+    Case("track checkpoint is garbage", [*S, "--track", "{tmp}/bad.pt"], setup=_garbage_checkpoint,
+         mention=["bad.pt"]),
+    Case("track output not .npy", [*S, "--track", TINY, "--track-output", "{tmp}/poses.csv"],
+         mention=["--track-output", ".npy"]),
+    Case("track emitted not .npy", [*S, "--track", TINY, "--track-emitted", "{tmp}/poses.txt"],
+         mention=["--track-emitted", ".npy"]),
+    Case("track output without --track", [*S, "--track-output", "{tmp}/poses.npy", *REC], mention=["--track"]),
+    Case("track output and emitted the same file",
+         [*S, "--track", TINY, "--track-output", "{tmp}/p.npy", "--track-emitted", "{tmp}/p.npy"],
+         mention=["same file"]),
+    Case("track output into a folder", [*S, "--track", TINY, "--track-output", "{tmp}/d.npy"], setup=_npy_folder,
+         mention=["folder"]),
     # replay
     Case("replay missing file", ["replay", "{tmp}/nope.igs.mha"], mention=["nope.igs.mha", "not found"]),
     Case("replay port out of range", ["replay", "{tmp}/seq.igs.mha", "--port", "70000"], setup=_sequence,

@@ -39,32 +39,100 @@ def _offline(frames, model):
 
 
 def test_final_live_trajectory_equals_the_offline_one(model, frames):
+    """Default mode (background refinement): one provisional pose per frame on arrival, the
+    refinement thread catches up with the newest frame, and the end equals the offline model."""
+    import time
+
     tracker = LiveTracker(model, kernel="direct", spacing=SPACING, threads=1)
     for i, frame in enumerate(frames[:10]):
         pose = tracker.push(frame)
         assert pose.shape == (4, 4)
-    tracker.push_many(frames[10:17])  # frames that queued up: one update
+        # a rigid pose (rotation part orthonormal) whatever it was continued from
+        rot = (pose @ np.linalg.inv(tracker.pixel_to_image))[:3, :3]
+        np.testing.assert_allclose(rot @ rot.T, np.eye(3), atol=1e-9)  # float64 composition of rotations
+    tracker.push_many(frames[10:17])  # frames that queued up: one CNN call
     for frame in frames[17:]:
         tracker.push(frame)
+    deadline = time.monotonic() + 120  # functional, not a timing test: the thread must catch up
+    while (tracker.refined is None or tracker.refined.n < len(frames)) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert tracker.refined is not None and tracker.refined.n == len(frames)
+    assert tracker.trajectory().shape == (len(frames), 4, 4)
     final = tracker.finish()
     offline = _offline(frames, model)
     # float32 rounding only (the same convolutions in another grouping over time): measured
     # 2e-6 mm on translations of ~70 mm, i.e. ~1 float32 ulp; 1e-4 mm allows summation-order spread
     np.testing.assert_allclose(final, offline, atol=1e-4, rtol=0)
-    assert len(tracker.emitted) == len(frames) == len(tracker.latencies_s)
+    np.testing.assert_allclose(tracker.trajectory(), final, atol=0)
+    assert len(tracker.emitted) == len(frames) == len(tracker.latencies_s) == len(tracker.horizons)
     assert all(t >= 0 for t in tracker.latencies_s)
+    assert tracker.refinements >= 1 and tracker._thread is None  # finish() stopped the thread
 
 
-def test_each_emitted_pose_is_the_offline_answer_for_the_sweep_so_far(model, frames):
-    tracker = LiveTracker(model, kernel="direct", spacing=SPACING, threads=1)
+def test_sync_mode_emits_the_offline_answer_for_the_sweep_so_far(model, frames):
+    tracker = LiveTracker(model, kernel="direct", spacing=SPACING, threads=1, refine="sync")
     for frame in frames[:14]:
         tracker.push(frame)
     for k in (1, 5, 13):  # frame 5 has only 6 frames of context: provisional tokens everywhere
         truncated = _offline(frames[: k + 1], model)
         np.testing.assert_allclose(tracker.emitted[k], truncated[-1], atol=1e-4, rtol=0)  # measured: exact (max |diff| 0, AMD EPYC)
+    assert tracker.horizons == [0] * 14
     # and the live poses really differ from the final ones (context refines them)
     final = tracker.finish()
     assert np.abs(np.array(tracker.emitted[5]) - final[5]).max() > 1e-6
+
+
+def test_provisional_poses_continue_the_newest_refinement_at_constant_velocity(model, frames):
+    """Manual mode, the documented rule: after a refinement over frames 0..j, frame j + m is emitted
+    as G_j S^m, S = the mean of the last ``velocity_frames`` relative motions of that refinement;
+    the refinement itself is the offline model on the frames so far."""
+    from freehand3d import geometry
+
+    tracker = LiveTracker(model, kernel="direct", spacing=SPACING, threads=1, refine="manual", velocity_frames=4)
+    first = [tracker.push(f) for f in frames[:3]]
+    np.testing.assert_allclose(first, np.tile(tracker.pixel_to_image, (3, 1, 1)), atol=0)  # nothing refined yet
+    assert tracker.horizons == [0, 1, 2]
+    ref = tracker.refine()
+    assert ref.n == 3
+    for f in frames[3:12]:
+        tracker.push(f)
+    ref = tracker.refine()
+    assert ref.n == 12
+    cut = predict(frames[:12], model, kernel="direct", threads=1)
+    np.testing.assert_allclose(ref.poses, cut["poses_global"], atol=1e-4, rtol=0)  # measured: exact (0)
+    step = geometry.params_to_matrix(cut["head_output"][-4:].mean(axis=0), "xyz", degrees=True)
+    emitted = tracker.push_many(frames[12:15])
+    for m, pose in enumerate(emitted, start=1):
+        want = cut["poses_global"][-1] @ np.linalg.matrix_power(step, m) @ tracker.pixel_to_image
+        np.testing.assert_allclose(pose, want, atol=1e-4, rtol=0)  # float32 head rounding only (measured 0)
+    assert tracker.horizons[-3:] == [1, 2, 3]
+    np.testing.assert_allclose(tracker.trajectory()[:12], cut["poses_global"] @ tracker.pixel_to_image, atol=1e-4)
+    final = tracker.finish()
+    np.testing.assert_allclose(final, _offline(frames[:15], model), atol=1e-4, rtol=0)  # as above
+
+
+def test_fork_leaves_the_stream_untouched_while_it_keeps_pushing(model, frames):
+    """The refinement's state copy: flushing a fork gives the same provisional maps as peek and
+    does not disturb the original, which goes on to the same result as an unforked stream."""
+    import torch
+
+    from freehand3d.tracking.model.streaming import StreamingCNN
+    from freehand3d.tracking.preprocess import local_crops
+
+    cnn = model.local_encoder.cnn.fused_for_inference().eval()
+    clip = local_crops(frames[:12], model.config.local_size)[None].transpose(1, 2)
+    with torch.inference_mode():
+        plain = StreamingCNN(cnn)
+        want = torch.cat([plain.push(clip[:, :, :6]), plain.push(clip[:, :, 6:], final=True)], dim=2)
+        stream = StreamingCNN(cnn)
+        got = [stream.push(clip[:, :, :6])]
+        fork = stream.fork()
+        peeked = stream.peek(clip)
+        got.append(stream.push(clip[:, :, 6:9]))  # the original moves on ...
+        flushed = fork.push(clip[:, :, :0], final=True)  # ... while the fork flushes its copy
+        got.append(stream.push(clip[:, :, 9:], final=True))
+    assert torch.equal(flushed, peeked)
+    assert torch.equal(torch.cat(got, dim=2), want)
 
 
 def test_live_tracker_rejects_wrong_frames_and_use_after_finish(model, frames):

@@ -71,6 +71,7 @@ def register(app: typer.Typer) -> None:
         max_message_mb: float = typer.Option(256.0, help="A message declaring a larger body is treated as garbage (MB)."),
         track: Optional[Path] = typer.Option(None, help="DualTrack checkpoint: track the frames sensorlessly as they arrive (live)."),
         track_output: Optional[Path] = typer.Option(None, help="With --track: write the final (N, 4, 4) ImageToReference poses (.npy)."),
+        track_emitted: Optional[Path] = typer.Option(None, help="With --track: write the (N, 4, 4) poses emitted as the frames arrived (.npy)."),
     ) -> None:
         """Receive frames and poses over OpenIGTLink, losslessly; record and/or compound them live.
 
@@ -127,10 +128,12 @@ def register(app: typer.Typer) -> None:
             except (OSError, ValueError, KeyError, TypeError) as exc:
                 raise InputError(f"cannot read image_to_probe ({exc.__class__.__name__}: {exc})", calibration) from None
         tracking = None
+        if track is None and (track_output is not None or track_emitted is not None):
+            raise ConfigError("--track-output and --track-emitted need --track CKPT")
         if track is not None:  # loads the model and measures its kernels before connecting
             from freehand3d.tracking.live import StreamTracking
 
-            tracking = StreamTracking(track, track_output)
+            tracking = StreamTracking(track, track_output, emitted_output=track_emitted)
         if record is None and reconstruct is None and tracking is None and frames is None and duration is None:
             raise ConfigError("nothing to do: give --record and/or --reconstruct, or --frames/--duration to just count")
         send_to = _host_port(send_volume) if send_volume else None

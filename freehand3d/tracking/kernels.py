@@ -65,7 +65,10 @@ def cpu_name() -> str:
 
 
 def _machine_key(threads: int, dtype: torch.dtype) -> str:
-    return f"{cpu_name()} | torch {torch.__version__} | {threads} threads | {str(dtype).replace('torch.', '')}"
+    # "direct v2": the direct conv calls oneDNN itself for float32 (streaming._conv_valid); choices
+    # cached before measured ATen's much slower im2col fallback on small layers
+    return (f"{cpu_name()} | torch {torch.__version__} | {threads} threads | {str(dtype).replace('torch.', '')}"
+            " | direct v2")
 
 
 def _load() -> dict:

@@ -1,23 +1,45 @@
-"""Live sensorless tracking: DualTrack on frames as they arrive.
+"""Live sensorless tracking: DualTrack on frames as they arrive, with bounded latency.
 
-:class:`LiveTracker` takes frames one at a time (or a few at once when they queue up) and answers
-each with a pose of the newest frame, refining the whole trajectory as context grows:
+The model is bidirectional over time (the local CNN looks 17 frames ahead; the temporal transformer
+and the fusion decoder attend over the whole sweep), so the pose of the newest frame is never
+final while frames keep coming. :class:`LiveTracker` splits the work in two:
 
-* **Local branch, incrementally.** The local 3-D CNN is streamed over time
-  (:class:`~freehand3d.tracking.model.streaming.StreamingCNN`): each new frame costs one frame of
-  CNN work, and frames whose temporal receptive field is complete get their final token. For the
-  newest few frames (9 for the official layout: one frame of delay per temporal conv) a
-  *provisional* token is computed by :meth:`StreamingCNN.peek`, i.e. as if the sweep ended now --
-  exactly what the offline model computes for the last frames of a sweep of this length.
-* **Global branch from the frames so far.** Every ``global_stride``-th frame goes through the
-  global CNN once; the global transformer runs over those seen so far.
-* **Fusion, head and composition** run over all N frames so far at each update (their cost grows
-  with N; for the tiny model at a few hundred frames it stays a few ms).
+**Arrival path** (:meth:`LiveTracker.push` / :meth:`~LiveTracker.push_many`, O(1) per frame, the
+latency of every frame):
 
-So the pose emitted for frame k is the offline model's answer for the sweep truncated after frame
-k; :meth:`finish` flushes the stream, after which :meth:`trajectory` equals
-:func:`freehand3d.tracking.predict` on the same frames (up to float rounding). The difference
-between the poses emitted at arrival and the final trajectory is what live tracking costs.
+1. the frame's local crop goes through the local 3-D CNN *incrementally*
+   (:class:`~freehand3d.tracking.model.streaming.StreamingCNN`: each temporal conv keeps the last
+   two input frames it saw, so one new frame costs one frame of CNN work); the frame whose temporal
+   receptive field this frame completes (17 frames back for the DualTrack layout) gets its final
+   token; every ``global_stride``-th frame also goes through the global 2-D CNN once;
+2. the pose of the new frame is emitted at once: the newest *refined* trajectory (below), which
+   covers the frames 0..j the last refinement saw, continued to frame k > j at constant velocity
+   -- ``G_k = G_j S^(k-j)``, S the mean of the model's last ``velocity_frames`` relative motions
+   of that refinement (mean of the 6 parameters, turned into a matrix). Before the first
+   refinement it is frame 0's pose. With ``refine="sync"`` a refinement runs before every
+   emission instead, and the emitted pose is exactly the offline model's answer for the sweep cut
+   after frame k (unbounded cost: the previous behaviour).
+
+**Refinement** (:meth:`LiveTracker.refine`, O(N), asynchronous: a background thread with
+``refine="background"``, the default; never blocks the arrival path beyond a state copy of a few
+microseconds): takes a consistent copy of the stream's state
+(:meth:`StreamingCNN.fork`), computes provisional tokens for the frames whose receptive field is
+still open as if the sweep ended now (the end-of-stream zero padding), runs the temporal
+transformer, the global transformer over the global frames so far, the fusion decoder, the head and
+the pose composition over all N frames, and publishes the trajectory. So the refined pose of every
+frame j < N is the offline model's answer for the sweep cut after frame N-1, and every earlier
+pose is refined as context grows (:meth:`trajectory`). Refinements follow each other as fast as
+the CPU allows (``refine_every`` new frames apart at least); the thread runs at a lower priority
+(``refine_nice``) so the arrival path wins the CPU when they compete.
+
+:meth:`finish` stops the refinement, flushes the stream (the real end of the sweep) and runs the
+full decoder once: the final trajectory equals :func:`freehand3d.tracking.predict` on the same
+frames up to float32 summation order (tested to 1e-4 mm; docs/tracking.md gives the measured
+GPE distance). The distance of the poses emitted on arrival from that final trajectory is what
+live tracking costs.
+
+Threads: torch's intra-op threads default to 1 here: the arrival path and the refinement each run
+on their own core (a 2-core machine: one each; the OpenIGTLink receiver is light).
 
 Example
 -------
@@ -29,7 +51,10 @@ Example
 
 from __future__ import annotations
 
+import os
+import threading
 import time
+from dataclasses import dataclass
 
 import numpy as np
 import torch
@@ -47,28 +72,59 @@ from freehand3d.tracking.infer import (
 from freehand3d.tracking.model.streaming import StreamingCNN
 from freehand3d.tracking.preprocess import global_frames, local_crops
 
-__all__ = ["LiveTracker", "TrackingConsumer", "tracking_stage", "StreamTracking"]
+__all__ = ["LiveTracker", "TrackingConsumer", "tracking_stage", "StreamTracking", "REFINE_MODES"]
+
+#: ``refine`` values of :class:`LiveTracker`
+REFINE_MODES = ("background", "sync", "manual")
+
+
+@dataclass(frozen=True)
+class Refinement:
+    """One published refinement: the model's poses of frames 0..n-1 given those n frames."""
+
+    n: int  #: frames it saw
+    poses: np.ndarray  #: (n, 4, 4) DualTrack poses G (frame-k image mm -> frame-0 image mm)
+    step: np.ndarray  #: (4, 4) constant-velocity step S used to continue it past frame n-1
+    cpu_s: float  #: CPU seconds of the refining thread
+    wall_s: float  #: seconds from its state copy to its publication
 
 
 class LiveTracker:
-    """Incremental DualTrack.
+    """Incremental DualTrack with a bounded-latency arrival path (see the module docstring).
 
     Parameters
     ----------
     model : a loaded :class:`~freehand3d.tracking.DualTrack`.
-    device, precision, kernel, threads : as for :func:`freehand3d.tracking.predict`.
+    device, precision, kernel : as for :func:`freehand3d.tracking.predict`.
+    threads : torch intra-op threads (default 1: the arrival path and the refinement thread each
+        take one core); None keeps torch's setting.
     spacing : (sx, sy) mm/px for the ImageToReference poses (default TUS-REC's).
     frame_shape : (H, W) of the frames (DualTrack needs 480 x 640).
+    refine : ``"background"`` (default: a refinement thread, O(1) arrival path), ``"sync"`` (refine
+        before every emission: emitted = offline answer for the sweep so far, O(N) per frame),
+        ``"manual"`` (only when :meth:`refine` is called; for tests and custom schedules).
+    refine_every : the background refinement waits for at least this many new frames.
+    velocity_frames : relative motions averaged into the constant-velocity step.
+    refine_nice : niceness added to the refinement thread (Linux; 0 = none).
 
     Attributes
     ----------
     emitted : list of (4, 4) ImageToReference poses, the one returned for each frame on arrival.
+    horizons : per emitted pose, how many frames past the newest refined frame it was continued
+        (0: the pose is a refinement's own).
     latencies_s : seconds from each frame's arrival (the ``push``/``push_many`` call, or the given
         ``arrival`` times, :func:`time.perf_counter` values) to its pose.
+    arrival_cpu_s : CPU seconds of the arrival path (the thread calling push), all frames.
+    refinements : number of refinements published; ``refine_cpu_s`` their CPU seconds.
     """
 
     def __init__(self, model, device="cpu", precision: str | None = None, kernel: str = "auto",
-                 threads: int | None = None, spacing=None, frame_shape=(480, 640)):
+                 threads: int | None = 1, spacing=None, frame_shape=(480, 640), refine: str = "background",
+                 refine_every: int = 1, velocity_frames: int = 8, refine_nice: int = 10):
+        if refine not in REFINE_MODES:
+            raise ValueError(f"refine must be one of {', '.join(REFINE_MODES)}, got {refine!r}")
+        if velocity_frames < 1 or refine_every < 1:
+            raise ValueError("velocity_frames and refine_every must be >= 1")
         self.model = model
         self.cfg = model.config
         params = next(model.parameters())
@@ -82,28 +138,54 @@ class LiveTracker:
         self.spacing = tuple(float(v) for v in (spacing or TUSREC_SPACING))
         self.pixel_to_image = pixel_to_image(frame_shape, self.spacing)
         self.frame_shape = tuple(frame_shape)
+        self.mode = refine
+        self.refine_every = int(refine_every)
+        self.velocity_frames = int(velocity_frames)
+        self.refine_nice = int(refine_nice)
         self.stream = StreamingCNN(self.local_cnn)
-        self.final_tokens: list[torch.Tensor] = []  # (1, k, pool_dim) pieces
-        self.global_feats: list[torch.Tensor] = []  # (1, 1, C) per global frame
+        # arrival path -> refinement: CNN maps of frames whose receptive field is complete, and the
+        # frames the global CNN reads (index, uint8 frame); taken over under the lock
+        self._maps: list[torch.Tensor] = []
+        self._global_frames: list[tuple[int, np.ndarray]] = []
+        # refinement side only: (1, k, pool_dim) tokens of the frames so far with a complete
+        # receptive field, and (1, m, C) global-CNN features
+        self.final_tokens: list[torch.Tensor] = []
+        self.global_feats: list[torch.Tensor] = []
+        self._refine_lock = threading.Lock()
         self.n = 0
         self.finished = False
         self.emitted: list[np.ndarray] = []
+        self.horizons: list[int] = []
         self.latencies_s: list[float] = []
-        self._trajectory = np.tile(np.eye(4), (0, 1, 1))
+        self.arrival_cpu_s = 0.0
+        self.refinements = 0
+        self.refine_cpu_s = 0.0
+        self.refined: Refinement | None = None
+        self.head: np.ndarray | None = None
+        self._final: np.ndarray | None = None
         self._like = None
+        self._cond = threading.Condition()  # guards the stream state, the token lists and n
+        self._stop = False
+        self._error: BaseException | None = None
+        self._thread = None
+        if refine == "background":
+            self._thread = threading.Thread(target=self._refine_loop, daemon=True, name="freehand3d-live-refine")
+            self._thread.start()
 
-    # ------------------------------------------------------------------ input
+    # ------------------------------------------------------------------ arrival path
 
     def push(self, frame: np.ndarray, arrival: float | None = None) -> np.ndarray:
         """Add one (H, W) uint8 frame; returns its (4, 4) ImageToReference pose."""
         return self.push_many(np.asarray(frame)[None], None if arrival is None else [arrival])[-1]
 
     def push_many(self, frames: np.ndarray, arrivals=None) -> np.ndarray:
-        """Add (k, H, W) uint8 frames that arrived together (e.g. queued while the previous update
-        ran); one update serves them all. Returns their (k, 4, 4) poses."""
+        """Add (k, H, W) uint8 frames that arrived together (e.g. queued while the previous ones were
+        processed; one CNN call serves them all). Returns their (k, 4, 4) poses."""
         if self.finished:
             raise RuntimeError("the tracker has finished; start a new LiveTracker for a new sweep")
-        start = time.perf_counter()
+        if self._error is not None:
+            raise self._error
+        start, cpu0 = time.perf_counter(), time.thread_time()
         frames = np.asarray(frames)
         if frames.ndim != 3 or frames.shape[1:] != self.frame_shape or frames.dtype != np.uint8:
             raise InputError(f"live frames must be (k, {self.frame_shape[0]}, {self.frame_shape[1]}) uint8, "
@@ -113,72 +195,186 @@ class LiveTracker:
             raise InputError(f"the {self.cfg.name} model supports {self.cfg.max_positions} frames per sweep")
         with _num_threads(self.threads), torch.inference_mode():
             crops = local_crops(frames, self.cfg.local_size, device=self.device).to(self.conv_dtype)[None]
-            self._like = crops.transpose(1, 2)
-            maps = self.stream.push(self._like)
-            if maps.shape[2]:
-                self.final_tokens.append(_pool_maps(self.model.local_encoder, maps, self.dtype))
+            like = crops.transpose(1, 2)
             stride = self.cfg.global_stride
-            chosen = [i for i in range(self.n, self.n + k) if i % stride == 0]
-            if chosen:
-                batch = global_frames(frames[[i - self.n for i in chosen]], self.cfg.global_variant, self.cfg.global_norm,
-                                      self.cfg.global_size, device=self.device).to(self.dtype)[None]
-                self.global_feats.append(self.model.global_encoder.frame_features(batch, cnn=self.global_cnn))
-            self.n += k
-            traj = self._update(final=False)
+            chosen = [(i, frames[i - self.n].copy()) for i in range(self.n, self.n + k) if i % stride == 0]
+            # the stream's state changes under the lock: a refinement copies it whole, before or after
+            with self._cond:
+                maps = self.stream.push(like)
+                if maps.shape[2]:
+                    self._maps.append(maps)  # pooled to tokens by the refinement, off this path
+                self._global_frames.extend(chosen)  # through the global CNN by the refinement
+                self._like = like
+                self.n += k
+                self._cond.notify_all()
+            if self.mode == "sync":
+                self.refine()
+            poses, horizons = self._continue(self.n - k, self.n)
+        self.arrival_cpu_s += time.thread_time() - cpu0
         now = time.perf_counter()
         arrivals = [start] * k if arrivals is None else list(arrivals)
-        poses = traj[-k:]
-        for pose, t0 in zip(poses, arrivals):
+        out = poses @ self.pixel_to_image
+        for pose, h, t0 in zip(out, horizons, arrivals):
             self.emitted.append(pose)
+            self.horizons.append(h)
             self.latencies_s.append(now - t0)
-        return poses
+        return out
+
+    def _continue(self, lo: int, hi: int):
+        """DualTrack poses of frames lo..hi-1 from the newest refinement, continued at constant
+        velocity past its last frame; and how far past it each one is."""
+        ref = self.refined
+        if ref is None or ref.n < 2:
+            return np.tile(np.eye(4), (hi - lo, 1, 1)), [max(i, 0) for i in range(lo, hi)]
+        poses, horizons = [], []
+        last = ref.poses[ref.n - 1]
+        for i in range(lo, hi):
+            if i < ref.n:
+                poses.append(ref.poses[i])
+                horizons.append(0)
+            else:
+                poses.append(last @ np.linalg.matrix_power(ref.step, i - ref.n + 1))
+                horizons.append(i - ref.n + 1)
+        return np.stack(poses), horizons
+
+    # ------------------------------------------------------------------ refinement
+
+    def refine(self) -> Refinement | None:
+        """Refine every pose from all frames so far (O(N); thread-safe against push). Returns the
+        published :class:`Refinement` (None with fewer than 2 frames)."""
+        with self._refine_lock:
+            return self._refine()
+
+    def _refine(self) -> Refinement | None:
+        t0, cpu0 = time.perf_counter(), time.thread_time()
+        with self._cond:
+            n = self.n
+            if n < 2:
+                return None
+            fork = self.stream.fork()
+            maps, self._maps = self._maps, []
+            gframes, self._global_frames = self._global_frames, []
+            like = self._like
+        with _num_threads(self.threads), torch.inference_mode():
+            self._absorb(maps, gframes)
+            tokens = list(self.final_tokens)
+            pending = fork.push(like[:, :, :0], final=True)  # provisional tokens: as if the sweep ended now
+            if pending.shape[2]:
+                tokens.append(_pool_maps(self.model.local_encoder, pending, self.dtype))
+            head = self._decode(torch.cat(tokens, dim=1), self.global_feats, n)
+        poses = compose_poses(head)[0]
+        from freehand3d import geometry
+
+        step = geometry.params_to_matrix(head[-self.velocity_frames:].mean(axis=0), "xyz", degrees=True)
+        ref = Refinement(n, poses, step, time.thread_time() - cpu0, time.perf_counter() - t0)
+        if self.refined is None or ref.n >= self.refined.n:
+            self.refined = ref
+        self.refinements += 1
+        self.refine_cpu_s += ref.cpu_s
+        return ref
+
+    def _absorb(self, maps, gframes) -> None:
+        """Pool the new final CNN maps into tokens and run the new global frames through the global
+        CNN (refinement side: batched, off the arrival path)."""
+        if maps:
+            self.final_tokens.append(_pool_maps(self.model.local_encoder, torch.cat(maps, dim=2), self.dtype))
+        if gframes:
+            batch = global_frames(np.stack([f for _, f in gframes]), self.cfg.global_variant, self.cfg.global_norm,
+                                  self.cfg.global_size, device=self.device).to(self.dtype)[None]
+            self.global_feats.append(self.model.global_encoder.frame_features(batch, cnn=self.global_cnn))
+
+    def _decode(self, tokens: torch.Tensor, feats: list[torch.Tensor], n: int) -> np.ndarray:
+        model = self.model
+        local_features = model.local_encoder.encode_tokens(tokens)
+        indices = model.global_indices(n, device=self.device)
+        global_features = model.global_encoder.encode_features(torch.cat(feats, dim=1), indices)
+        return model.decode(local_features, global_features)["head_output"][0].double().cpu().numpy()
+
+    def _refine_loop(self):
+        if self.refine_nice and hasattr(os, "setpriority") and hasattr(threading, "get_native_id"):
+            try:  # Linux: niceness is per thread
+                os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), self.refine_nice)
+            except OSError:
+                pass
+        try:
+            done = 0
+            while True:
+                with self._cond:
+                    while not self._stop and (self.n < 2 or self.n - done < self.refine_every):
+                        self._cond.wait(0.1)
+                    if self._stop:
+                        return
+                ref = self.refine()
+                done = ref.n if ref is not None else done
+        except BaseException as exc:  # noqa: BLE001 - raised by the next push / finish
+            self._error = exc
+
+    def _stop_refining(self):
+        if self._thread is not None:
+            with self._cond:
+                self._stop = True
+                self._cond.notify_all()
+            self._thread.join()
+            self._thread = None
+        if self._error is not None:
+            raise self._error
+
+    # ------------------------------------------------------------------ end
 
     def finish(self) -> np.ndarray:
-        """Flush the stream (the end of the sweep) and return the final (N, 4, 4) trajectory,
-        equal to the offline :func:`~freehand3d.tracking.predict` on the same frames."""
+        """Stop refining, flush the stream (the end of the sweep) and return the final (N, 4, 4)
+        trajectory, equal to the offline :func:`~freehand3d.tracking.predict` on the same frames."""
         if not self.finished:
-            with _num_threads(self.threads), torch.inference_mode():
-                if self.n >= 2:
-                    maps = self.stream.push(self._like[:, :, :0], final=True)
-                    if maps.shape[2]:
-                        self.final_tokens.append(_pool_maps(self.model.local_encoder, maps, self.dtype))
-                    self._update(final=True)
+            self._stop_refining()
+            with self._refine_lock:
+                self._finish()
             self.finished = True
-        return self.trajectory()
+        return self._final.copy()
+
+    def _finish(self) -> None:
+        if self.n < 2:
+            self._final = np.tile(self.pixel_to_image, (self.n, 1, 1))
+            return
+        with _num_threads(self.threads), torch.inference_mode():
+            self._absorb(self._maps, self._global_frames)
+            self._maps, self._global_frames = [], []
+            maps = self.stream.push(self._like[:, :, :0], final=True)
+            if maps.shape[2]:
+                self.final_tokens.append(_pool_maps(self.model.local_encoder, maps, self.dtype))
+            self.head = self._decode(torch.cat(self.final_tokens, dim=1), self.global_feats, self.n)
+        self._final = compose_poses(self.head)[0] @ self.pixel_to_image
+
+    def close(self) -> None:
+        """Stop the refinement thread without finishing (e.g. after an error elsewhere)."""
+        try:
+            self._stop_refining()
+        except BaseException:  # noqa: BLE001 - closing after a failure
+            pass
 
     def trajectory(self) -> np.ndarray:
-        """Current (N, 4, 4) ImageToReference estimate of every frame so far (refined each update)."""
-        return self._trajectory.copy()
+        """Current (N, 4, 4) ImageToReference estimate of every frame so far: the final one after
+        :meth:`finish`, else the newest refinement continued to the newest frame."""
+        if self._final is not None:
+            return self._final.copy()
+        return self._continue(0, self.n)[0] @ self.pixel_to_image
 
-    # ------------------------------------------------------------------ model
-
-    def _tokens(self, final: bool) -> torch.Tensor:
-        parts = list(self.final_tokens)
-        if not final:
-            pending = self.stream.peek(self._like)
-            if pending.shape[2]:
-                parts.append(_pool_maps(self.model.local_encoder, pending, self.dtype))
-        return torch.cat(parts, dim=1)
-
-    def _update(self, final: bool) -> np.ndarray:
-        if self.n < 2:
-            self._trajectory = np.tile(self.pixel_to_image, (self.n, 1, 1))
-            return self._trajectory
-        model = self.model
-        tokens = self._tokens(final)
-        local_features = model.local_encoder.encode_tokens(tokens)
-        indices = model.global_indices(self.n, device=self.device)
-        global_features = model.global_encoder.encode_features(torch.cat(self.global_feats, dim=1), indices)
-        head = model.decode(local_features, global_features)["head_output"][0].double().cpu().numpy()
-        self.head = head
-        self._trajectory = compose_poses(head)[0] @ self.pixel_to_image
-        return self._trajectory
+    def stats(self) -> dict:
+        """Per-frame costs and counts so far (for summaries and benchmarks)."""
+        n = max(len(self.emitted), 1)
+        return {
+            "frames": len(self.emitted),
+            "arrival_cpu_ms_per_frame": self.arrival_cpu_s / n * 1e3,
+            "refinements": self.refinements,
+            "refine_cpu_ms_mean": self.refine_cpu_s / max(self.refinements, 1) * 1e3,
+            "horizon_mean": float(np.mean(self.horizons)) if self.horizons else 0.0,
+            "horizon_max": int(max(self.horizons)) if self.horizons else 0,
+        }
 
 
 class TrackingConsumer:
-    """Feeds a :class:`LiveTracker` from another thread, batching the frames that queue up while an
-    update runs (so a slower-than-real-time model falls behind by a bounded batch instead of
-    dropping frames).
+    """Feeds a :class:`LiveTracker` from its own thread (the arrival path), taking every frame that
+    queued up while the previous ones were processed in one :meth:`~LiveTracker.push_many` (so a
+    model slower than the frame rate falls behind by a bounded batch instead of dropping frames).
 
     ``offer(frame, received)`` is cheap and never blocks; ``received`` is the frame's arrival time
     on the :func:`time.time` clock (e.g. :attr:`freehand3d.stream.igtl.StreamItem.received`), so
@@ -189,15 +385,13 @@ class TrackingConsumer:
 
     def __init__(self, tracker: LiveTracker, max_batch: int = 32, on_pose=None):
         import collections
-        import threading
 
         self.tracker = tracker
         self.max_batch = max(1, int(max_batch))
         self.on_pose = on_pose
         self.latencies_s: list[float] = []
         self.batches: list[int] = []
-        #: CPU seconds of this thread in the tracker's updates (with threads=1 all of the model's
-        #: work; a load-independent measure of the cost per frame)
+        #: CPU seconds of this thread in push_many: the arrival path's whole cost
         self.cpu_s = 0.0
         self.error: BaseException | None = None
         self._queue = collections.deque()
@@ -240,8 +434,22 @@ class TrackingConsumer:
             self._cond.notify_all()
         self._thread.join(timeout)
         if self.error is not None:
+            self.tracker.close()
             raise self.error
         return self.tracker.finish()
+
+    def summary(self) -> str:
+        """One line: frames, arrival -> pose latency, the arrival path's CPU time, refinements."""
+        tracker = self.tracker
+        lat = np.array(self.latencies_s) * 1e3
+        if not len(lat):
+            return f"tracking ({tracker.cfg.name}, {tracker.precision}): no frames tracked"
+        st = tracker.stats()
+        return (f"tracking ({tracker.cfg.name}, {tracker.precision}): {len(tracker.emitted)} frames, "
+                f"arrival -> pose p50 {np.percentile(lat, 50):.0f} ms, p95 {np.percentile(lat, 95):.0f} ms, "
+                f"max {lat.max():.0f} ms; arrival path {st['arrival_cpu_ms_per_frame']:.1f} CPU-ms/frame; "
+                f"{st['refinements']} refinements ({st['refine_cpu_ms_mean']:.0f} CPU-ms each), poses continued "
+                f"{st['horizon_mean']:.1f} frames past the newest on average (max {st['horizon_max']})")
 
 
 def _grey_uint8(frame) -> np.ndarray:
@@ -274,39 +482,52 @@ class StreamTracking:
 
     The model is loaded and its kernels chosen here, before the stream connects. With ``output``
     the final (N, 4, 4) ImageToReference trajectory (pixel -> mm in frame 0's DualTrack image frame)
-    is written as ``.npy`` when the stream ends (atomically)."""
+    is written as ``.npy`` when the stream ends (atomically); with ``emitted_output`` the poses
+    emitted on arrival, likewise.
+    """
 
-    def __init__(self, checkpoint, output=None, precision: str = "fp32", threads: int | None = None,
-                 spacing=None, device: str = "cpu"):
+    def __init__(self, checkpoint, output=None, precision: str = "fp32", threads: int | None = 1,
+                 spacing=None, device: str = "cpu", refine: str = "background", emitted_output=None):
         from freehand3d.errors import ConfigError
         from freehand3d.tracking.checkpoint import load_dualtrack
 
-        if output is not None and not str(output).endswith(".npy"):
-            raise ConfigError("--track-output must be a .npy file (the (N, 4, 4) poses)", output)
+        from freehand3d._atomic import check_output_path
+
+        for path, option in ((output, "--track-output"), (emitted_output, "--track-emitted")):
+            if path is not None:
+                if not str(path).endswith(".npy"):
+                    raise ConfigError(f"{option} must be a .npy file (the (N, 4, 4) poses)", path)
+                check_output_path(path, option)
+        if output is not None and emitted_output is not None and \
+                os.path.abspath(output) == os.path.abspath(emitted_output):
+            raise ConfigError("--track-output and --track-emitted name the same file", output)
         self.output = output
+        self.emitted_output = emitted_output
         model = load_dualtrack(checkpoint)
-        self.tracker = LiveTracker(model, device=device, precision=precision, threads=threads, spacing=spacing)
+        self.tracker = LiveTracker(model, device=device, precision=precision, threads=threads, spacing=spacing,
+                                   refine=refine)
         self.stage, self.consumer = tracking_stage(self.tracker)
         self.stage.finish = self._finish
         self.final = None
 
     def _finish(self):
         self.final = self.consumer.close()
-        if self.output is not None and len(self.final):
-            import io
-
-            from freehand3d._atomic import write_bytes_atomic
-
-            buf = io.BytesIO()
-            np.save(buf, self.final)
-            write_bytes_atomic(self.output, buf.getvalue())
+        for path, poses in ((self.output, self.final), (self.emitted_output, self.tracker.emitted)):
+            if path is not None and len(poses):
+                _save_npy(path, np.asarray(poses))
 
     def summary(self) -> str:
-        lat = np.array(self.consumer.latencies_s) * 1e3
-        if not len(lat):
-            return "tracking: no frames tracked"
-        text = (f"tracking ({self.tracker.cfg.name}, {self.tracker.precision}): {len(self.tracker.emitted)} frames, "
-                f"arrival -> pose p50 {np.percentile(lat, 50):.0f} ms, p95 {np.percentile(lat, 95):.0f} ms")
+        text = self.consumer.summary()
         if self.output is not None and self.final is not None:
             text += f"; final trajectory -> {self.output}"
         return text
+
+
+def _save_npy(path, array) -> None:
+    import io
+
+    from freehand3d._atomic import write_bytes_atomic
+
+    buf = io.BytesIO()
+    np.save(buf, array)
+    write_bytes_atomic(path, buf.getvalue())
