@@ -18,6 +18,9 @@ Printed:
 * the poses emitted on arrival and the final live trajectory against the offline
   :func:`~freehand3d.tracking.predict` on the same frames: GPE (all 307,200 pixels) and GPE_5pt
   in mm, and the largest image-corner distance;
+* the *causal optimum* -- the offline model on the sweep cut after each frame, what ``refine="sync"``
+  emits at O(N) per frame -- against the offline trajectory (what the model's look-ahead costs any
+  live use) and the emitted poses against it (what continuing the newest refinement costs);
 * with ``--truth``: every trajectory (and the reference trackers) against the simulator's truth.
 
 ``--full-model-cost`` instead measures what one frame of the full ``dualtrack-2024`` network
@@ -172,6 +175,20 @@ def live(args) -> dict:
           f"{_corner_distance(emitted, offline, spacing, shape):.3f} mm")
     print(f"final live trajectory vs offline: GPE {fin_off['GPE']:.2e} mm, GPE_5pt {fin_off['GPE_5pt']:.2e} mm, "
           f"largest corner distance {_corner_distance(final_poses, offline, spacing, shape):.2e} mm")
+    causal = None
+    if not args.no_causal:
+        # the best any causal tracker built on this model can emit: the offline model on the sweep
+        # cut after each frame (what refine="sync" emits, at O(N) per frame); not timed
+        sync = LiveTracker(model, precision=args.precision, threads=args.threads, spacing=spacing, refine="sync")
+        for frame in sweep.frames:
+            sync.push(frame)
+        sync.close()
+        causal = np.stack(sync.emitted) @ c_inv
+        c_off = evaluate_poses(causal, offline, spacing, shape)
+        e_c = evaluate_poses(emitted, causal, spacing, shape)
+        print(f"causal optimum (offline model cut after each frame = refine=sync) vs offline: GPE {c_off['GPE']:.3f} mm, "
+              f"GPE_5pt {c_off['GPE_5pt']:.3f} mm; emitted vs causal optimum (the cost of continuing the "
+              f"newest refinement): GPE {e_c['GPE']:.3f} mm, GPE_5pt {e_c['GPE_5pt']:.3f} mm")
     if args.truth:
         from freehand3d.tracking import baselines
 
@@ -179,6 +196,8 @@ def live(args) -> dict:
         gt = np.linalg.inv(gt[0])[None] @ gt
         rows = [("DualTrack offline", offline), ("DualTrack live, on arrival", emitted),
                 ("DualTrack live, final", final_poses)]
+        if causal is not None:
+            rows.insert(2, ("DualTrack causal optimum", causal))
         for name, fn in baselines.BASELINES.items():
             rows.append((name, fn(sweep) @ c_inv))
         print(f"{'tracker vs simulated truth':30} {'GPE mm':>8} {'LPE mm':>8} {'elev. err mm':>13} {'final drift mm':>15}")
@@ -247,6 +266,8 @@ def main():
     parser.add_argument("--checkpoint", default=str(TINY))
     parser.add_argument("--seed", type=int, default=5)
     parser.add_argument("--cache", default=".benchmarks-cache/live")
+    parser.add_argument("--no-causal", action="store_true",
+                        help="skip the causal optimum (the model cut after each frame, ~50-100 ms per frame)")
     parser.add_argument("--truth", action="store_true", help="also score everything against the simulated truth")
     parser.add_argument("--full-model-cost", action="store_true",
                         help="instead: per-frame arrival-path cost of the full dualtrack-2024 network")
