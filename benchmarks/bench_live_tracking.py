@@ -164,7 +164,7 @@ def live(args) -> dict:
           f"tracked {tracked}, skipped {args.frames - tracked}; stage dropped {stage_stats['dropped']} + "
           f"{stage_stats['dropped_at_exit']} at exit; missed {result.stats.get('missed', 0)}")
     print(f"latency arrival -> pose: p50 {np.percentile(lat, 50):.1f} ms, p95 {np.percentile(lat, 95):.1f} ms, "
-          f"max {lat.max():.1f} ms; batches: mean {np.mean(consumer.batches):.2f}, max {max(consumer.batches)} frames")
+          f"max {lat.max():.1f} ms (frame {int(lat.argmax())}); batches: mean {np.mean(consumer.batches):.2f}, max {max(consumer.batches)} frames")
     print(f"arrival path: {st['arrival_cpu_ms_per_frame']:.1f} CPU-ms/frame (CNN step + pose); refinements: "
           f"{st['refinements']} ({st['refine_cpu_ms_mean']:.0f} CPU-ms each, mean); emitted poses continued "
           f"{st['horizon_mean']:.1f} frames past the newest refinement on average, max {st['horizon_max']}")
