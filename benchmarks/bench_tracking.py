@@ -188,85 +188,11 @@ def _load():
 
 
 def live(frames, threads, fps, checkpoint, precision, seed=5):
-    """Live tracking over loopback: ``freehand3d replay`` serves a simulated sweep at ``fps``, an
-    IGTLSource receives it and a TrackingConsumer runs the LiveTracker on every frame. Prints the
-    arrival -> pose latency, frames skipped, the distance of the poses emitted on arrival (and of
-    the final live trajectory) from the offline trajectory, and all trackers against the truth,
-    baselines included."""
-    import socket
-    import tempfile
-
-    import numpy as np
-    import torch
-
-    from freehand3d.io import write_sweep
-    from freehand3d.simulate import simulate_freehand
-    from freehand3d.stream.igtl import IGTLSource
-    from freehand3d.tracking import baselines, load_dualtrack, predict
-    from freehand3d.tracking.infer import pixel_to_image
-    from freehand3d.tracking.live import LiveTracker, TrackingConsumer
-    from freehand3d.tracking.workflows import evaluate_poses
-
-    torch.set_num_threads(threads)
-    sweep, truth = simulate_freehand(n_frames=frames, seed=seed)
-    model = load_dualtrack(checkpoint)
-    shape, spacing = sweep.frame_shape, sweep.spacing
-    c_inv = np.linalg.inv(pixel_to_image(shape, spacing))
-    offline = predict(sweep.frames, model, precision=precision, threads=threads)["poses_global"]
-    tracker = LiveTracker(model, precision=precision, threads=threads, spacing=spacing)  # kernels measured here
-    consumer = TrackingConsumer(tracker)
-    with tempfile.TemporaryDirectory() as tmp:
-        path = os.path.join(tmp, "sweep.igs.mha")
-        write_sweep(sweep, path)
-        with socket.socket() as sock:
-            sock.bind(("127.0.0.1", 0))
-            port = sock.getsockname()[1]
-        server = subprocess.Popen([sys.executable, "-m", "freehand3d", "replay", path, "--port", str(port),
-                                   "--fps", str(fps), "--accept-timeout", "60"],
-                                  stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-        try:
-            source = IGTLSource(port=port, reconnect=False, connect_timeout=60.0)
-            received = 0
-            start = time.perf_counter()
-            for item in source.iter_items():
-                consumer.offer(item.frame, item.received)
-                received += 1
-                if received >= frames:
-                    break
-            stream_s = time.perf_counter() - start
-            source.close()
-        finally:
-            server.wait(timeout=60)
-    final = consumer.close()
-    lat = np.array(consumer.latencies_s) * 1e3
-    emitted = np.stack(tracker.emitted) @ c_inv
-    final_poses = final @ c_inv
-    gt = truth["image_to_reference"] @ np.linalg.inv(pixel_to_image(shape, spacing))
-    gt = np.linalg.inv(gt[0])[None] @ gt
-    vs_offline = evaluate_poses(emitted, offline, spacing, shape)
-    final_vs_offline = evaluate_poses(final_poses, offline, spacing, shape)
-    print(f"live tracking over loopback: {frames} simulated frames replayed at {fps:g} fps (freehand3d replay), "
-          f"{checkpoint} ({model.config.name}), precision {precision}, {threads} threads, CPU: {_cpu_model()}, "
-          f"{_load()}")
-    print(f"received {received}/{frames} frames in {stream_s:.1f} s; tracked {len(tracker.emitted)}, "
-          f"skipped {frames - len(tracker.emitted)}; batches: mean {np.mean(consumer.batches):.1f}, "
-          f"max {max(consumer.batches)} frames")
-    print(f"latency frame arrival -> pose: p50 {np.percentile(lat, 50):.0f} ms, p95 {np.percentile(lat, 95):.0f} ms, "
-          f"max {lat.max():.0f} ms")
-    cpu_per_frame = consumer.cpu_s / max(len(tracker.emitted), 1)
-    print(f"tracking CPU time: {cpu_per_frame * 1e3:.1f} ms/frame over {len(consumer.batches)} updates "
-          f"(with 1 thread: an idle core sustains ~{1 / cpu_per_frame:.0f} fps in batches of this size)")
-    print(f"poses emitted on arrival vs offline: GPE {vs_offline['GPE']:.3f} mm, LPE {vs_offline['LPE']:.3f} mm, "
-          f"final drift {vs_offline['final_drift_mm']:.3f} mm")
-    print(f"final live trajectory vs offline: GPE {final_vs_offline['GPE']:.2e} mm")
-    rows = [("DualTrack offline", offline), ("DualTrack live (on arrival)", emitted)]
-    for name, fn in baselines.BASELINES.items():
-        rows.append((name, fn(sweep) @ c_inv))
-    print(f"{'tracker vs ground truth':30} {'GPE mm':>8} {'LPE mm':>8} {'elev. err mm':>13} {'final drift mm':>15}")
-    for name, poses in rows:
-        m = evaluate_poses(poses, gt, spacing, shape)
-        elev = float(np.abs(poses[:, 2, 3] - gt[:, 2, 3]).mean())
-        print(f"{name:30} {m['GPE']:8.3f} {m['LPE']:8.3f} {elev:13.3f} {m['final_drift_mm']:15.3f}")
+    """Live tracking over loopback: moved to benchmarks/bench_live_tracking.py (same options);
+    ``--live`` runs it with the simulated truth and the reference trackers."""
+    script = os.path.join(os.path.dirname(os.path.abspath(__file__)), "bench_live_tracking.py")
+    subprocess.run([sys.executable, script, "--frames", str(frames), "--threads", str(threads), "--fps", str(fps),
+                    "--checkpoint", checkpoint, "--precision", precision, "--seed", str(seed), "--truth"], check=True)
 
 
 def precision_error(frames, threads, checkpoint, seed=5):

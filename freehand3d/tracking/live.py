@@ -519,6 +519,10 @@ class StreamTracking:
         self.output = output
         self.emitted_output = emitted_output
         model = load_dualtrack(checkpoint)
+        if threads is not None:
+            # the command's process is ours: one setting for every thread instead of each call
+            # setting and restoring torch's process-wide thread count while another thread runs
+            torch.set_num_threads(int(threads))
         self.tracker = LiveTracker(model, device=device, precision=precision, threads=threads, spacing=spacing,
                                    refine=refine)
         self.stage, self.consumer = tracking_stage(self.tracker)
