@@ -148,6 +148,24 @@ def test_live_tracker_rejects_wrong_frames_and_use_after_finish(model, frames):
         tracker.push(frames[2])
 
 
+def test_consumer_tracks_every_frame_and_counts_those_past_the_model_limit(frames):
+    """The stream's consumer: every frame offered is tracked in order (batched when they queue up),
+    one pose each; frames past max_positions are counted, not tracked, and the stream goes on."""
+    from freehand3d.tracking.live import TrackingConsumer
+
+    small = refs.randomize(DualTrack(refs.small_config(local_widths=(4, 4, 8, 8), local_size=32, pool_grid=2,
+                                                       max_positions=12)), seed=8)
+    tracker = LiveTracker(small, kernel="direct", spacing=SPACING, threads=1)
+    seen = []
+    consumer = TrackingConsumer(tracker, max_batch=4, on_pose=lambda i, pose: seen.append(i))
+    for frame in frames[:15]:
+        consumer.offer(frame, received=0.0)
+    final = consumer.close()
+    assert consumer.beyond_limit == 3 and len(tracker.emitted) == 12 and seen == list(range(12))
+    assert "3 later frames not tracked" in consumer.summary()
+    np.testing.assert_allclose(final, _offline(frames[:12], small), atol=1e-4, rtol=0)  # as above
+
+
 @pytest.mark.slow
 def test_stream_track_hook_tracks_every_frame_of_a_replayed_sweep(tmp_path):
     """``freehand3d stream --track CKPT`` on a loopback replay: every frame tracked, the final poses

@@ -395,7 +395,9 @@ class TrackingConsumer:
     on the :func:`time.time` clock (e.g. :attr:`freehand3d.stream.igtl.StreamItem.received`), so
     :attr:`latencies_s` is arrival -> pose. :meth:`close` waits for the queue to drain, finishes
     the tracker and returns the final trajectory. ``on_pose(index, pose)`` is called for every
-    emitted pose, in the worker thread.
+    emitted pose, in the worker thread. Frames past the model's ``max_positions`` (1024 for the
+    shipped models: 34 s at 30 fps) are not tracked, only counted (:attr:`beyond_limit`); the
+    stream itself goes on.
     """
 
     def __init__(self, tracker: LiveTracker, max_batch: int = 32, on_pose=None):
@@ -409,6 +411,10 @@ class TrackingConsumer:
         #: CPU seconds of this thread in push_many: the arrival path's whole cost
         self.cpu_s = 0.0
         self.error: BaseException | None = None
+        #: frames that arrived after the model's max_positions were tracked (not tracked)
+        self.beyond_limit = 0
+        self._limit = tracker.cfg.max_positions
+        self._offered = 0
         self._queue = collections.deque()
         self._cond = threading.Condition()
         self._closing = False
@@ -417,6 +423,10 @@ class TrackingConsumer:
 
     def offer(self, frame: np.ndarray, received: float | None = None) -> None:
         with self._cond:
+            self._offered += 1
+            if self._offered > self._limit:  # the model has no positions left: count, keep nothing
+                self.beyond_limit += 1
+                return
             self._queue.append((frame, time.time() if received is None else received))
             self._cond.notify_all()
 
@@ -460,7 +470,9 @@ class TrackingConsumer:
         if not len(lat):
             return f"tracking ({tracker.cfg.name}, {tracker.precision}): no frames tracked"
         st = tracker.stats()
-        return (f"tracking ({tracker.cfg.name}, {tracker.precision}): {len(tracker.emitted)} frames, "
+        limit = (f" ({self.beyond_limit} later frames not tracked: the model holds {self._limit})"
+                 if self.beyond_limit else "")
+        return (f"tracking ({tracker.cfg.name}, {tracker.precision}): {len(tracker.emitted)} frames{limit}, "
                 f"arrival -> pose p50 {np.percentile(lat, 50):.0f} ms, p95 {np.percentile(lat, 95):.0f} ms, "
                 f"max {lat.max():.0f} ms; arrival path {st['arrival_cpu_ms_per_frame']:.1f} CPU-ms/frame; "
                 f"{st['refinements']} refinements ({st['refine_cpu_ms_mean']:.0f} CPU-ms each), poses continued "
