@@ -166,6 +166,29 @@ def test_consumer_tracks_every_frame_and_counts_those_past_the_model_limit(frame
     np.testing.assert_allclose(final, _offline(frames[:12], small), atol=1e-4, rtol=0)  # as above
 
 
+def test_replayed_stream_tracked_through_run_live_skips_nothing(model, frames):
+    """The ``stream --track`` path in-process: ReplayServer -> IGTLSource -> run_live -> tracking
+    stage. Every frame sent gets a pose on arrival (0 skipped, 0 dropped), and the final
+    trajectory equals the offline model on the frames as received."""
+    from freehand3d.stream.igtl import IGTLSource, ReplayServer
+    from freehand3d.stream.live import run_live
+    from freehand3d.sweep import Sweep
+    from freehand3d.tracking.live import tracking_stage
+
+    n = 20
+    sweep = Sweep(frames=frames[:n], spacing=SPACING, timestamps=np.arange(n) * 0.05,
+                  transforms={"ProbeToTracker": np.tile(np.eye(4), (n, 1, 1))})
+    tracker = LiveTracker(model, kernel="direct", spacing=SPACING, threads=1)
+    stage, consumer = tracking_stage(tracker)
+    with ReplayServer(sweep, port=0, fps=200) as server:
+        server.start(accept_timeout=60)
+        result = run_live(IGTLSource(port=server.port, reconnect=False), consumers=[stage], max_frames=n)
+    stats = {s["name"]: s for s in result.stages}["tracking"]
+    assert result.frames == n and stats["processed"] == n and stats["dropped"] == stats["dropped_at_exit"] == 0
+    assert len(tracker.emitted) == len(consumer.latencies_s) == n and consumer.beyond_limit == 0
+    np.testing.assert_allclose(tracker.trajectory(), _offline(frames[:n], model), atol=1e-4, rtol=0)  # as above
+
+
 @pytest.mark.slow
 def test_stream_track_hook_tracks_every_frame_of_a_replayed_sweep(tmp_path):
     """``freehand3d stream --track CKPT`` on a loopback replay: every frame tracked, the final poses
