@@ -14,7 +14,7 @@ from scipy.ndimage import maximum_filter
 from freehand3d.ulm.echoes import analytic_signal, bandpass
 from freehand3d.ulm.probe import LinearProbe, echo_times
 
-__all__ = ["beamform_das", "weighted_average_localize", "localize_das_wa", "default_grid"]
+__all__ = ["detection_level", "beamform_das", "weighted_average_localize", "localize_das_wa", "default_grid"]
 
 
 def default_grid(probe: LinearProbe, z_range: tuple[float, float], pixel: float | None = None):
@@ -84,6 +84,34 @@ def beamform_das(
     return (image, counts) if return_counts else image
 
 
+def detection_level(
+    envelope: np.ndarray,
+    *,
+    threshold_db: float | None = -20.0,
+    false_alarms: float | None = 0.01,
+    noise_scale: np.ndarray | None = None,
+) -> np.ndarray:
+    """Detection threshold of an envelope image (nz, nx), broadcastable to it: the larger of
+    ``threshold_db`` relative to the image maximum and the noise-floor (CFAR) level (see
+    :func:`weighted_average_localize`); shared by DAS-WA and G-ULM's coherent seeding."""
+    envelope = np.asarray(envelope, float)
+    peak = envelope.max() if envelope.size else 0.0
+    level = np.zeros(envelope.shape[0])
+    if threshold_db is not None:
+        level[:] = peak * 10 ** (threshold_db / 20)
+    if false_alarms is None:
+        return level[:, None]
+    from scipy.ndimage import median_filter
+
+    from freehand3d.ulm.pulse import noise_floor
+
+    scale = np.ones_like(envelope) if noise_scale is None else np.asarray(noise_scale, float)
+    safe = np.where(scale > 0, scale, 1.0)
+    sigma = median_filter(noise_floor(envelope / safe, axis=1), size=21, mode="nearest")
+    k = np.sqrt(2 * np.log(max(envelope.size, 2) / false_alarms))
+    return np.maximum(level[:, None], k * sigma[:, None] * scale)
+
+
 def weighted_average_localize(
     envelope: np.ndarray,
     x: np.ndarray,
@@ -126,21 +154,7 @@ def weighted_average_localize(
     peak = envelope.max() if envelope.size else 0.0
     if peak <= 0:
         return np.zeros((0, 2))
-    level = np.zeros(envelope.shape[0])
-    if threshold_db is not None:
-        level[:] = peak * 10 ** (threshold_db / 20)
-    if false_alarms is not None:
-        from scipy.ndimage import median_filter
-
-        from freehand3d.ulm.pulse import noise_floor
-
-        scale = np.ones_like(envelope) if noise_scale is None else np.asarray(noise_scale, float)
-        safe = np.where(scale > 0, scale, 1.0)
-        sigma = median_filter(noise_floor(envelope / safe, axis=1), size=21, mode="nearest")
-        k = np.sqrt(2 * np.log(max(envelope.size, 2) / false_alarms))
-        level = np.maximum(level[:, None], k * sigma[:, None] * scale)
-    else:
-        level = level[:, None]
+    level = detection_level(envelope, threshold_db=threshold_db, false_alarms=false_alarms, noise_scale=noise_scale)
     is_max = (envelope == maximum_filter(envelope, size=2 * radius + 1, mode="constant")) & (envelope >= level) & (envelope > 0)
     # maxima on the border cannot be refined symmetrically
     is_max[:radius], is_max[-radius:], is_max[:, :radius], is_max[:, -radius:] = False, False, False, False

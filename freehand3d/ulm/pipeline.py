@@ -215,12 +215,14 @@ def refine_positions(
     tolerance: float = 0.02,
     iterations: int = 4,
     min_channels: int = 3,
+    max_move: float | None = None,
 ) -> np.ndarray:
     """Least-squares multilateration of each position from the echo paths it explains.
 
     For every position, each channel's echo nearest to the predicted path (within ``tolerance`` mm)
     is associated; then a few Gauss-Newton steps minimise the sum of squared path residuals.
-    Positions with fewer than ``min_channels`` associated echoes are returned unchanged.
+    Positions with fewer than ``min_channels`` associated echoes are returned unchanged, and so are
+    those that moved more than ``max_move`` (default ``tolerance``).
     """
     positions = np.array(positions, float, copy=True)
     start = positions.copy()
@@ -249,7 +251,7 @@ def refine_positions(
         step = np.linalg.solve(jtj[enough], jtr[enough][..., None])[..., 0]
         positions[enough] += step
     # a centre that wanders far was pulled by echoes of another bubble: keep the cluster centre
-    moved = np.linalg.norm(positions - start, axis=1) > tolerance
+    moved = np.linalg.norm(positions - start, axis=1) > (tolerance if max_move is None else max_move)
     positions[moved] = start[moved]
     return positions
 
@@ -305,6 +307,10 @@ def localize_frame(
     min_votes: int | None = None,
     pulse=None,
     echoes: Echoes | None = None,
+    coherent: bool = True,
+    seed_false_alarms: float = 0.01,
+    seed_threshold_db: float | None = -20.0,
+    seed_min_channels: int | None = None,
 ) -> np.ndarray:
     """G-ULM on one RF frame (n_samples, n_elements); returns (K, 2) positions (x, z) in mm.
 
@@ -328,8 +334,9 @@ def localize_frame(
         baseline = default_baseline(probe) if baseline is None else baseline
         spacing = np.median(np.diff(element_x)) if len(element_x) > 1 else probe.pitch
         gap = int(max(1, min(len(chosen) // 5 or 1, round(baseline / spacing))))
+    resolved = resolve_pulse(rf, probe, pulse) if (echoes is None or coherent) else None
+    reference = reference_fit(probe, resolved) if (echoes is None or coherent) else None
     if echoes is None:
-        reference = reference_fit(probe, resolve_pulse(rf, probe, pulse))
         echoes = find_echoes(rf[:, chosen], probe, t0=t0, threshold_db=threshold_db, false_alarms=false_alarms, max_cost=max_cost, reference=reference)
     paths = echo_paths(echoes.toa, probe, tx_angle)
     n_pairs = max(1, len(chosen) - gap)
@@ -347,7 +354,39 @@ def localize_frame(
     centres = suppress_ghosts(centres, sizes, merge_radius=lam / 2 if merge_radius is None else merge_radius, ghost_radius=2 * lam if ghost_radius is None else ghost_radius, ghost_ratio=ghost_ratio)
     if refine and len(centres):
         centres = refine_positions(centres, paths, element_x, tx_angle=tx_angle, tolerance=2 * tolerance)
+    if coherent:
+        centres = _add_coherent(centres, rf, probe, chosen, reference, resolved, echoes, paths, tx_angle=tx_angle, t0=t0, false_alarms=seed_false_alarms, threshold_db=seed_threshold_db, min_channels=seed_min_channels)
     return centres
+
+
+def default_depth_range(probe: LinearProbe, n_samples: int, t0: float = 0.0, tx_angle: float = 0.0) -> tuple[float, float]:
+    """1 mm .. the deepest depth whose echoes lie wholly inside the record (16 carrier periods before
+    its end, less the steering's extra path across the aperture); the DAS-WA default too."""
+    t_end = t0 + n_samples / probe.sampling_frequency
+    aperture = probe.pitch * (probe.n_elements - 1)
+    depth = probe.speed_of_sound * (t_end - 16 / probe.center_frequency) / 2
+    return (1.0, max(1.5, depth * np.cos(tx_angle) - aperture * abs(np.sin(tx_angle))))
+
+
+def _add_coherent(centres, rf, probe, chosen, reference, pulse, echoes, paths, *, tx_angle, t0, false_alarms, threshold_db, min_channels):
+    """Bubbles found by coherent seeding (:mod:`freehand3d.ulm.coherent`) that no centre explains."""
+    from freehand3d.ulm.coherent import PulseModel, coherent_bubbles, subtract_echoes
+
+    lam = probe.wavelength
+    element_x = probe.element_x[chosen]
+    # the echoes of the bubbles found so far are removed first, so that neither their side lobes
+    # nor their echoes seed new bubbles, and a weak bubble next to a strong one is seen on its own
+    model = PulseModel(probe, pulse, reference.half_window)
+    rf_band, known_peak = subtract_echoes(rf[:, chosen], probe, echoes, paths, centres, element_x, model, tx_angle=tx_angle, t0=t0, tolerance=lam / 4)
+    z_range = default_depth_range(probe, rf.shape[0], t0, tx_angle)
+    if min_channels is None:
+        min_channels = max(3, min(8, len(chosen) // 8))
+    found = coherent_bubbles(rf_band, probe, chosen, reference, model, z_range, known=centres, known_peak=known_peak, tx_angle=tx_angle, t0=t0, false_alarms=false_alarms, threshold_db=threshold_db, min_channels=min_channels)
+    out = [c for c in centres]
+    for p in found:
+        if not out or np.min(np.linalg.norm(np.asarray(out) - p, axis=1)) > lam / 2:
+            out.append(p)
+    return np.asarray(out).reshape(-1, 2)
 
 
 def localize(
@@ -371,6 +410,10 @@ def localize(
     ghost_ratio: float = 3.0,
     min_votes: int | None = None,
     pulse=None,
+    coherent: bool = True,
+    seed_false_alarms: float = 0.01,
+    seed_threshold_db: float | None = -20.0,
+    seed_min_channels: int | None = None,
     progress: bool = False,
 ):
     """Localize microbubbles by geometric ULM.
@@ -443,7 +486,7 @@ def localize(
             raise ValueError("every RF sample is NaN or infinite")
     pulse = resolve_pulse(np.where(bad, 0.0, rf) if bad.any() else rf, probe, pulse)
     pulse = "analytic" if pulse is None else pulse  # resolved once for all frames
-    kwargs = dict(tx_angle=tx_angle, t0=t0, channels=channels, bandwidth=bandwidth, min_cluster_size=min_cluster_size, gap=gap, baseline=baseline, tolerance=tolerance, refine=refine, threshold_db=threshold_db, false_alarms=false_alarms, max_cost=max_cost, merge_radius=merge_radius, ghost_radius=ghost_radius, ghost_ratio=ghost_ratio, min_votes=min_votes, pulse=pulse)
+    kwargs = dict(tx_angle=tx_angle, t0=t0, channels=channels, bandwidth=bandwidth, min_cluster_size=min_cluster_size, gap=gap, baseline=baseline, tolerance=tolerance, refine=refine, threshold_db=threshold_db, false_alarms=false_alarms, max_cost=max_cost, merge_radius=merge_radius, ghost_radius=ghost_radius, ghost_ratio=ghost_ratio, min_votes=min_votes, pulse=pulse, coherent=coherent, seed_false_alarms=seed_false_alarms, seed_threshold_db=seed_threshold_db, seed_min_channels=seed_min_channels)
     if rf.ndim == 2:
         return localize_frame(rf, probe, **kwargs)
     if rf.ndim != 3:
