@@ -35,20 +35,32 @@ from scipy import fft as sp_fft
 from freehand3d.ulm.echoes import ReferenceFit, bandpass, canonical_memgo, envelope_peak, fit_memgo_batch, phase_precise_delay
 from freehand3d.ulm.probe import LinearProbe, echo_times, transmit_time
 
-__all__ = ["subtract_echoes", "upsampled_analytic", "coherent_image", "coherent_bubbles", "gated_fits"]
+__all__ = ["PulseModel", "subtract_echoes", "upsampled_analytic", "image_grid", "coherent_image", "coherent_bubbles", "gated_fits"]
 
 
 def upsampled_analytic(rf_band: np.ndarray, factor: int = 4) -> np.ndarray:
-    """Analytic signal of band-passed RF (n_samples, M), up-sampled ``factor`` x in time (FFT zero padding)."""
+    """Analytic signal of band-passed RF (n_samples, M), up-sampled ``factor`` x in time (FFT zero
+    padding, single precision)."""
     n = rf_band.shape[0]
-    spectrum = sp_fft.rfft(rf_band, axis=0)
-    full = np.zeros((n * factor, rf_band.shape[1]), complex)
+    spectrum = sp_fft.rfft(np.asarray(rf_band, np.float32), axis=0)
+    full = np.zeros((n * factor, rf_band.shape[1]), np.complex64)
     m = spectrum.shape[0]
     full[:m] = 2 * spectrum
     full[0] *= 0.5
     if n % 2 == 0:
         full[m - 1] *= 0.5
-    return (sp_fft.ifft(full, axis=0) * factor).astype(np.complex64)
+    return sp_fft.ifft(full, axis=0, overwrite_x=True) * np.float32(factor)
+
+
+def image_grid(probe: LinearProbe, chosen: np.ndarray, z_range: tuple[float, float]) -> tuple[np.ndarray, np.ndarray]:
+    """Pixel centres (x, z) of :func:`coherent_image`: about lambda / 2 apart, x on a whole fraction
+    of the pitch from the first selected element (so every element sits on a pixel column)."""
+    lam = probe.wavelength
+    step = probe.pitch / max(1, round(probe.pitch / (lam / 2)))
+    first, last = probe.element_x[chosen[0]], probe.element_x[chosen[-1]]
+    x = first + np.arange(int(round((last - first) / step)) + 1) * step
+    z = np.arange(z_range[0], z_range[1] + lam / 4, lam / 2)
+    return x, z
 
 
 def coherent_image(
@@ -69,28 +81,32 @@ def coherent_image(
 
     ``analytic_up`` is :func:`upsampled_analytic` of the selected channels (columns in ``chosen``
     order); each channel contributes its nearest up-sampled analytic sample at the pixel's two-way
-    time of flight, inside the aperture |x - x_k| <= z / (2 f_number).
+    time of flight, inside the aperture |x - x_k| <= z / (2 f_number). ``x`` must be a regular grid
+    with every selected element on a column (:func:`image_grid`): the receive delays then form one
+    table over (depth, column offset) shared by all channels.
     """
     fs_up = probe.sampling_frequency * factor
     n_up = analytic_up.shape[0]
-    c = probe.speed_of_sound
+    step = x[1] - x[0] if len(x) > 1 else probe.pitch
     xx, zz = np.meshgrid(x, z)
-    tx_samples = (transmit_time(np.stack([xx, zz], axis=-1), probe, tx_angle) - t0) * fs_up
+    tx_samples = ((transmit_time(np.stack([xx, zz], axis=-1), probe, tx_angle) - t0) * fs_up).astype(np.float32)
+    reach = int(np.ceil(z[-1] / (2 * f_number) / step + 1e-9))
+    d = np.arange(-reach, reach + 1) * step
+    receive = np.sqrt(d[None, :] ** 2 + (z * z)[:, None]) * (fs_up / probe.speed_of_sound)
+    outside = np.abs(d)[None, :] > z[:, None] / (2 * f_number) + 1e-9
+    receive = np.where(outside, 4.0 * n_up, receive).astype(np.float32)  # out of aperture: past the end
+    padded = np.concatenate([analytic_up, np.zeros((1, analytic_up.shape[1]), analytic_up.dtype)])  # row n_up = 0
     image = np.zeros((len(z), len(x)), np.complex64)
     counts = np.zeros((len(z), len(x)), np.float32)
-    reach = z[-1] / (2 * f_number)
-    z2 = (z * z)[:, None]
-    half_ap = (z / (2 * f_number))[:, None]
     for m, k in enumerate(chosen):
-        ex = probe.element_x[k]
-        lo, hi = np.searchsorted(x, [ex - reach, ex + reach + 1e-12])
+        col = int(round((probe.element_x[k] - x[0]) / step))
+        lo, hi = max(0, col - reach), min(len(x), col + reach + 1)
         if hi <= lo:
             continue
-        dx = x[lo:hi] - ex
-        idx = np.rint(tx_samples[:, lo:hi] + np.sqrt(dx * dx + z2) * (fs_up / c)).astype(np.int64)
-        valid = (np.abs(dx)[None, :] <= half_ap) & (idx >= 0) & (idx < n_up)
-        column = analytic_up[:, m]
-        image[:, lo:hi] += np.where(valid, column[np.clip(idx, 0, n_up - 1)], 0)
+        idx = np.rint(tx_samples[:, lo:hi] + receive[:, lo - col + reach : hi - col + reach]).astype(np.int32)
+        valid = (idx >= 0) & (idx < n_up)
+        np.copyto(idx, n_up, where=~valid)
+        image[:, lo:hi] += padded[idx, m]
         counts[:, lo:hi] += valid if noise_power is None else valid * np.float32(noise_power[m])
     return image, counts
 
@@ -222,8 +238,7 @@ def coherent_bubbles(
 
     lam = probe.wavelength
     element_x = probe.element_x[chosen]
-    x = np.arange(element_x[0], element_x[-1] + lam / 4, lam / 2)
-    z = np.arange(z_range[0], z_range[1] + lam / 4, lam / 2)
+    x, z = image_grid(probe, chosen, z_range)
     if len(x) < 5 or len(z) < 5:
         return np.zeros((0, 2))
     residual = _Residual(rf_band, factor)
