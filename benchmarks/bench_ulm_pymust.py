@@ -115,7 +115,7 @@ def main(argv=None) -> dict:
                     else:
                         rf = add_noise_snr(rf_clean, probe, None if snr == "none" else float(snr), seed=args.seed + 1)
                         truth = list_pos
-                    methods = [("G-ULM", 128, pulse), ("G-ULM", 16, pulse), ("DAS+WA", 128, None)]
+                    methods = [("G-ULM", 128, pulse), ("G-ULM", 16, pulse), ("DAS+WA", 128, None), ("DAS+WA", 16, None)]
                     if snr in ("30", "none"):
                         methods.append(("G-ULM no pulse", 128, None))
                     if args.methods != "all":

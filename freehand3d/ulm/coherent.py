@@ -221,6 +221,8 @@ def coherent_bubbles(
     f_number: float = 1.0,
     min_channels: int = 8,
     min_agreement: float = 0.6,
+    chance: float = 1 / 3,
+    z_score: float = 2.5,
     factor: int = 4,
 ) -> np.ndarray:
     """Bubbles (K, 2) found by coherent seeding and located geometrically (see the module docstring).
@@ -295,7 +297,9 @@ def coherent_bubbles(
         toa = np.where(ok, t0 + delay / fs, np.nan)
         paths = echo_paths(toa, probe, tx_angle)
         pos, used = _weighted_intersection(seed, paths, params[:, 0] ** 2, element_x, direction, (lam / 2, lam / 4, lam / 8))
-        if used.sum() < max(min_channels, min_agreement * ok.sum()) or np.linalg.norm(pos - seed) > lam / 2 or not np.isfinite(pos).all():
+        n = ok.sum()
+        need = max(min_channels, min_agreement * n, n * chance + z_score * np.sqrt(n * chance * (1 - chance)))
+        if used.sum() < need or np.linalg.norm(pos - seed) > lam / 2 or not np.isfinite(pos).all():
             continue
         if residual.point_sum(probe, chosen, pos, **kw) < level_at(pos):
             continue
