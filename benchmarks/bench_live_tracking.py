@@ -165,6 +165,11 @@ def live(args) -> dict:
           f"{stage_stats['dropped_at_exit']} at exit; missed {result.stats.get('missed', 0)}")
     print(f"latency arrival -> pose: p50 {np.percentile(lat, 50):.1f} ms, p95 {np.percentile(lat, 95):.1f} ms, "
           f"max {lat.max():.1f} ms (frame {int(lat.argmax())}); batches: mean {np.mean(consumer.batches):.2f}, max {max(consumer.batches)} frames")
+    tm = np.array(consumer.timings) * 1e3
+    parts = {"receiver -> tracking consumer": tm[:, 1] - tm[:, 0], "queued in the consumer": tm[:, 2] - tm[:, 1],
+             "push_many (CNN step + pose)": tm[:, 3] - tm[:, 2]}
+    print("  where it goes (p50 / p95 ms): " + "; ".join(
+        f"{name} {np.percentile(v, 50):.1f} / {np.percentile(v, 95):.1f}" for name, v in parts.items()))
     print(f"arrival path: {st['arrival_cpu_ms_per_frame']:.1f} CPU-ms/frame (CNN step + pose); refinements: "
           f"{st['refinements']} ({st['refine_cpu_ms_mean']:.0f} CPU-ms each, mean); emitted poses continued "
           f"{st['horizon_mean']:.1f} frames past the newest refinement on average, max {st['horizon_max']}")

@@ -411,6 +411,9 @@ class TrackingConsumer:
         #: CPU seconds of this thread in push_many: the arrival path's whole cost
         self.cpu_s = 0.0
         self.error: BaseException | None = None
+        #: per tracked frame (time.time() values): (arrival, offered to this consumer, its
+        #: push_many started, its pose emitted) -- where the latency goes
+        self.timings: list[tuple[float, float, float, float]] = []
         #: frames that arrived after the model's max_positions were tracked (not tracked)
         self.beyond_limit = 0
         self._limit = tracker.cfg.max_positions
@@ -427,7 +430,8 @@ class TrackingConsumer:
             if self._offered > self._limit:  # the model has no positions left: count, keep nothing
                 self.beyond_limit += 1
                 return
-            self._queue.append((frame, time.time() if received is None else received))
+            now = time.time()
+            self._queue.append((frame, now if received is None else received, now))
             self._cond.notify_all()
 
     def _run(self):
@@ -439,13 +443,15 @@ class TrackingConsumer:
                     if not self._queue and self._closing:
                         return
                     batch = [self._queue.popleft() for _ in range(min(len(self._queue), self.max_batch))]
-                frames = np.stack([_grey_uint8(f) for f, _ in batch])
+                started = time.time()
+                frames = np.stack([_grey_uint8(f) for f, _, _ in batch])
                 first = self.tracker.n
                 cpu0 = time.thread_time()
                 poses = self.tracker.push_many(frames)
                 self.cpu_s += time.thread_time() - cpu0
                 now = time.time()
-                self.latencies_s.extend(now - t for _, t in batch)
+                self.latencies_s.extend(now - t for _, t, _ in batch)
+                self.timings.extend((t, offered, started, now) for _, t, offered in batch)
                 self.batches.append(len(batch))
                 if self.on_pose is not None:
                     for i, pose in enumerate(poses):
