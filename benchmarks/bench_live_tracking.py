@@ -10,7 +10,8 @@ Printed:
 
 * frames sent / received / tracked, skipped (sent - tracked), stage drops;
 * latency from frame arrival (``StreamItem.received``, when the receiver read the message) to the
-  pose being emitted: p50 / p95 / max;
+  pose being emitted: p50 / p95 / max, and where it goes (receiver -> tracking thread, queued,
+  the CNN step); and from arrival to the first *refined* pose that saw the frame's own pixels;
 * CPU time of the arrival path (the thread that runs the incremental CNN and emits the poses) per
   frame, the refinements (count, CPU time each) and how far the emitted poses were continued past
   the newest refinement; the process's CPU use and the load average (wall-clock latency depends on
@@ -107,7 +108,7 @@ def live(args) -> dict:
     from freehand3d.stream.live import run_live
     from freehand3d.tracking import load_dualtrack, predict
     from freehand3d.tracking.infer import pixel_to_image
-    from freehand3d.tracking.live import LiveTracker, tracking_stage
+    from freehand3d.tracking.live import LiveTracker, refined_latencies, tracking_stage
     from freehand3d.tracking.workflows import evaluate_poses
 
     torch.set_num_threads(args.threads)
@@ -170,6 +171,11 @@ def live(args) -> dict:
              "push_many (CNN step + pose)": tm[:, 3] - tm[:, 2]}
     print("  where it goes (p50 / p95 ms): " + "; ".join(
         f"{name} {np.percentile(v, 50):.1f} / {np.percentile(v, 95):.1f}" for name, v in parts.items()))
+    ref_lat = refined_latencies(tm[:, 0] / 1e3, tracker.published) * 1e3
+    seen = ref_lat[np.isfinite(ref_lat)]
+    print(f"latency arrival -> first refined pose that saw the frame: p50 {np.percentile(seen, 50):.0f} ms, "
+          f"p95 {np.percentile(seen, 95):.0f} ms, max {seen.max():.0f} ms ({len(ref_lat) - len(seen)} frames "
+          f"first seen by finish())")
     print(f"arrival path: {st['arrival_cpu_ms_per_frame']:.1f} CPU-ms/frame (CNN step + pose); refinements: "
           f"{st['refinements']} ({st['refine_cpu_ms_mean']:.0f} CPU-ms each, mean); emitted poses continued "
           f"{st['horizon_mean']:.1f} frames past the newest refinement on average, max {st['horizon_max']}")

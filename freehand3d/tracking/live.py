@@ -72,7 +72,8 @@ from freehand3d.tracking.infer import (
 from freehand3d.tracking.model.streaming import StreamingCNN
 from freehand3d.tracking.preprocess import global_frames, local_crops
 
-__all__ = ["LiveTracker", "TrackingConsumer", "tracking_stage", "StreamTracking", "REFINE_MODES"]
+__all__ = ["LiveTracker", "TrackingConsumer", "tracking_stage", "StreamTracking", "REFINE_MODES",
+           "refined_latencies"]
 
 #: ``refine`` values of :class:`LiveTracker`
 REFINE_MODES = ("background", "sync", "manual")
@@ -162,6 +163,9 @@ class LiveTracker:
         self.refinements = 0
         self.refine_cpu_s = 0.0
         self.refined: Refinement | None = None
+        #: (time.time() when published, frames it saw) per refinement: when a frame's own pixels
+        #: first reached a pose (see :func:`refined_latencies`)
+        self.published: list[tuple[float, int]] = []
         self.head: np.ndarray | None = None
         self._final: np.ndarray | None = None
         self._like = None
@@ -284,6 +288,7 @@ class LiveTracker:
         ref = Refinement(n, poses, step, time.thread_time() - cpu0, time.perf_counter() - t0)
         if self.refined is None or ref.n >= self.refined.n:
             self.refined = ref
+        self.published.append((time.time(), n))
         self.refinements += 1
         self.refine_cpu_s += ref.cpu_s
         return ref
@@ -384,6 +389,20 @@ class LiveTracker:
             "horizon_mean": float(np.mean(self.horizons)) if self.horizons else 0.0,
             "horizon_max": int(max(self.horizons)) if self.horizons else 0,
         }
+
+
+def refined_latencies(arrivals, published) -> np.ndarray:
+    """Seconds from each frame's arrival (``time.time()`` values, frame order) to the first
+    refinement published after it that saw it (:attr:`LiveTracker.published`): when the frame's
+    own pixels first reached a pose. NaN for frames no refinement saw before :meth:`finish`."""
+    out = np.full(len(arrivals), np.nan)
+    times = np.array([t for t, _ in published]) if published else np.zeros(0)
+    ns = np.array([n for _, n in published]) if published else np.zeros(0, int)
+    for k, a in enumerate(arrivals):
+        ok = np.nonzero((ns > k) & (times >= a))[0]
+        if len(ok):
+            out[k] = times[ok[0]] - a
+    return out
 
 
 class TrackingConsumer:
