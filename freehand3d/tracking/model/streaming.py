@@ -108,11 +108,15 @@ class _TemporalConv:
         if final:
             parts.append(x.new_zeros(*x.shape[:2], self.pad, *x.shape[3:]))
         inp = torch.cat(parts, dim=2) if len(parts) > 1 else x
+        # in the conv's layout before the carry is taken: the carry keeps it, so the next cat
+        # (which takes its first input's layout) needs no conversion (measured: 14 layout copies
+        # of up to 0.4 ms per one-frame live step before)
+        inp = inp.contiguous(memory_format=_format(x))
         keep = self.kt - 1
         self.carry = _tail(inp, max(inp.shape[2] - keep, 0))
         if inp.shape[2] < self.kt:
             return self._empty(inp)
-        return _conv_valid(self.conv, inp.contiguous(memory_format=_format(x)))
+        return _conv_valid(self.conv, inp)
 
     def _run(self, x):
         if x.shape[2] == 0:
