@@ -47,7 +47,8 @@ def test_auto_measures_each_layer_shape_once_and_caches_it_on_disk(cache, model,
     (key,) = data
     assert "1 threads" in key and "float32" in key and kmod.cpu_name() in key
     assert set(data[key]) == {"{}x{}@{}x{}".format(*s) for s in shapes}
-    assert all(v["kernel"] in ("direct", "winograd") and v["direct_ms"] > 0 for v in data[key].values())
+    assert all(v["kernel"] in ("direct", "winograd", "winograd4") and v["direct_ms"] > 0 for v in data[key].values())
+    assert all(v["winograd4_ms"] > 0 and "load_per_cpu" in v for v in data[key].values())
     plain = not kmod.channels_last_wins(data[key])
     assert first["info"]["kernels"] == {k: "direct (contiguous)" if plain else v["kernel"] for k, v in data[key].items()}
     assert all(v["contiguous_ms"] > 0 for v in data[key].values())
@@ -60,12 +61,18 @@ def test_auto_measures_each_layer_shape_once_and_caches_it_on_disk(cache, model,
 
 
 def test_auto_follows_the_measurement(cache, model, frames, monkeypatch):
-    # pretend Winograd wins clearly on the 8-channel layers only
-    monkeypatch.setattr(kmod, "_time_layer", lambda conv, shape, dtype, rounds: (1.0, 0.5 if shape[0] == 8 else 2.0, 3.0))
+    # pretend F(2x2) wins clearly on the 8-channel layers and F(4x4) on the others' first shape
+    def fake(conv, shape, dtype, rounds):
+        return {"direct": 1.0, "winograd": 0.5 if shape[0] == 8 else 2.0,
+                "winograd4": 0.6 if shape[0] == 8 else 0.4 if shape[2] == 16 else 1.0, "contiguous": 3.0}
+
+    monkeypatch.setattr(kmod, "_time_layer", fake)
     out = predict(frames, model, kernel="auto", threads=1)
+    shapes = {s for _, _, s in kmod.eligible_layers(model.local_encoder.cnn, 32)}
+    assert any(s[0] == 8 for s in shapes) and any(s[0] != 8 and s[2] == 16 for s in shapes)
     assert {k: v for k, v in out["info"]["kernels"].items()} == {
-        "{}x{}@{}x{}".format(*s): ("winograd" if s[0] == 8 else "direct")
-        for _, _, s in kmod.eligible_layers(model.local_encoder.cnn, 32)
+        "{}x{}@{}x{}".format(*s): ("winograd" if s[0] == 8 else "winograd4" if s[2] == 16 else "direct")
+        for s in shapes
     }
     direct = predict(frames, model, kernel="direct", threads=1)
     assert set(direct["info"]["kernels"].values()) == {"direct"}
@@ -76,7 +83,8 @@ def test_auto_follows_the_measurement(cache, model, frames, monkeypatch):
 
 def test_auto_keeps_the_plain_layout_when_it_measures_faster(cache, model, frames, monkeypatch):
     # channels-last direct 1.0, Winograd 2.0, plain layout 0.5 (as on an AVX2 EPYC at 1 thread)
-    monkeypatch.setattr(kmod, "_time_layer", lambda conv, shape, dtype, rounds: (1.0, 2.0, 0.5))
+    monkeypatch.setattr(kmod, "_time_layer", lambda conv, shape, dtype, rounds: {
+        "direct": 1.0, "winograd": 2.0, "winograd4": 1.5, "contiguous": 0.5})
     out = predict(frames, model, kernel="auto", threads=1)
     assert set(out["info"]["kernels"].values()) == {"direct (contiguous)"}
     direct = predict(frames, model, kernel="direct", threads=1)
@@ -85,9 +93,35 @@ def test_auto_keeps_the_plain_layout_when_it_measures_faster(cache, model, frame
 
 
 def test_a_margin_keeps_the_direct_kernel_on_a_near_tie(cache, model, monkeypatch):
-    monkeypatch.setattr(kmod, "_time_layer", lambda conv, shape, dtype, rounds: (1.0, 1.0 / (kmod.MARGIN * 0.99), 3.0))
+    tie = 1.0 / (kmod.MARGIN * 0.99)
+    monkeypatch.setattr(kmod, "_time_layer", lambda conv, shape, dtype, rounds: {
+        "direct": 1.0, "winograd": tie, "winograd4": tie, "contiguous": 3.0})
     cnn = model.local_encoder.cnn.fused_for_inference()
     assert set(kmod.apply_kernels(cnn, 32, "auto", 1).values()) == {"direct"}
+
+
+def test_a_measurement_under_overload_is_taken_again_when_the_load_has_halved(cache, model, monkeypatch):
+    timed = []
+    monkeypatch.setattr(kmod, "_time_layer", lambda conv, shape, dtype, rounds: timed.append(shape) or {
+        "direct": 1.0, "winograd": 2.0, "winograd4": 0.5, "contiguous": 3.0})
+    cnn = model.local_encoder.cnn.fused_for_inference()
+    n_shapes = len({s for _, _, s in kmod.eligible_layers(cnn, 32)})
+    monkeypatch.setattr(kmod, "load_per_cpu", lambda: 6.0)  # overloaded: measured, cached with its load
+    kmod.choose_kernels(cnn, 32, 1)
+    assert len(timed) == n_shapes
+    for load, again in ((4.0, False), (1.0, True)):  # re-measured only once the load has halved
+        monkeypatch.setattr(kmod, "_MEMO", {})
+        monkeypatch.setattr(kmod, "load_per_cpu", lambda: load)
+        timed.clear()
+        got = kmod.choose_kernels(cnn, 32, 1)
+        assert len(timed) == (n_shapes if again else 0)
+        assert {v["load_per_cpu"] for v in got.values()} == {1.0 if again else 6.0}
+    # a quiet measurement stays, whatever the load later
+    monkeypatch.setattr(kmod, "_MEMO", {})
+    monkeypatch.setattr(kmod, "load_per_cpu", lambda: 0.1)
+    timed.clear()
+    kmod.choose_kernels(cnn, 32, 1)
+    assert timed == []
 
 
 def test_threads_apply_during_the_call_only(model, frames):

@@ -1,19 +1,23 @@
 """Convolution kernel choice for the local CNN, by measurement on this machine (like
 ``torch.backends.cudnn.benchmark``), cached on disk.
 
-On CPU each stride-1 3x3x3 convolution of the local ResNet can run as oneDNN's direct convolution
-or as Winograd F(2x2,3x3) (:mod:`freehand3d.tracking.model.winograd`). Which one is faster depends
+On CPU each stride-1 3x3x3 convolution of the local ResNet can run as oneDNN's direct convolution,
+as Winograd F(2x2,3x3) (:mod:`freehand3d.tracking.model.winograd`) or as Winograd F(4x4,3x3)
+(:mod:`freehand3d.tracking.model.winograd4`, 4x fewer multiply-adds). Which one is faster depends
 on the CPU, the layer's shape, the number of threads and the load: on one AMD EPYC (AVX-512)
-Winograd won from 128 channels on, on an AVX2 EPYC under load it lost on every layer (2-4x), on an
-Intel Xeon at 1 thread it lost on the 128-channel layer. So ``kernel="auto"`` measures both on
-every distinct layer shape once -- a few frames each, alternating, best of :data:`ROUNDS` -- and
-keeps the faster; a layer is switched to Winograd only when it wins by :data:`MARGIN`, so noise
+F(2x2) won from 128 channels on, on an AVX2 EPYC under load it lost on every layer (2-4x) while
+F(4x4) won 1.3x-3.2x, on an Intel Xeon at 1 thread F(2x2) lost on the 128-channel layer. So
+``kernel="auto"`` measures them all (and oneDNN's direct conv in the plain memory layout) on every
+distinct layer shape once -- a few frames each, alternating, best of :data:`ROUNDS` -- and keeps
+the fastest; a layer leaves the direct conv only for a kernel that wins by :data:`MARGIN`, so noise
 cannot make the forward slower than the plain direct one.
 
 The choices are stored in ``conv_kernels.json`` under :func:`cache_dir` (``$FREEHAND3D_CACHE_DIR``,
 else ``$XDG_CACHE_HOME/freehand3d``, else ``~/.cache/freehand3d``), keyed by CPU model, torch
-version, thread count, dtype and layer shape; delete the file (or pass ``remeasure=True``) after
-changing hardware or when the machine's load has changed a lot. On CUDA, ``auto`` sets
+version, thread count, dtype and layer shape, with the load average per CPU at the time. A
+measurement taken while the machine was overloaded (more than :data:`OVERLOAD` runnable processes
+per CPU) is taken again, once per process, when the load has since halved; delete the file (or
+pass ``remeasure=True``) after changing hardware. On CUDA, ``auto`` sets
 ``torch.backends.cudnn.benchmark`` instead (cuDNN measures its own algorithms).
 """
 
@@ -29,7 +33,9 @@ import torch
 from torch import nn
 
 #: kernel names accepted by :func:`freehand3d.tracking.predict` / ``freehand3d track --kernel``
-KERNELS = ("auto", "direct", "winograd")
+KERNELS = ("auto", "direct", "winograd", "winograd4")
+#: the kernels ``auto`` times on every layer shape (``contiguous``: direct conv, plain layout)
+CANDIDATES = ("direct", "winograd", "winograd4", "contiguous")
 
 #: alternating timing rounds per layer (best kept)
 ROUNDS = 3
@@ -37,6 +43,8 @@ ROUNDS = 3
 MEASURE_FRAMES = 6
 #: Winograd must be at least this much faster to be chosen (timing noise on a loaded machine)
 MARGIN = 1.05
+#: load average per CPU above which a cached measurement counts as taken under overload
+OVERLOAD = 1.5
 
 _MEMO: dict[str, dict] = {}
 
@@ -108,10 +116,19 @@ def eligible_layers(cnn: nn.Module, crop_size: int) -> list[tuple[nn.Module, str
     return out
 
 
-def _time_layer(conv: nn.Conv3d, shape, dtype, rounds: int) -> tuple[float, float]:
-    """Best seconds per call of the direct and the Winograd conv, alternating."""
+def load_per_cpu() -> float | None:
+    """1-minute load average divided by the number of CPUs (None where unknown)."""
+    try:
+        return os.getloadavg()[0] / max(os.cpu_count() or 1, 1)
+    except (OSError, AttributeError):
+        return None
+
+
+def _time_layer(conv: nn.Conv3d, shape, dtype, rounds: int) -> dict[str, float]:
+    """Best seconds per call of every kernel in :data:`CANDIDATES`, alternating."""
     from freehand3d.tracking.model.streaming import _conv_valid
     from freehand3d.tracking.model.winograd import WinogradConv3d
+    from freehand3d.tracking.model.winograd4 import Winograd4Conv3d
 
     import copy
 
@@ -121,49 +138,60 @@ def _time_layer(conv: nn.Conv3d, shape, dtype, rounds: int) -> tuple[float, floa
     x = plain.contiguous(memory_format=torch.channels_last_3d)
     direct = copy.deepcopy(conv).to(dtype=dtype, memory_format=torch.channels_last_3d)
     flat = copy.deepcopy(conv).to(dtype=dtype, memory_format=torch.contiguous_format)
-    fast = WinogradConv3d(direct)
+    fast, fast4 = WinogradConv3d(direct), Winograd4Conv3d(direct)
     runs = {"direct": lambda: _conv_valid(direct, x), "winograd": lambda: fast(x, valid_time=True),
-            "contiguous": lambda: _conv_valid(flat, plain)}
+            "winograd4": lambda: fast4(x, valid_time=True), "contiguous": lambda: _conv_valid(flat, plain)}
     best = {k: float("inf") for k in runs}
     with torch.inference_mode():
         for fn in runs.values():
-            fn()  # warm-up: oneDNN primitive creation, kernel transform
+            fn()  # warm-up: oneDNN primitive creation, kernel transform, numba compilation
         for _ in range(rounds):
             for k, fn in runs.items():
                 start = time.perf_counter()
                 fn()
                 best[k] = min(best[k], time.perf_counter() - start)
-    return best["direct"], best["winograd"], best["contiguous"]
+    return best
+
+
+def _pick(times: dict[str, float]) -> str:
+    """The fastest channels-last kernel; anything but the direct conv must win by :data:`MARGIN`."""
+    best = "direct"
+    for name in ("winograd", "winograd4"):
+        t = times.get(name, float("inf"))
+        if t * MARGIN < times["direct"] and t < times.get(best, float("inf")):
+            best = name
+    return best
+
+
+def _stale(entry: dict, now: float | None) -> bool:
+    """A measurement taken under overload, with the load at least halved since."""
+    then = entry.get("load_per_cpu")
+    return then is not None and now is not None and then > OVERLOAD and now < then / 2
 
 
 def choose_kernels(cnn: nn.Module, crop_size: int, threads: int | None = None, dtype=torch.float32,
                    remeasure: bool = False, rounds: int = ROUNDS) -> dict[str, dict]:
-    """Measured (or cached) choice per layer shape: ``{"Cin x Cout @ HxW": {"direct_ms",
-    "winograd_ms", "kernel"}}`` for the current thread count."""
+    """Measured (or cached) choice per layer shape: ``{"Cin x Cout @ HxW": {"<kernel>_ms" for every
+    candidate, "kernel", "load_per_cpu"}}`` for the current thread count."""
     threads = torch.get_num_threads() if threads is None else threads
     key = _machine_key(threads, dtype)
-    names = ["{}x{}@{}x{}".format(*shape) for _, _, shape in eligible_layers(cnn, crop_size)]
+    layers = eligible_layers(cnn, crop_size)
+    names = ["{}x{}@{}x{}".format(*shape) for _, _, shape in layers]
     if not remeasure and key in _MEMO and all(name in _MEMO[key] for name in names):
         return _MEMO[key]
     data = _load()
     entry = {} if remeasure else dict(data.get(key, {}))
+    now = load_per_cpu()
     missing = False
-    for _, _, shape in eligible_layers(cnn, crop_size):
+    for parent, attr, shape in layers:
         name = "{}x{}@{}x{}".format(*shape)
-        if name in entry and "contiguous_ms" in entry[name]:
+        old = entry.get(name)
+        if old is not None and all(f"{k}_ms" in old for k in CANDIDATES) and not _stale(old, now):
             continue
-        conv = None
-        for parent, attr, s in eligible_layers(cnn, crop_size):
-            if s == shape:
-                conv = getattr(parent, attr)
-                break
-        d, w, c = _time_layer(conv, shape, dtype, rounds)
-        entry[name] = {
-            "direct_ms": round(d * 1e3 / MEASURE_FRAMES, 3),
-            "winograd_ms": round(w * 1e3 / MEASURE_FRAMES, 3),
-            "contiguous_ms": round(c * 1e3 / MEASURE_FRAMES, 3),
-            "kernel": "winograd" if w * MARGIN < d else "direct",
-        }
+        times = _time_layer(getattr(parent, attr), shape, dtype, rounds)
+        entry[name] = {f"{k}_ms": round(v * 1e3 / MEASURE_FRAMES, 3) for k, v in times.items()}
+        entry[name]["kernel"] = _pick(times)
+        entry[name]["load_per_cpu"] = None if now is None else round(now, 2)
         missing = True
     if missing:
         data = _load()
@@ -174,11 +202,10 @@ def choose_kernels(cnn: nn.Module, crop_size: int, threads: int | None = None, d
 
 
 def channels_last_wins(measured: dict) -> bool:
-    """Channels-last (with the per-layer best of direct and Winograd) against the plain layout's
-    direct convs, summed over the measured layer shapes; the plain layout needs a clear win
-    (:data:`MARGIN`), channels-last being the layout the rest of the pipeline was tuned for."""
-    cl = sum(min(v["direct_ms"], v["winograd_ms"] if v["kernel"] == "winograd" else v["direct_ms"])
-             for v in measured.values())
+    """Channels-last (with the per-layer chosen kernel) against the plain layout's direct convs,
+    summed over the measured layer shapes; the plain layout needs a clear win (:data:`MARGIN`),
+    channels-last being the layout the rest of the pipeline was tuned for."""
+    cl = sum(v.get(f"{v['kernel']}_ms", v["direct_ms"]) for v in measured.values())
     plain = sum(v.get("contiguous_ms", float("inf")) for v in measured.values())
     return not plain * MARGIN < cl
 
@@ -188,12 +215,14 @@ def apply_kernels(cnn: nn.Module, crop_size: int, kernel: str, threads: int | No
     """Replace the eligible convs of a folded CNN copy (in place) per ``kernel``; returns
     ``{layer shape: kernel}``.
 
-    ``direct``: keep every conv. ``winograd``: the fixed rule, Winograd from ``min_channels`` input
-    channels. ``auto``: per layer as measured by :func:`choose_kernels`; when the plain memory layout
+    ``direct``: keep every conv. ``winograd``: the fixed rule, Winograd F(2x2,3x3) from
+    ``min_channels`` input channels. ``winograd4``: Winograd F(4x4,3x3) on every eligible conv.
+    ``auto``: per layer as measured by :func:`choose_kernels`; when the plain memory layout
     measured faster than channels-last (:func:`channels_last_wins`), every conv stays direct and the
     returned kernels read ``"direct (contiguous)"`` -- the caller then keeps the plain layout.
     """
     from freehand3d.tracking.model.winograd import WinogradConv3d
+    from freehand3d.tracking.model.winograd4 import Winograd4Conv3d
 
     if kernel not in KERNELS:
         raise ValueError(f"kernel must be one of {', '.join(KERNELS)}, got {kernel!r}")
@@ -210,8 +239,10 @@ def apply_kernels(cnn: nn.Module, crop_size: int, kernel: str, threads: int | No
         elif kernel == "winograd":
             choice = "winograd" if shape[0] >= min_channels else "direct"
         else:
-            choice = "direct"
+            choice = kernel  # direct, winograd4
         if choice == "winograd":
             setattr(parent, attr, WinogradConv3d(getattr(parent, attr)))
+        elif choice == "winograd4":
+            setattr(parent, attr, Winograd4Conv3d(getattr(parent, attr)))
         used[name] = choice
     return used
