@@ -7,11 +7,14 @@ Rows (each measured in its own subprocess, so peak memory is per case):
   (softmax(QK^T/sqrt(d) + bias) V), default memory layout. This is how a straightforward
   implementation (and the official code) runs it.
 * ``ours fp32``: :func:`freehand3d.tracking.predict` -- inference mode, BatchNorm folded, fused
-  scaled-dot-product attention, channels-last convolutions, local CNN in halo tiles, crops made
-  per tile, and on CPU the local CNN's stride-1 3x3x3 convs with >= 128 input channels as
-  Winograd F(2x2,3x3) (:mod:`freehand3d.tracking.model.winograd`).
-* ``ours fp32 direct conv`` (CPU only): the same with ``winograd=False`` (oneDNN direct convs
-  everywhere), to show what the Winograd path buys on this machine.
+  scaled-dot-product attention, channels-last convolutions, local CNN streamed in pieces, crops
+  made per piece, and ``kernel="auto"``: on CPU each stride-1 3x3x3 conv of the local CNN runs as
+  whichever of oneDNN's direct conv, Winograd F(2x2,3x3) and Winograd F(4x4,3x3) measured fastest
+  for its shape on this machine (:mod:`freehand3d.tracking.kernels`, cached on disk).
+* ``ours fp32 direct conv`` / ``ours fp32 Winograd F2`` / ``ours fp32 Winograd F4`` (CPU only): the
+  same with ``kernel="direct"`` (oneDNN everywhere), ``"winograd"`` (F(2x2,3x3) from 128 channels)
+  and ``"winograd4"`` (F(4x4,3x3) on every eligible conv), to show what each buys here.
+  ``--cases`` picks the rows (``reference fp32`` is always needed).
 * ``ours bf16-autocast`` (CPU) / ``ours fp16-autocast`` (CUDA): ``amp=True`` (Winograd is fp32/fp64
   only, so autocast runs oneDNN/cuDNN convs in half precision). Skipped on CPUs without native
   bf16 (AVX512-BF16 / AMX), where oneDNN's bf16 convs are reference code (~50x slower).
@@ -26,7 +29,7 @@ Usage::
 
     python benchmarks/bench_tracking.py                 # 64 frames, 2 threads, CPU (+ CUDA if present)
     python benchmarks/bench_tracking.py --frames 16 --repeat 1
-    python benchmarks/bench_tracking.py --conv-layers --threads 1   # one conv per stage, direct vs Winograd
+    python benchmarks/bench_tracking.py --conv-layers --threads 1   # one conv per stage, direct vs Winograd F2/F4
 
 The issue reports about 0.36 s/frame for the official code on the project's CPU (not measured here;
 quoted in the last line and in the ``vs 0.36 s`` column).
@@ -238,31 +241,38 @@ def precision_error(frames, threads, checkpoint, seed=5):
 
 def conv_layers(frames, threads, rounds):
     """One 3x3x3 conv of each local-CNN stage (2024 widths, 256 px crops): direct (oneDNN,
-    channels-last) vs Winograd F(2x2,3x3), alternating, best of ``rounds``; printed as a table."""
+    channels-last) vs Winograd F(2x2,3x3) and F(4x4,3x3), alternating, best of ``rounds`` (wall and
+    CPU time per frame); error relative to a float64 conv3d."""
     import torch
     import torch.nn.functional as F
 
     from freehand3d.tracking.model.winograd import WinogradConv3d
+    from freehand3d.tracking.model.winograd4 import Winograd4Conv3d
 
     torch.set_num_threads(threads)
     torch.manual_seed(0)
-    print(f"one stride-1 3x3x3 conv, {frames} frames, {threads} threads, best of {rounds}: ms/frame")
-    print(f"{'layer':6} {'channels':>8} {'map':>8} {'direct':>8} {'Winograd':>9} {'ratio':>6} {'rel max|d|':>11}")
+    print(f"one stride-1 3x3x3 conv, {frames} frames, {threads} threads, best of {rounds}: ms/frame (CPU ms/frame), "
+          f"CPU: {_cpu_model()}, {_load()}")
+    print(f"{'layer':6} {'channels':>8} {'map':>8} {'direct':>14} {'F(2x2)':>14} {'F(4x4)':>14} {'F4 ratio':>8} "
+          f"{'rel err direct':>14} {'F(2x2)':>8} {'F(4x4)':>8}")
     for layer, (ch, side) in enumerate([(64, 128), (128, 64), (256, 32), (512, 16)], start=1):
         conv = torch.nn.Conv3d(ch, ch, 3, padding=1).eval().to(memory_format=torch.channels_last_3d)
-        fast = WinogradConv3d(conv)
+        fns = {"direct": conv, "F2": WinogradConv3d(conv), "F4": Winograd4Conv3d(conv)}
         x = torch.randn(1, ch, frames, side, side).to(memory_format=torch.channels_last_3d)
-        best = {"direct": float("inf"), "winograd": float("inf")}
+        best = {k: [float("inf"), float("inf")] for k in fns}
         with torch.inference_mode():
-            ref, got = conv(x), fast(x)  # warm-up (oneDNN primitive creation, kernel transform)
+            exact = F.conv3d(x.double(), conv.weight.double(), conv.bias.double(), padding=1)
+            err = {k: float((fn(x).double() - exact).abs().max() / exact.abs().max()) for k, fn in fns.items()}
             for _ in range(rounds):
-                for name, fn in (("direct", conv), ("winograd", fast)):
-                    start = time.perf_counter()
+                for name, fn in fns.items():
+                    start, cpu0 = time.perf_counter(), time.process_time()
                     fn(x)
-                    best[name] = min(best[name], time.perf_counter() - start)
-        diff = float((got - ref).abs().max() / ref.abs().max())
-        d, w = (best[k] / frames * 1000 for k in ("direct", "winograd"))
-        print(f"{layer:<6} {ch:8} {side:>4}x{side:<3} {d:8.2f} {w:9.2f} {d / w:5.2f}x {diff:11.2e}")
+                    best[name][0] = min(best[name][0], time.perf_counter() - start)
+                    best[name][1] = min(best[name][1], time.process_time() - cpu0)
+        ms = {k: (v[0] / frames * 1000, v[1] / frames * 1000) for k, v in best.items()}
+        cells = " ".join(f"{ms[k][0]:6.1f} ({ms[k][1]:5.1f})" for k in fns)
+        print(f"{layer:<6} {ch:8} {side:>4}x{side:<3} {cells} {ms['direct'][0] / ms['F4'][0]:7.2f}x "
+              f"{err['direct']:14.1e} {err['F2']:8.1e} {err['F4']:8.1e}")
 
 
 def main():
@@ -295,7 +305,7 @@ def main():
     args = parser.parse_args()
 
     if args.conv_layers:
-        conv_layers(min(args.frames, 8), args.threads, max(args.rounds, 3))
+        conv_layers(min(args.frames, 16), args.threads, max(args.rounds, 3))
         return
     if args.precision_error:
         precision_error(args.frames, args.threads, args.checkpoint)

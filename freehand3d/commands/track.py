@@ -83,7 +83,8 @@ def register(app: typer.Typer) -> None:
         ),
         kernel: str = typer.Option(
             "auto", "--kernel",
-            help="auto (direct or Winograd per layer, measured once on this machine and cached) | direct | winograd.",
+            help="auto (per layer the fastest of direct, Winograd F(2x2) and F(4x4), measured once on this machine "
+                 "and cached) | direct | winograd (F(2x2), >= 128 channels) | winograd4 (F(4x4), every layer).",
         ),
         threads: Optional[int] = typer.Option(None, "--threads", help="CPU threads (default: torch's default)."),
         quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress display."),

@@ -101,13 +101,13 @@ class _TemporalConv:
             return self._run(x)
         parts = []
         if not self.started:
-            parts.append(x.new_zeros(*x.shape[:2], self.pad, *x.shape[3:]))
+            parts.append(_zeros(x, self.pad))
             self.started = True
         elif self.carry is not None:
             parts.append(self.carry)
         parts.append(x)
         if final:
-            parts.append(x.new_zeros(*x.shape[:2], self.pad, *x.shape[3:]))
+            parts.append(_zeros(x, self.pad))
         inp = torch.cat(parts, dim=2) if len(parts) > 1 else x
         # in the conv's layout before the carry is taken: the carry keeps it, so the next cat
         # (which takes its first input's layout) needs no conversion (measured: 14 layout copies
@@ -128,6 +128,14 @@ class _TemporalConv:
         # shape of zero output frames: run the conv on one zero frame (cheap) and take none of it
         probe = x.new_zeros(*x.shape[:2], self.kt, *x.shape[3:])
         return _frames(_conv_valid(self.conv, probe), 0, 0)
+
+
+def _zeros(x: torch.Tensor, n: int) -> torch.Tensor:
+    """n zero frames shaped and laid out like x: the concatenation with x then keeps x's memory
+    format (a channels-last x with contiguous zero frames made torch.cat return the plain layout,
+    and every conv of a one-piece sweep paid a transposing copy, 2.3 of 11 CPU-s on 16 frames)."""
+    return torch.empty((*x.shape[:2], n, *x.shape[3:]), dtype=x.dtype, device=x.device,
+                       memory_format=_format(x)).zero_()
 
 
 def _format(x: torch.Tensor):
