@@ -36,3 +36,20 @@ def test_gulm_at_30_db_in_band_snr_and_no_pulse(l11_frames):
     assert abs(estimated["error_lambda10"] - with_pulse["error_lambda10"]) < 0.2
     noise = add_noise_snr(rf, probe, 30.0, seed=2, noise_only=True)
     assert len(localize(noise, probe, pulse=pulse)) == 0
+
+
+def test_gulm_ahead_of_das_at_20_db(l11_frames):
+    from freehand3d.simulate.rf import add_noise_snr
+    from freehand3d.ulm.baseline import localize_das_wa
+    from freehand3d.ulm.metrics import evaluate
+    from freehand3d.ulm.pipeline import localize
+
+    probe, list_pos, rf, pulse = l11_frames
+    noisy = add_noise_snr(rf, probe, 20.0, seed=1)
+    gulm = evaluate(localize(noisy, probe, pulse=pulse), list_pos, probe.wavelength, ssim=False)
+    z = list_pos[:, 1][np.isfinite(list_pos[:, 1])]
+    das = evaluate(localize_das_wa(noisy, probe, z_range=(z.min() - 1, z.max() + 1)), list_pos, probe.wavelength, ssim=False)
+    # measured on these 3 frames: G-ULM 95.7 % (error 0.20 lambda/10), DAS-WA 91.7 % (0.89);
+    # without the coherent stage (echo pairs only) G-ULM had 8.7 %
+    assert gulm["jaccard"] >= das["jaccard"] and gulm["jaccard"] >= 0.93
+    assert gulm["error_lambda10"] < das["error_lambda10"]
