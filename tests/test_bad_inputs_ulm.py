@@ -73,6 +73,7 @@ CASES = [
     Case("localize-false-alarms-zero", LOC + ["--false-alarms", "0"], setup=_rf_file, mention=["--false-alarms"]),
     Case("localize-threshold-positive", LOC + ["--threshold-db", "6"], setup=_rf_file, mention=["--threshold-db"]),
     Case("localize-gulm-option-for-das", LOC + ["--method", "das-wa", "--gap", "3"], setup=_rf_file, mention=["gulm"]),
+    Case("localize-coherent-for-das", LOC + ["--method", "das-wa", "--no-coherent"], setup=_rf_file, mention=["gulm"]),
     Case("localize-mat-garbage", ["ulm", "localize", "{tmp}/rec.mat", "-o", "{tmp}/out.csv"], setup=lambda t: (t / "rec.mat").write_bytes(b"not matlab"), mention=["rec.mat"]),
     # evaluate
     Case("evaluate-non-utf8", ["ulm", "evaluate", "{tmp}/p.csv", "{tmp}/gt.npz"], setup=lambda t: ((t / "p.csv").write_bytes(b"\xff\xfe\x00bad"), _gt(t)), mention=["UTF-8"]),

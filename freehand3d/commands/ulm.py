@@ -54,9 +54,10 @@ def localize(
     baseline_mm: Optional[float] = typer.Option(None, "--baseline-mm", help="G-ULM channel-pair baseline in mm (default: derived from the probe, see docs/ulm.md)."),
     gap: Optional[int] = typer.Option(None, "--gap", help="G-ULM channel-pair gap in selected channels (overrides --baseline-mm)."),
     bandwidth_mm: Optional[float] = typer.Option(None, "--bandwidth-mm", help="G-ULM mean-shift radius in mm (default lambda/4)."),
-    min_cluster_size: Optional[int] = typer.Option(None, "--min-cluster-size", help="G-ULM intersection points a bubble needs (default 10 percent of the channel pairs)."),
+    min_cluster_size: Optional[int] = typer.Option(None, "--min-cluster-size", help="G-ULM intersection points a bubble needs (default 5 percent of the channel pairs, at least 3)."),
     false_alarms: Optional[float] = typer.Option(None, "--false-alarms", help="Noise-floor (CFAR) threshold as expected noise crossings per frame (default: gulm 10 echoes, rejected by geometry; das-wa 0.01 maxima)."),
     threshold_db: Optional[float] = typer.Option(None, "--threshold-db", help="Also require echoes/pixels this many dB below the frame maximum (default: gulm -26, das-wa -20; the noise floor applies too)."),
+    coherent: Optional[bool] = typer.Option(None, "--coherent/--no-coherent", help="G-ULM: find weak bubbles by the coherent sum of the selected channels and locate them from their own echoes (default on; see docs/ulm.md)."),
 ) -> None:
     """Localize microbubbles in every frame (warns when the pulse is estimated from the data)."""
     import math
@@ -82,11 +83,11 @@ def localize(
     if threshold_db is not None:
         options["threshold_db"] = threshold_db
     if method == "gulm":
-        for key, value in (("baseline", baseline_mm), ("gap", gap), ("bandwidth", bandwidth_mm), ("min_cluster_size", min_cluster_size)):
+        for key, value in (("baseline", baseline_mm), ("gap", gap), ("bandwidth", bandwidth_mm), ("min_cluster_size", min_cluster_size), ("coherent", coherent)):
             if value is not None:
                 options[key] = value
-    elif any(v is not None for v in (baseline_mm, gap, bandwidth_mm, min_cluster_size)):
-        raise ConfigError("--baseline-mm/--gap/--bandwidth-mm/--min-cluster-size apply to --method gulm only", "--method")
+    elif any(v is not None for v in (baseline_mm, gap, bandwidth_mm, min_cluster_size, coherent)):
+        raise ConfigError("--baseline-mm/--gap/--bandwidth-mm/--min-cluster-size/--coherent apply to --method gulm only", "--method")
     points = localize_file(rf, out, method=method, channels=channels, progress=True, **options)
     typer.echo(f"wrote {len(points)} localizations to {out}")
 
