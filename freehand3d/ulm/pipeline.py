@@ -11,6 +11,10 @@ Stages (each importable and testable on its own):
    :func:`suppress_ghosts` drops satellite clusters next to much better-supported ones.
 4. optional :func:`refine_positions` — least-squares multilateration of each cluster centre from
    the echoes of all selected channels that it explains (Gauss-Newton, a few steps).
+5. coherent seeding (:mod:`freehand3d.ulm.coherent`, default on) — the echoes of the bubbles found
+   are removed, the coherent sum of the selected channels seeds weak bubbles above the DAS-WA
+   noise-floor rule, and each seed is located from its own MEMGO-fitted echoes by the
+   least-squares intersection of their ellipses.
 
 :func:`localize` chains them for one frame or many.
 """
@@ -109,6 +113,10 @@ def derived_parameters(probe: LinearProbe, channels: int = 128) -> dict:
         "false_alarms": 10.0,
         "threshold_db": -26.0,
         "max_cost": 0.7,
+        "coherent": True,
+        "seed_false_alarms": 0.01,
+        "seed_threshold_db": -20.0,
+        "seed_min_channels": max(3, min(8, len(chosen) // 8)),
     }
 
 
@@ -465,6 +473,16 @@ def localize(
         Two-way pulse of the acquisition (envelope maximum at t = 0), e.g. the one stored in
         ``rf.npz``; None estimates it from the data (with a warning, :func:`resolve_pulse`);
         "analytic" takes the probe's model pulse. Sets the MEMGO reference and onset offset.
+    coherent : bool
+        Coherent seeding stage (:mod:`freehand3d.ulm.coherent`): weak bubbles whose echoes sit
+        under each channel's noise floor (PyMUST, in-band SNR 20 dB, 128 channels: Jaccard
+        41-66 % -> 96-100 %).
+    seed_false_alarms, seed_threshold_db : float
+        Its detection rule, the same as DAS-WA's: noise-floor maxima per image (0.01) and a floor
+        relative to the strongest bubble (-20 dB).
+    seed_min_channels : int, optional
+        Echoes that must agree with a seed's intersection; default an eighth of the channels,
+        3..8 (and at least 60 % of the aperture's fitted echoes, beyond chance).
     progress : bool
         Show a progress bar over frames.
 
