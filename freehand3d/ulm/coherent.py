@@ -221,8 +221,8 @@ def coherent_bubbles(
     f_number: float = 1.0,
     min_channels: int = 8,
     min_agreement: float = 0.6,
-    chance: float = 1 / 3,
-    z_score: float = 2.5,
+    chance: float = 0.25,
+    z_score: float = 2.0,
     factor: int = 4,
 ) -> np.ndarray:
     """Bubbles (K, 2) found by coherent seeding and located geometrically (see the module docstring).
@@ -297,8 +297,11 @@ def coherent_bubbles(
         toa = np.where(ok, t0 + delay / fs, np.nan)
         paths = echo_paths(toa, probe, tx_angle)
         pos, used = _weighted_intersection(seed, paths, params[:, 0] ** 2, element_x, direction, (lam / 2, lam / 4, lam / 8))
+        # the intersection fits two coordinates, so two echoes agree for free; the others agree by
+        # chance with probability ``chance`` each (binomial, z_score sigmas above its mean)
         n = ok.sum()
-        need = max(min_channels, min_agreement * n, n * chance + z_score * np.sqrt(n * chance * (1 - chance)))
+        free = max(n - 2, 0)
+        need = max(min_channels, min_agreement * n, 2 + free * chance + z_score * np.sqrt(free * chance * (1 - chance)))
         if used.sum() < need or np.linalg.norm(pos - seed) > lam / 2 or not np.isfinite(pos).all():
             continue
         if residual.point_sum(probe, chosen, pos, **kw) < level_at(pos):
