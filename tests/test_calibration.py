@@ -283,7 +283,10 @@ def test_full_plus_recording(solver, device_set, plus_results, cal_sweep):
     err = np.linalg.norm(result.calibration.labelled - plus_results.calibration.points, axis=2)
     assert (err < 1.0).all()
     angle, shift = rotation_translation_difference(result.image_to_probe, plus_results.image_to_probe)
+    # measured (AMD EPYC): plus 1.8e-5 deg / 5.9e-5 mm, ransac-lm 0.011 deg / 0.018 mm from PLUS's
     assert angle < 0.5 and shift < 1.0
+    # measured 1.247 mm (plus) / 1.254 mm (ransac-lm): PLUS's lag-free model on this recording; the
+    # bound is PLUS's own result file rounded up, not a spread (4 % above the worst)
     assert result.pre3d_validation_mean_mm < 1.3
 
 
@@ -295,6 +298,8 @@ def test_full_plus_recording_default_estimates_the_tracker_lag(device_set, plus_
 
     result = calibrate(cal_sweep, device_set.phantom, read_sweep(VAL), params=device_set.segmentation)
     assert result.frames_segmented == 188 and result.validation_frames_segmented == 94
+    # measured (AMD EPYC): lag 0.457 s, validation 0.629 mm (PLUS's 1.247), ImageToProbe 2.92 deg /
+    # 1.70 mm from PLUS's (which absorbs the lag); the bounds bracket the 0.46 s lag, not a spread
     assert 0.3 < result.time_offset_s < 0.6
     assert result.pre3d_validation_mean_mm <= 1.15 < plus_results.reprojection_3d["validation_mean_mm"]
     angle, shift = rotation_translation_difference(result.image_to_probe, plus_results.image_to_probe)

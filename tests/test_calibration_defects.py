@@ -80,6 +80,7 @@ def test_lag_on_its_bound_warns(phantom):
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         res = calibrate(sweep, phantom, max_time_offset_s=0.1)
+    # measured |offset| 0.09999999999999 s (AMD EPYC): on the 0.1 s bound up to rounding
     assert abs(res.time_offset_s) > 0.095
     assert any("bound" in str(w.message) for w in caught)
 

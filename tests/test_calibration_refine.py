@@ -242,6 +242,7 @@ def test_full_plus_recording_validation_pre3d(plus_recording):
     val_sweep = read_sweep(DATA / "fCal_Test_Validation_3NWires.igs.mha")
     result = calibrate(cal_sweep, ds.phantom, val_sweep, params=ds.segmentation)
     assert result.frames_segmented == 188 and result.validation_frames_segmented == 94
+    # measured (AMD EPYC): validation 0.629 mm (PLUS's own 1.247), lag 0.457 s
     assert result.pre3d_validation_mean_mm <= 1.15
     assert 0.35 < result.time_offset_s < 0.55
     summary = result.to_dict()
@@ -249,4 +250,4 @@ def test_full_plus_recording_validation_pre3d(plus_recording):
     # the PLUS-compatible model (registration as given, no time offset) still reproduces PLUS
     plain = calibrate(cal_sweep, ds.phantom, params=ds.segmentation, registration_prior=None, time_offset=False)
     angle, shift = metrics.rotation_translation_difference(plain.image_to_probe, results.image_to_probe)
-    assert angle < 0.5 and shift < 1.0
+    assert angle < 0.5 and shift < 1.0  # measured 0.011 deg / 0.018 mm (AMD EPYC)

@@ -111,8 +111,8 @@ def test_other_plus_modes_on_the_spine_sweep_are_consistent(sweep, tmp_path):
     assert (volumes["MAXIMUM"] >= volumes["LATEST"]).all()
     assert (volumes["MAXIMUM"] >= volumes["MEAN"]).all()
     lit = volumes["MAXIMUM"] > 0
-    assert lit.mean() > 0.05
+    assert lit.mean() > 0.05  # measured 0.115 (AMD EPYC)
     # PLUS's truncating running mean sends voxels of mostly-black pixels to 0: most stay lit
-    assert (volumes["MEAN"][lit] > 0).mean() > 0.85
+    assert (volumes["MEAN"][lit] > 0).mean() > 0.85  # measured 0.894 (AMD EPYC)
     # the whole-frame configs cover more than the fan-clipped NN_LATE reference
     assert volumes["LATEST"].size > _reference("NNLATE").GetNumberOfPixels()

@@ -32,7 +32,8 @@ def test_gulm_at_30_db_in_band_snr_and_no_pulse(l11_frames):
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         estimated = evaluate(localize(noisy, probe), list_pos, probe.wavelength, ssim=False)
-    # acceptance: without a pulse within 0.2 lambda/10 of the true-pulse error
+    # acceptance: without a pulse within 0.2 lambda/10 of the true-pulse error. Measured (AMD EPYC):
+    # 0.090 here (0.212 with the pulse, 0.301 without); noise seeds 2 / 3 / 4: 0.019 / 0.066 / 0.102
     assert abs(estimated["error_lambda10"] - with_pulse["error_lambda10"]) < 0.2
     noise = add_noise_snr(rf, probe, 30.0, seed=2, noise_only=True)
     assert len(localize(noise, probe, pulse=pulse)) == 0
