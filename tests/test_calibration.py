@@ -281,7 +281,7 @@ def test_full_plus_recording(solver, device_set, plus_results, cal_sweep):
                        params=device_set.segmentation, time_offset=False, registration_prior=None)
     assert result.frames_segmented == 188 and result.validation_frames_segmented == 94
     err = np.linalg.norm(result.calibration.labelled - plus_results.calibration.points, axis=2)
-    assert (err < 1.0).all()
+    assert (err < 1.0).all()  # measured max 7.0e-4 px from PLUS's segmented points (AMD EPYC, both solvers)
     angle, shift = rotation_translation_difference(result.image_to_probe, plus_results.image_to_probe)
     # measured (AMD EPYC): plus 1.8e-5 deg / 5.9e-5 mm, ransac-lm 0.011 deg / 0.018 mm from PLUS's
     assert angle < 0.5 and shift < 1.0
