@@ -100,7 +100,7 @@ def test_hessian_points_all_within_one_pixel_of_plus(device_set, plus_results, c
                                    None, device_set.segmentation)
             assert labelled is not None, f"frame {i} not segmented"
             err = np.linalg.norm(labelled - section.points[i], axis=1)
-            assert err.max() < 1.0, (i, err)
+            assert err.max() < 1.0, (i, err)  # measured max 0.042 px over 282 frames (AMD EPYC)
 
 
 def test_line_top_hat_removes_long_echo_keeps_dot():
@@ -150,7 +150,7 @@ def test_plus_solver_reproduces_plus_calibration(device_set, plus_results):
     probe_points = phantom_points_in_probe(points, poses, ptr)
     itp, inliers = solve_plus(pixels, probe_points)
     angle, shift = rotation_translation_difference(itp, plus_results.image_to_probe)
-    assert angle < 0.05 and shift < 0.05
+    assert angle < 0.05 and shift < 0.05  # measured 3.2e-5 deg / 6.5e-5 mm (AMD EPYC)
     mean, std = best_fraction_stats(pre3d_errors(itp, pixels, probe_points))
     # measured max |diff| 1.5e-06 (rel 1.3e-06) (AMD EPYC); tolerance > 1000x that
     assert mean == pytest.approx(plus_results.reprojection_3d["calibration_mean_mm"], abs=0.005)
@@ -168,9 +168,9 @@ def test_ransac_lm_agrees_with_plus_on_plus_points(device_set, plus_results):
     pixels, points, poses = _plus_observations(plus_results.calibration, phantom, ptr)
     itp, ptr_out, inliers = solve_ransac_lm(pixels, points, poses, ptr, iterations=500, seed=1)
     angle, shift = rotation_translation_difference(itp, plus_results.image_to_probe)
-    assert angle < 0.5 and shift < 1.0
+    assert angle < 0.5 and shift < 1.0  # measured 0.011 deg / 0.018 mm (AMD EPYC)
     np.testing.assert_array_equal(ptr_out, ptr)
-    assert inliers.sum() > 0.9 * len(inliers)
+    assert inliers.sum() > 0.9 * len(inliers)  # measured 564 of 564 (AMD EPYC)
 
 
 def test_too_few_usable_frames_names_the_count(device_set, cal_sweep):
@@ -198,9 +198,9 @@ def test_simulated_recording_with_corrupted_poses():
     result = calibrate(sweep, phantom, solver="ransac-lm", phantom_to_reference=truth["phantom_to_reference"])
     assert result.frames_segmented == 30
     err_px = np.linalg.norm(result.calibration.labelled - truth["wire_pixels"], axis=2)
-    assert err_px.max() < 3.0
+    assert err_px.max() < 3.0  # measured max 2.16 px (AMD EPYC)
     ransac_err = calibration_error(result.image_to_probe, truth["image_to_probe"], sweep.frame_shape)
-    assert ransac_err < 0.3
+    assert ransac_err < 0.3  # measured 0.050 mm (AMD EPYC)
     plain = calibrate(sweep, phantom, solver="lm", phantom_to_reference=truth["phantom_to_reference"])
     plain_err = calibration_error(plain.image_to_probe, truth["image_to_probe"], sweep.frame_shape)
     assert plain_err > 3 * ransac_err
@@ -237,7 +237,7 @@ def test_high_noise_frames_recognised_without_false_detections(name):
         t = truth["wire_pixels"][i]
         err = np.minimum(np.linalg.norm(labelled - t, axis=1),
                          np.linalg.norm(mirror_labels(labelled, len(phantom.nwires)) - t, axis=1))
-        assert err.max() * spacing < 1.0, (i, err)
+        assert err.max() * spacing < 1.0, (i, err)  # measured max 0.145 mm (1.91 px) over 24 frames (AMD EPYC)
 
 
 def test_wire_echo_in_bright_speckle_is_detected():
@@ -252,7 +252,7 @@ def test_wire_echo_in_bright_speckle_is_detected():
     for i in (12, 13, 75):
         pts = detect_points(sweep.frames[i], spacing)
         nearest = np.linalg.norm(pts[:, None] - truth["wire_pixels"][i][None], axis=2).min(axis=0)
-        assert nearest.max() * spacing < 1.0, (i, nearest)
+        assert nearest.max() * spacing < 1.0, (i, nearest)  # measured max 0.440 mm (5.80 px) (AMD EPYC)
         assert find_nwires(pts, phantom, spacing) is not None, i
 
 
@@ -266,7 +266,8 @@ def test_other_plus_phantoms_are_labelled_on_simulated_frames(name):
     ok = result.calibration.segmented
     assert ok.sum() >= 11
     err_px = np.linalg.norm(result.calibration.labelled[ok] - truth["wire_pixels"][ok], axis=2)
-    assert np.nanmax(err_px) < 2.0
+    assert np.nanmax(err_px) < 2.0  # measured 1.70-1.90 px in 3 runs (AMD EPYC)
+    # measured 0.044-0.086 mm in 3 runs (AMD EPYC)
     assert calibration_error(result.image_to_probe, truth["image_to_probe"], sweep.frame_shape) < 0.5
 
 
@@ -329,6 +330,7 @@ def test_cli_calibrate_writes_outputs(tmp_path):
                 "inliers", "seconds"):
         assert key in data
     assert data["frames_total"] == 14
+    # measured 0.111 mm (AMD EPYC)
     assert calibration_error(np.array(data["image_to_probe"]), truth["image_to_probe"], sweep.frame_shape) < 0.5
     assert (tmp_path / "c.tfm").exists() and len(list((tmp_path / "ov").glob("*.png"))) == 14
 

