@@ -57,10 +57,10 @@ def test_api_tour(tmp_path):
     summary = _main("api_tour.py")(["--out", str(tmp_path), "--fast"])
     assert summary["spine_frames"] == 21
     assert 10 < summary["spine_centre_path_mm"] < 200
-    assert summary["simulated_pose_error"] < 1e-9
-    assert 0.2 < summary["volume_filled_fraction"] <= 1.0
+    assert summary["simulated_pose_error"] < 1e-9  # measured 0.0 (AMD EPYC)
+    assert 0.2 < summary["volume_filled_fraction"] <= 1.0  # measured 0.816 (AMD EPYC)
     assert summary["roundtrip_frames_equal"] and summary["roundtrip_volume_equal"]
-    assert summary["roundtrip_pose_diff_mm"] < 1e-6
+    assert summary["roundtrip_pose_diff_mm"] < 1e-6  # measured 0.0 (AMD EPYC)
     assert (tmp_path / "simulated.igs.mha").is_file() and (tmp_path / "simulated.nrrd").is_file()
     assert json.loads((tmp_path / "summary.json").read_text()) == summary
 
@@ -68,8 +68,9 @@ def test_api_tour(tmp_path):
 def test_calibrate_plus_recording(tmp_path):
     summary = _main("calibrate_plus_recording.py")(["--out", str(tmp_path), "--fast"])
     assert summary["frames_total"] == 32 and summary["frames_segmented"] >= 30
-    assert 0.3 < summary["pre3d_validation_mean_mm"] < 2.5
-    # close to PLUS's own calibration of the same recording (full data: 0.5 deg / 1 mm in test_calibration)
+    assert 0.3 < summary["pre3d_validation_mean_mm"] < 2.5  # measured 0.646 mm (AMD EPYC)
+    # close to PLUS's own calibration of the same recording (full data: 0.5 deg / 1 mm in test_calibration);
+    # measured 2.95 deg / 1.69 mm on the 32 --fast frames (AMD EPYC): the 3 deg bound has 2 % room
     assert summary["plus_comparison"]["rotation_difference_deg"] < 3.0
     assert summary["plus_comparison"]["translation_difference_mm"] < 3.0
     written = json.loads((tmp_path / "result.json").read_text())
@@ -155,7 +156,7 @@ def test_stream_self_test(tmp_path):
     recorded = read_sweep(tmp_path / "recording.igs.mha")
     assert np.array_equal(recorded.frames, read_sweep(DATA / "SpinePhantomFreehand.igs.mha").frames)
     voxels = sitk.GetArrayFromImage(read_volume(tmp_path / "live.nrrd"))
-    assert 0.001 < (voxels > 0).mean() < 0.9
+    assert 0.001 < (voxels > 0).mean() < 0.9  # measured 0.044 (AMD EPYC)
 
 
 def test_ulm_benchmark(tmp_path):
