@@ -71,3 +71,34 @@ def test_measured_peak_within_15_percent_of_the_budget(combo):
     row = json.loads(proc.stdout.strip().splitlines()[-1])
     # measured spread over the benchmark grid: see docs/compound.md "Memory guard"
     assert 0.85 <= row["budget"] / row["peak"] <= 1.15, row
+
+
+def test_budget_counts_the_buffers_of_the_largest_phase():
+    """The budget's per-voxel terms are the live buffers counted from the code (docs/compound.md
+    "Memory guard"): uint8 state 8 B + output + image copy; compiled fillers 12 B (+8 for the
+    float64 accumulation copy, +50 for scipy's distance transform when the gap fill needs it)."""
+    from freehand3d.compound.holes import parse_fill_spec
+    from freehand3d.compound.volume import FIXED_BYTES, RESULT_TEMP_BYTES, memory_budget, memory_terms
+
+    n, shape = 25_000_000, (250, 250, 400)
+    where = dict(shape=shape, spacing=(0.2, 0.2, 0.2), frame_pixels=505_120, threads=2)
+    for method in ("nearest", "linear"):
+        for compounding, exact in (("mean", False), ("mean", True), ("latest", True), ("max", False)):
+            assert memory_terms(n, method, compounding, exact, **where)[1] == 10.0
+    assert memory_terms(n, "nearest", "mean", False, fill_kernels=parse_fill_spec("stick:9"), **where)[1] == 12.0
+    assert memory_terms(n, "nearest", "mean", False, fill_kernels=parse_fill_spec("gaussian_accumulation:3:1"), **where)[1] == 20.0
+    # the gap fill's path follows the spacing: compiled offsets at 0.5 mm, the distance transform at 0.2 mm
+    gap = parse_fill_spec("gap:2")
+    assert memory_terms(n, "nearest", "mean", False, fill_kernels=gap, **{**where, "spacing": (0.5,) * 3})[1] == 12.0
+    assert memory_terms(n, "nearest", "mean", False, fill_kernels=gap, **where)[1] == 62.0
+    # separable kernels: one slice of scratch per thread (49 B per slice voxel)
+    one = memory_terms(n, "nearest", "mean", False, fill_kernels=parse_fill_spec("gaussian:3:1"), **{**where, "threads": 1})
+    four = memory_terms(n, "nearest", "mean", False, fill_kernels=parse_fill_spec("gaussian:3:1"), **{**where, "threads": 4})
+    assert four[0] - one[0] == 3 * 49 * 250 * 400
+    # fixed part: the pixel list (8 B per pasted pixel) and nearest's recorded voxel indices
+    fixed_linear = memory_terms(n, "linear", "latest", True, **where)[0]
+    fixed_nearest = memory_terms(n, "nearest", "latest", True, **where)[0]
+    assert fixed_linear == FIXED_BYTES + 8 * 505_120
+    assert fixed_nearest == FIXED_BYTES + 8 * 505_120 + 8 * 505_120 * 2  # + 2**20 // pixels frames' voxel indices
+    # a tiny volume: the result's chunk temporaries outweigh the image copy
+    assert memory_budget(1000, "nearest", "latest", True, **where) == int(fixed_nearest + RESULT_TEMP_BYTES["kept"] + 9 * 1000)

@@ -490,12 +490,17 @@ class PixelRuns:
         self.runs = mask_runs(mask)
         lengths = self.runs[:, 2] - self.runs[:, 1] + 1
         self.offsets = np.concatenate([[0], np.cumsum(lengths)[:-1]]).astype(np.int64)
-        rows, cols = np.nonzero(mask)
-        self.flat = (rows * mask.shape[1] + cols).astype(np.int64)
+        # row-major flat indices (rows * width + cols), 8 bytes per pixel and no temporaries
+        self.flat = np.flatnonzero(mask).astype(np.int64, copy=False)
 
     @property
     def n_pixels(self) -> int:
         return len(self.flat)
+
+
+def record_frames(n_pixels: int) -> int:
+    """Frames whose voxel indices nearest neighbour records at a time (about 2**20 pixels)."""
+    return max(1, _RECORD_PIXELS // max(1, int(n_pixels)))
 
 
 def owners_for_threads(threads: int | None = None) -> int:
@@ -517,6 +522,7 @@ def paste(
     value: np.ndarray,
     acc: np.ndarray,
     n_owners: int | None = None,
+    scratch: np.ndarray | None = None,
 ) -> int:
     """Paste (B, H, W) frames (uint8, or any pixel type with float ``value`` buffers and the SINGLE
     arithmetic) with (B, 4, 4) pixel -> voxel matrices into the flat buffers ``value`` / ``acc`` in
@@ -526,7 +532,8 @@ def paste(
     ``pixels`` is a :class:`PixelRuns` (or a boolean mask). With several threads, nearest neighbour
     runs in two phases: the threads split the rows to record every pixel's voxel, then split the
     voxels to paste the recorded pixels in order; trilinear splatting lets every thread go through
-    all pixels and keep its own voxels."""
+    all pixels and keep its own voxels. ``scratch``: an int64 (:func:`record_frames` (pixels), pixels)
+    buffer for the recorded voxel indices (default: allocated per call)."""
     if not isinstance(pixels, PixelRuns):
         pixels = PixelRuns(pixels)
     frames = np.ascontiguousarray(frames)
@@ -560,8 +567,11 @@ def paste(
     pool = _pool(owners)
     frames_flat = frames.reshape(len(frames), -1)
     imp_flat = imp.reshape(-1)
-    step = max(1, _RECORD_PIXELS // max(1, pixels.n_pixels))
-    out_idx = np.empty((min(step, len(frames)), pixels.n_pixels), np.int64)
+    step = record_frames(pixels.n_pixels)
+    if scratch is not None and scratch.shape[1] == pixels.n_pixels and len(scratch) >= min(step, len(frames)):
+        out_idx = scratch  # the caller's buffer (reused from call to call: a fixed, known amount of memory)
+    else:
+        out_idx = np.empty((min(step, len(frames)), pixels.n_pixels), np.int64)
     bounds = np.linspace(0, len(runs), owners + 1).astype(np.int64)
     overflow = 0
     for start in range(0, len(frames), step):
@@ -582,4 +592,4 @@ def paste(
     return int(overflow)
 
 
-__all__ = ["paste", "mask_runs", "PixelRuns", "owners_for_threads", "MODE_CODES", "FIXED", "DOUBLE", "SINGLE"]
+__all__ = ["paste", "record_frames", "mask_runs", "PixelRuns", "owners_for_threads", "MODE_CODES", "FIXED", "DOUBLE", "SINGLE"]

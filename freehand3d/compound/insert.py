@@ -243,13 +243,51 @@ class PasteState:
         return weights.to(torch.float32)
 
     # ------------------------------------------------------------------ results
+    #: voxels per step of :meth:`result` on the CPU: its temporaries are a few of these, whatever the volume
+    RESULT_CHUNK = 1 << 18
+
     def result(self, output_type=np.uint8) -> torch.Tensor:
         """Output values (flat, without the dump slot) as ``output_type``: means of the float sums
         (MEAN / importance) or the kept values (LATEST / MAXIMUM); integer outputs round
         ``floor(x + 0.5)`` and clip to the type's range, float outputs keep the value. Empty voxels
-        are 0."""
+        are 0. On the CPU computed :attr:`RESULT_CHUNK` voxels at a time (numpy: element-wise IEEE
+        arithmetic, the same values as torch's one pass) into the output, so that the only per-voxel
+        memory it adds is the output itself."""
         output_type = np.dtype(output_type)
-        value, acc = self.value[: self.n_voxels], self.acc[: self.n_voxels]
+        if self.device.type != "cpu":
+            return self._result_part(self.value[: self.n_voxels], self.acc[: self.n_voxels], output_type)
+        value, acc = self.value.numpy(), self.acc.numpy()
+        target = np.dtype(str(_TORCH_TYPES[output_type]).replace("torch.", ""))  # torch has no uint16 / uint32
+        out = np.empty(self.n_voxels, target)
+        for start in range(0, self.n_voxels, self.RESULT_CHUNK):
+            stop = min(start + self.RESULT_CHUNK, self.n_voxels)
+            out[start:stop] = self._result_part_numpy(value[start:stop], acc[start:stop], output_type, target)
+        return torch.from_numpy(out)
+
+    def _result_part_numpy(self, value: np.ndarray, acc: np.ndarray, output_type: np.dtype, target: np.dtype) -> np.ndarray:
+        """:meth:`_result_part` in numpy (same dtypes at every step, so the same values)."""
+        float_sums = not self.exact_plus and self.compounding in ("mean", "importance")
+        if output_type == np.uint8 and self.pixel_type == np.uint8:  # the original uint8 path
+            if value.dtype == np.float32:
+                mean = np.where(acc > 0, value / np.maximum(acc, np.float32(1e-12)), np.float32(0))
+                return np.clip(np.floor(mean + np.float32(0.5)), 0, 255).astype(np.uint8)
+            return np.clip(value, 0, 255).astype(np.uint8)
+        if float_sums:
+            value = np.where(acc > 0, value / np.maximum(acc, acc.dtype.type(1e-12)).astype(value.dtype), value.dtype.type(0))
+        elif self.compounding == "max" and self.pixel_type != np.uint8:
+            value = np.where(acc > 0, value, value.dtype.type(0))
+        if output_type.kind == "f":
+            return value.astype(target)
+        info = np.iinfo(output_type)
+        if value.dtype.kind == "f":
+            value = np.floor(value + value.dtype.type(0.5))
+            # float64 holds every bound of the integer output types exactly
+            value = np.clip(value.astype(np.float64), float(info.min), float(info.max))
+        else:
+            value = np.clip(value.astype(np.int64), int(info.min), int(info.max))
+        return value.astype(target)
+
+    def _result_part(self, value: torch.Tensor, acc: torch.Tensor, output_type: np.dtype) -> torch.Tensor:
         float_sums = not self.exact_plus and self.compounding in ("mean", "importance")
         if output_type == np.uint8 and self.pixel_type == np.uint8:  # the original uint8 path
             if value.dtype == torch.float32:

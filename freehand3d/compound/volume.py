@@ -156,30 +156,53 @@ def estimate_bytes(grid: OutputGrid, bytes_per_voxel: float, fixed: int = 0) -> 
     return int(fixed + grid.n_voxels * float(bytes_per_voxel))
 
 
-#: Peak memory of a reconstruction (insert + hole filling + writing the volume) above what the
-#: process held before, measured as peak RSS (ru_maxrss) on real runs of the bundled spine sweep
-#: (820x616 frames) at 0.5 / 0.3 / 0.2 mm (1.6 / 7.5 / 25 Mvoxel) and fitted as FIXED_BYTES +
-#: voxels x bytes-per-voxel (39 points; table and command: docs/compound.md "Memory guard",
-#: benchmarks/bench_memory_guard.py). Keys: (method, compounding, exact_plus) on the CPU path.
-#: The fast MEAN path holds float sums and their division temporaries (23.0 B/voxel); PLUS's
-#: integer MEAN, LATEST and MAX 13.0 (the old guard's 9 B/voxel counted the buffers only).
-PASTE_BYTES_PER_VOXEL = {
-    (method, compounding, exact): (23.0 if (compounding == "mean" and not exact) else 13.0)
-    for method in ("nearest", "linear") for compounding in ("mean", "latest", "max") for exact in (False, True)
-}
-#: With hole filling: total bytes per voxel while the named filler runs; the budget takes the larger
-#: of the insertion's and the filler's (fillers run one after another: the largest counts). Measured:
-#: Gaussian, nearest-neighbour and stick fills never rose above the insertion's peak; inverse
-#: distance not above fast MEAN's; Gaussian-accumulation 21-35 from run to run (28.5). GAP: 62.5 B/voxel when its
-#: search falls back to scipy's exact distance transform (float64 distances + indices over the
-#: volume; seen at 0.2 mm), so the budget is that worst case (at 0.5 / 0.3 mm it stayed at the
-#: insertion's peak and the budget is ~3x the measured peak: safe, not tight).
-FILL_BYTES_PER_VOXEL = {"GAUSSIAN": 13.0, "GAUSSIAN_ACCUMULATION": 28.5, "NEAREST_NEIGHBOR": 13.0,
-                        "DISTANCE_WEIGHT_INVERSE": 23.0, "STICK": 13.0, "GAP": 62.5}
+#: Peak memory of a reconstruction (insert, hole filling, building the image, writing) above what
+#: the process held before, as peak RSS: the live buffers of each phase, counted from the code, and
+#: the largest phase counts (phases run one after another and free their temporaries):
+#:
+#: - insertion (compiled kernels): value + accumulation buffers (uint8 frames: int32/float32 + 4 =
+#:   8 B/voxel), the pasted pixels' flat frame index (8 B/pixel) and, for nearest neighbour, the
+#:   recorded voxel index of the pixels of ``record_frames`` frames (about 2**20 pixels, 8 B each;
+#:   both kept by the Reconstructor until it goes, so they count in every phase);
+#: - result: the buffers, the output volume (its type's bytes) and :data:`RESULT_TEMP_BYTES` of
+#:   chunk temporaries; building the SimpleITK image copies the output once more;
+#: - hole filling (compiled, uint8): buffers + volume + filled mask + filled copy + remaining mask
+#:   (8 + 1 + 1 + 1 + 1 = 12 B/voxel), plus per kernel :data:`FILL_EXTRA_BYTES_PER_VOXEL`, plus
+#:   per thread and z-slice scratch for the separable kernels (:data:`SLICE_BYTES_PER_PIXEL` x nx x ny);
+#: - writing: the image (1 B/voxel) and the writer's buffers: below the phases above.
+#:
+#: :data:`FIXED_BYTES` (allocator slack, thread pools, mask runs) is the one fitted constant: two runs
+#: of the 39-point grid (docs/compound.md "Memory guard", benchmarks/bench_memory_guard.py, 1.6-25
+#: Mvoxel) leave -0.7 .. 5.8 MiB above the counted buffers (gap's distance transform aside); with
+#: 2 MiB every measured peak is within 0.974 .. 1.059 of its budget (budget / measured).
+FIXED_BYTES = 2 * 1024**2
+#: the result's temporaries per voxel of a PasteState.RESULT_CHUNK (2**18 voxels): uint8 MEAN of float
+#: sums at most four float32 arrays at once (16 B), uint8 LATEST / MAX / PLUS's integer MEAN the
+#: int32 clip and its uint8 cast (8 B, rounded up), other types up to four float64 arrays (32 B)
+RESULT_TEMP_BYTES = {"float_sums": 16 * (1 << 18), "kept": 8 * (1 << 18), "other": 32 * (1 << 18)}
+#: bytes per voxel a hole-filling kernel adds to the 12 of every compiled filler: GAUSSIAN_ACCUMULATION
+#: reads the accumulation as float64 (a copy); GAP's scipy distance transform (taken when more than
+#: 4096 neighbour offsets would be needed) holds int8 input, int32 (3, ...) feature indices, their
+#: int32 differences and the float64 (3, ...) squared distances at once (1 + 12 + 12 + 24 = 49,
+#: +1 for its inverted mask = 50)
+FILL_EXTRA_BYTES_PER_VOXEL = {"GAUSSIAN": 0.0, "GAUSSIAN_ACCUMULATION": 8.0, "NEAREST_NEIGHBOR": 0.0,
+                              "DISTANCE_WEIGHT_INVERSE": 0.0, "STICK": 0.0, "GAP": 0.0, "GAP_EDT": 50.0}
+#: separable kernels (Gaussian, Gaussian-accumulation, nearest neighbour): six float64 planes and a
+#: bool plane per z-slice being filled, one slice per thread
+SLICE_BYTES_PER_PIXEL = 49
 #: the torch path (CUDA, or backend="torch") keeps an int64 order buffer for LATEST / MAX
 TORCH_ORDER_BYTES_PER_VOXEL = 8.0
-#: voxel-independent part (pixel lists of an 820x616 frame, a chunk of frames, allocator slack): 26 MiB
-FIXED_BYTES = 26 * 1024**2
+#: torch hole filling (non-uint8 volumes, backend="torch"): whole-volume float64 values, known mask,
+#: accumulation and convolution results (not measured: an estimate, 10 float64 arrays)
+TORCH_FILL_BYTES_PER_VOXEL = 80.0
+#: pixels per frame assumed when the pixel mask is not known yet (a Reconstructor without a mask)
+DEFAULT_FRAME_PIXELS = 1 << 20
+
+
+def _result_temp(pixel_type, output_type, mode: str, exact_plus: bool) -> int:
+    if not pixel_type == output_type == np.uint8:
+        return RESULT_TEMP_BYTES["other"]
+    return RESULT_TEMP_BYTES["float_sums" if (mode == "mean" and not exact_plus) else "kept"]
 
 
 def _kernel_kind(kernel) -> str:
@@ -187,25 +210,77 @@ def _kernel_kind(kernel) -> str:
     return "GAP" if kind is None else str(kind).upper()
 
 
+def _gap_uses_edt(kernel, spacing) -> bool:
+    """Whether the compiled gap fill falls back to scipy's distance transform (see holes.py)."""
+    if spacing is None:
+        return True
+    from freehand3d.compound import _hole_kernels
+    from freehand3d.compound.holes import _GAP_MAX_OFFSETS
+
+    return _hole_kernels.gap_offsets(float(kernel.max_distance), tuple(float(v) for v in spacing), _GAP_MAX_OFFSETS) is None
+
+
+def memory_terms(n_voxels: int, method: str, compounding: str, exact_plus: bool, backend: str = "numba",
+                 fill_kernels=None, pixel_type=np.uint8, output_type=np.uint8, *, shape=None, spacing=None,
+                 frame_pixels: int | None = None, threads: int | None = None) -> tuple[float, float]:
+    """``(fixed bytes, bytes per voxel)`` of the largest phase of a reconstruction (see the notes
+    above :data:`FIXED_BYTES`); :func:`memory_budget` is ``fixed + n_voxels x per voxel``.
+
+    ``shape`` (nz, ny, nx) sizes the hole fillers' slice scratch (default: a cube of ``n_voxels``),
+    ``spacing`` (x, y, z mm) decides the gap fill's path (default: the distance transform, the
+    larger), ``frame_pixels`` the pasted pixels per frame (default 2**20), ``threads`` numba's
+    thread count (default: numba's)."""
+    from freehand3d.compound.insert import _TORCH_TYPES, accumulation_dtype
+
+    pixel_type, output_type = np.dtype(pixel_type), np.dtype(output_type)
+    mode = "mean" if compounding == "importance" else compounding
+    value = 4 if pixel_type == np.uint8 else accumulation_dtype(pixel_type).itemsize
+    state = float(value + max(4, value))  # value + accumulation buffers (PasteState)
+    if backend == "torch" and mode in ("latest", "max"):
+        state += TORCH_ORDER_BYTES_PER_VOXEL
+    out = float(output_type.itemsize)
+    torch_out = np.dtype(str(_TORCH_TYPES[output_type]).replace("torch.", ""))  # torch has no uint16 / uint32
+    cast = float(out) if torch_out != output_type else 0.0  # the numpy cast to the output type copies
+    pixels = DEFAULT_FRAME_PIXELS if frame_pixels is None else max(1, int(frame_pixels))
+    fixed = FIXED_BYTES + (8.0 * pixels if backend == "numba" else 0.0)
+    # phase by phase: (fixed, per voxel)
+    if backend == "numba" and method == "nearest":  # the recorded voxel indices, kept by the Reconstructor
+        from freehand3d.compound._kernels import record_frames
+
+        fixed += 8.0 * pixels * record_frames(pixels)
+    phases = [(fixed, state),
+              (fixed + _result_temp(pixel_type, output_type, mode, exact_plus), state + torch_out.itemsize + cast),
+              (fixed, state + 2 * out)]
+    kernels = list(fill_kernels or ())
+    if kernels:
+        if backend == "numba" and output_type == np.uint8:
+            nz, ny, nx = shape if shape is not None else (round(n_voxels ** (1 / 3)),) * 3
+            if threads is None:
+                import numba
+
+                threads = numba.get_num_threads()
+            for k in kernels:
+                kind = _kernel_kind(k)
+                if kind == "GAP" and _gap_uses_edt(k, spacing):
+                    kind = "GAP_EDT"
+                extra = FILL_EXTRA_BYTES_PER_VOXEL.get(kind, max(FILL_EXTRA_BYTES_PER_VOXEL.values()))
+                scratch = (threads * SLICE_BYTES_PER_PIXEL * ny * nx
+                           if kind in ("GAUSSIAN", "GAUSSIAN_ACCUMULATION", "NEAREST_NEIGHBOR") else 0.0)
+                phases.append((fixed + scratch, state + 2 * out + 2 + extra))
+        else:
+            phases.append((fixed, state + 2 * out + 2 + TORCH_FILL_BYTES_PER_VOXEL))
+    n = max(int(n_voxels), 1)
+    worst = max(phases, key=lambda p: p[0] + n * p[1])
+    return float(worst[0]), float(worst[1])
+
+
 def memory_budget(n_voxels: int, method: str, compounding: str, exact_plus: bool, backend: str = "numba",
-                  fill_kernels=None, pixel_type=np.uint8, output_type=np.uint8) -> int:
-    """Bytes a reconstruction of ``n_voxels`` voxels needs at its peak (see the tables above).
-
-    The tables are measured with uint8 frames and volumes; wider pixel or volume types add twice
-    their extra buffer bytes (the buffers plus the volume's copy on writing; not measured)."""
-    from freehand3d.compound.insert import PasteState
-
-    paste = PASTE_BYTES_PER_VOXEL.get((method, "mean" if compounding == "importance" else compounding, bool(exact_plus)),
-                                      max(PASTE_BYTES_PER_VOXEL.values()))
-    if backend == "torch" and compounding in ("latest", "max"):
-        paste += TORCH_ORDER_BYTES_PER_VOXEL
-    fill = max((FILL_BYTES_PER_VOXEL.get(_kernel_kind(k), max(FILL_BYTES_PER_VOXEL.values())) for k in fill_kernels or ()),
-               default=0.0)
-    if fill:  # the filler runs after the insertion: the larger of the two peaks counts (measured), not their sum
-        paste, fill = max(fill, paste), 0.0
-    wider = (PasteState.bytes_per_voxel(compounding if compounding != "importance" else "mean", exact_plus, False, pixel_type, output_type)
-             - PasteState.bytes_per_voxel(compounding if compounding != "importance" else "mean", exact_plus, False))
-    return int(FIXED_BYTES + n_voxels * (paste + fill + 2 * max(wider, 0)))
+                  fill_kernels=None, pixel_type=np.uint8, output_type=np.uint8, **where) -> int:
+    """Bytes a reconstruction of ``n_voxels`` voxels needs at its peak (see :func:`memory_terms`
+    for ``where``: shape, spacing, frame_pixels, threads)."""
+    fixed, per_voxel = memory_terms(n_voxels, method, compounding, exact_plus, backend, fill_kernels, pixel_type,
+                                    output_type, **where)
+    return int(fixed + n_voxels * per_voxel)
 
 
 def _grid_voxels_at(grid: OutputGrid, spacing: float) -> int:
@@ -245,7 +320,7 @@ def check_memory(grid: OutputGrid, bytes_per_voxel: float, max_memory: int | Non
     )
 
 
-__all__ = ["OutputGrid", "grid_from_frames", "default_max_memory", "estimate_bytes", "check_memory", "memory_budget"]
+__all__ = ["OutputGrid", "grid_from_frames", "default_max_memory", "estimate_bytes", "check_memory", "memory_budget", "memory_terms"]
 
 
 # ====================================================================== incremental reconstruction
@@ -376,9 +451,12 @@ class Reconstructor:
             from freehand3d.compound.holes import parse_fill_spec
 
             kernels = parse_fill_spec(kernels)
-        self.budget = memory_budget(grid.n_voxels, method, compounding, exact_plus, backend, kernels,
-                                    self.pixel_type, self.output_type)
-        check_memory(grid, (self.budget - FIXED_BYTES) / grid.n_voxels, max_memory, fixed=FIXED_BYTES)
+        pasted = None if mask is None else int(np.count_nonzero(mask))
+        fixed, per_voxel = memory_terms(grid.n_voxels, method, compounding, exact_plus, backend, kernels,
+                                        self.pixel_type, self.output_type, shape=grid.shape, spacing=grid.spacing,
+                                        frame_pixels=pasted)
+        self.budget = int(fixed + grid.n_voxels * per_voxel)
+        check_memory(grid, per_voxel, max_memory, fixed=int(fixed))
         self._state = PasteState(grid.n_voxels, compounding, self.exact_plus, self.device, self.pixel_type)
         self._user_mask = None if mask is None else np.asarray(mask, bool)
         self._importance = None if importance_mask is None else np.asarray(importance_mask, np.uint8)
@@ -398,11 +476,14 @@ class Reconstructor:
             raise ValueError(f"mask shape {mask.shape} does not match the frames {tuple(frame_shape)}")
         if self._importance is not None and self._importance.shape != tuple(frame_shape):
             raise ValueError(f"importance mask shape {self._importance.shape} does not match the frames")
-        rows, cols = np.nonzero(mask)  # row-major: PLUS's pixel order within a frame
-        if self.backend == "numba":  # the compiled kernels walk the mask's row runs
+        if self.backend == "numba":  # the compiled kernels walk the mask's row runs, nothing else
             from freehand3d.compound._kernels import PixelRuns
 
             self._runs = PixelRuns(mask)
+            self._record_scratch = None  # nearest's recorded voxel indices, allocated once (see memory_terms)
+            self._frame_shape = tuple(frame_shape)
+            return
+        rows, cols = np.nonzero(mask)  # row-major: PLUS's pixel order within a frame
         self._pixel_flat = torch.as_tensor(rows * frame_shape[1] + cols, dtype=torch.int64, device=self.device)
         self._pixel_xy = torch.as_tensor(np.stack([cols, rows], 1), dtype=torch.int64, device=self.device)
         self._pixel_xy_float = None
@@ -445,17 +526,18 @@ class Reconstructor:
         if frames.dtype != self.pixel_type:
             raise ValueError(f"frames must be {self.pixel_type} (the Reconstructor's pixel_type), got {frames.dtype}")
         ok = np.isfinite(mats).all(axis=(1, 2))
-        frames, mats = frames[ok], mats[ok]
+        if not ok.all():  # (a boolean index copies the frames: only when some must go)
+            frames, mats = frames[ok], mats[ok]
         if len(frames) == 0:
             return
         self._prepare(frames.shape[1:])
-        n_pixels = max(1, self._pixel_flat.numel())
-        per_batch = max(1, self.pixels_per_batch // (n_pixels * (8 if self.method == "linear" else 1)))
         pix_to_vox = self.grid.reference_to_voxel @ mats
         if self.backend == "numba":
             self._paste_numba(frames, pix_to_vox)
             self.frames_added += len(frames)
             return
+        n_pixels = max(1, self._pixel_flat.numel())
+        per_batch = max(1, self.pixels_per_batch // (n_pixels * (8 if self.method == "linear" else 1)))
         for start in range(0, len(frames), per_batch):
             chunk = frames[start : start + per_batch]
             if self.pixel_type != np.uint8:  # the torch scatters work on the float buffer type
@@ -473,6 +555,8 @@ class Reconstructor:
         else:
             arith = _kernels.SINGLE
         state = self._state
+        if self.method == "nearest" and self._record_scratch is None:
+            self._record_scratch = np.empty((_kernels.record_frames(self._runs.n_pixels), self._runs.n_pixels), np.int64)
         state.overflow_count += _kernels.paste(
             self.method,
             arith,
@@ -485,6 +569,7 @@ class Reconstructor:
             self.grid.size,
             state.value.numpy(),
             state.acc.numpy(),
+            scratch=self._record_scratch,
         )
 
     def _paste(self, frames, pix_to_vox: np.ndarray) -> None:
@@ -934,12 +1019,23 @@ def reconstruct(
         progress(0, len(frame_indices))
     for start in range(0, len(frame_indices), step):
         chunk = frame_indices[start : start + step]
-        rec.add_frames(working.frames[chunk], mats[chunk])
+        for run in _contiguous_runs(chunk):  # slices of the sweep's frames: views, no copies
+            rec.add_frames(working.frames[run], mats[run])
         if progress is not None:
             progress(min(start + step, len(frame_indices)), len(frame_indices))
     if phase is not None and rec.fill_holes_spec:
         phase("filling holes")
     return rec.volume()
+
+
+def _contiguous_runs(indices: np.ndarray) -> list[slice]:
+    """Increasing frame indices as slices of consecutive runs ([0, 1, 2, 5, 6] -> 0:3, 5:7)."""
+    if len(indices) == 0:
+        return []
+    breaks = np.flatnonzero(np.diff(indices) != 1) + 1
+    starts = np.concatenate([[0], breaks])
+    stops = np.concatenate([breaks, [len(indices)]])
+    return [slice(int(indices[a]), int(indices[b - 1]) + 1) for a, b in zip(starts, stops)]
 
 
 def write_volume_file(image, path) -> None:
