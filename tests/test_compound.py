@@ -410,7 +410,8 @@ def test_known_volume_nearest_linear_gapfill():
         results[name] = (_ncc(vol[region], truth[region]), np.abs(vol[region] - truth[region]).mean())
         print(f"{name}: NCC {results[name][0]:.3f} MAE {results[name][1]:.1f}")
     assert region.sum() > 3_000
-    # 1 mm frame spacing into 0.5 mm voxels leaves empty slabs: gap filling must close them
+    # 1 mm frame spacing into 0.5 mm voxels leaves empty slabs: gap filling must close them. Measured
+    # (AMD EPYC): NCC / MAE nearest 0.300 / 65.2, linear 0.982 / 2.3, nearest+gap 0.996 / 2.5
     assert results["nearest+gap"][0] > 0.97 and results["nearest+gap"][1] < 6
     assert results["nearest+gap"][0] > results["nearest"][0] + 0.1
     assert results["linear"][0] > results["nearest"][0]
@@ -552,5 +553,6 @@ def test_simulated_freehand_sweep_against_its_echo_volume():
         scores[name] = float(np.corrcoef(volume[region], log_echo)[0, 1])
         print(f"simulate_freehand {name}: NCC with log echogenicity {scores[name]:.3f}")
     assert region.sum() > 20_000
+    # measured NCC (AMD EPYC): nearest 0.756, linear 0.857, nearest+gap 0.832
     assert scores["linear"] > 0.8 and scores["nearest+gap"] > 0.8
     assert scores["nearest+gap"] > scores["nearest"] + 0.03
