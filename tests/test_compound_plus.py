@@ -72,6 +72,7 @@ def test_fast_path_is_close_to_plus_nearest_latest(sweep):
     ours = reconstruct(sweep, config=_config("NN_LATE"), exact_plus=False)
     equal, within2, max_diff, _ = _compare(ours, _reference("NNLATE"))
     print(f"NN_LATE fast path: {100 * equal:.3f} % equal, {100 * within2:.3f} % within +-2")
+    # measured 99.032 % equal, 99.348 % within +-2 (AMD EPYC): the 99 % bound has 0.03 % room
     assert equal >= 0.99
 
 
