@@ -68,8 +68,8 @@ def test_wire_intersections_reproduce_plus_segmentation_on_the_real_recording(ph
     pixels, fractions, _ = wire_intersections(phantom, image_to_phantom)
     assert section.wire_names == [w.name for w in phantom.wires]
     distance = np.linalg.norm(pixels - section.points, axis=-1)
-    assert np.nanmedian(distance) < 8.0  # pixels (0.6 mm)
-    assert np.nanpercentile(distance, 95) < 20.0
+    assert np.nanmedian(distance) < 8.0  # pixels (0.6 mm); measured median 5.66 px (AMD EPYC)
+    assert np.nanpercentile(distance, 95) < 20.0  # measured 14.1 px (AMD EPYC)
     assert ((fractions > 0) & (fractions < 1)).all()  # every crossing lies on the physical wires
 
 
@@ -82,13 +82,13 @@ def test_truth_reprojects_onto_every_wire_within_1e6_mm(phantom, nwire_medium):
             # a corrupted pose really moves the wire points away from where they are
             ok = truth["wire_visible"][i]
             moved = geometry.apply(image_to_phantom[i], truth["wire_pixels"][i, ok]) - truth["wire_points"][i, ok]
-            assert np.linalg.norm(moved, axis=1).max() > 2.0
+            assert np.linalg.norm(moved, axis=1).max() > 2.0  # measured 7.3-20.5 mm (AMD EPYC)
             continue
         for k, wire in enumerate(phantom.wires):
             px = truth["wire_pixels"][i, k]
             if not np.isfinite(px).all():
                 continue
-            assert wire.distance_to(geometry.apply(image_to_phantom[i], px)) <= 1e-6
+            assert wire.distance_to(geometry.apply(image_to_phantom[i], px)) <= 1e-6  # measured max 6.0e-14 mm over 171 points (AMD EPYC)
             checked += 1
     assert checked >= 9 * (24 - 3 - 2) - 9  # every wire of (almost) every clean frame
     # the truth 3D points are the mapped pixels
@@ -109,8 +109,8 @@ def test_default_poses_show_every_wire_and_vary_like_freehand(phantom, nwire_med
     normals /= np.linalg.norm(normals, axis=1, keepdims=True)
     wire_dir = np.array([0.0, 1.0, 0.0])
     tilt = np.degrees(np.arccos(np.abs(normals @ wire_dir)))
-    assert tilt.max() - tilt.min() > 5.0
-    assert tilt.max() < 30.0
+    assert tilt.max() - tilt.min() > 5.0  # measured range 10.55 - 1.68 deg (AMD EPYC)
+    assert tilt.max() < 30.0  # measured 10.55 deg (AMD EPYC)
     # PLUS naming and the true calibration carried by the sweep
     assert set(sweep.transforms) == {"ProbeToTracker", "ReferenceToTracker"}
     np.testing.assert_array_equal(sweep.image_to_probe, truth["image_to_probe"])
@@ -144,10 +144,10 @@ def test_wire_echoes_peak_at_the_true_pixel_on_low_noise(phantom):
             errors.append(_peak(sweep.frames[i], *px) - px)
     errors = np.abs(np.array(errors))
     assert len(errors) == 54
-    assert errors.max() <= 1.0
+    assert errors.max() <= 1.0  # measured 0.407 (AMD EPYC)
     # and a shifted "truth" would not pass: the check can fail
     shifted = [np.abs(_peak(sweep.frames[0], px[0] + 4, px[1]) - (px + [4, 0])).max() for px in truth["wire_pixels"][0]]
-    assert max(shifted) > 1.0
+    assert max(shifted) > 1.0  # measured 4.10 (AMD EPYC)
 
 
 def _half_max_sizes(frame: np.ndarray, points: np.ndarray) -> np.ndarray:
@@ -250,7 +250,7 @@ def test_freehand_frames_show_the_truth_volume(small_sweep):
         # the volume at another frame's positions (about 6 mm away) explains this frame less well
         other = np.log(volume.sample(geometry.apply(truth["image_to_reference"][(i + 20) % 40], pixels)) + 0.05)
         control.append(np.corrcoef(smooth, other)[0, 1])
-    assert min(corr) > 0.7
+    assert min(corr) > 0.7  # measured 0.864 (AMD EPYC)
     assert min(corr) > max(control) + 0.2
 
 
@@ -266,7 +266,7 @@ def test_freehand_speckle_decorrelates_with_distance(small_sweep):
     far = np.mean([ncc(f[i], f[i + 10]) for i in range(10, 30)])
     gap = np.mean(np.linalg.norm(centres[20:30] - centres[10:20], axis=1))
     assert gap > 1.5  # mm: beyond the elevational speckle correlation length
-    assert near > 0.5 and far < near - 0.15
+    assert near > 0.5 and far < near - 0.15  # measured near 0.952, far 0.491 (AMD EPYC)
 
 
 def test_freehand_is_deterministic_given_the_seed():
@@ -360,4 +360,4 @@ def test_other_shipped_phantoms_simulate_with_exact_truth(name):
     assert truth["wire_visible"].all()
     image_to_phantom = _image_to_phantom_from_sweep(sweep)
     for k, wire in enumerate(other.wires):
-        assert wire.distance_to(geometry.apply(image_to_phantom, truth["wire_pixels"][:, k])).max() <= 1e-6
+        assert wire.distance_to(geometry.apply(image_to_phantom, truth["wire_pixels"][:, k])).max() <= 1e-6  # measured max 3.3e-14 mm (AMD EPYC)

@@ -200,7 +200,7 @@ def test_real_plus_poses_put_segmented_wires_on_the_phantom_wires():
         points = np.column_stack([frames.points[:, column], np.zeros(n)])
         distance = device_set.phantom.wires[column].distance_to(geometry.apply(image_to_phantom, points))
         assert (distance <= frames.errors_3d_mm[:, column] + 1e-3).all()
-        assert distance.mean() < 1.2  # mm: the points really are on the wires, not merely bounded
+        assert distance.mean() < 1.2  # mm: the points really are on the wires, not merely bounded (measured 0.46-0.78 (AMD EPYC))
 
 
 # ---------------------------------------------------------------------------- subsets

@@ -17,7 +17,7 @@ def test_mean_shift_finds_blobs_and_drops_small_clusters():
     found, sizes = mean_shift(np.concatenate([blobs, outliers]), LAMBDA / 4, min_cluster_size=5)
     assert len(found) == 3
     for c in centres:
-        assert np.min(np.linalg.norm(found - c, axis=1)) < 0.003
+        assert np.min(np.linalg.norm(found - c, axis=1)) < 0.003  # measured 5.1e-4 .. 1.2e-3 (AMD EPYC)
     assert np.all(sizes >= 30)
 
 
@@ -66,10 +66,10 @@ def test_ssim_is_one_for_perfect_localization_and_lower_for_noisy_one():
         list_pos[b, 1] = 5 + b + 0.2 * np.sin(np.linspace(0, 3, frames))
         list_pos[b, 2] = 1
     perfect = ground_truth_points(list_pos)
-    assert evaluate(perfect, list_pos, LAMBDA)["ssim"] > 0.999
+    assert evaluate(perfect, list_pos, LAMBDA)["ssim"] > 0.999  # measured 1.0 (AMD EPYC)
     noisy = perfect.copy()
     noisy[:, 1:] += rng.normal(0, LAMBDA / 8, noisy[:, 1:].shape)
-    assert evaluate(noisy, list_pos, LAMBDA)["ssim"] < 0.9
+    assert evaluate(noisy, list_pos, LAMBDA)["ssim"] < 0.9  # measured 0.382 (AMD EPYC)
 
 
 def test_density_map_counts_and_png(tmp_path):

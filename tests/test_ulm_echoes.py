@@ -105,7 +105,7 @@ def test_find_echoes_gives_exact_times_on_noiseless_data():
     truth = echo_times(list_pos[:, :2, 0], probe)  # (2, 128)
     found = np.sort(echoes.toa[:, :2], axis=1)  # (128, 2)
     error_samples = np.abs(found - np.sort(truth.T, axis=1)) * probe.sampling_frequency
-    assert np.max(error_samples) < 0.02
+    assert np.max(error_samples) < 0.02  # measured 6.9e-5 samples (AMD EPYC)
 
 
 def test_backfitting_separates_overlapping_echoes():

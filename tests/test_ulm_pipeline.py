@@ -19,7 +19,7 @@ def test_two_channel_localization_of_a_noiseless_point(pair):
     rf = simulate_rf(np.array([[[truth[0]], [truth[1]], [1.0]]]), PROBE)[0]
     found = localize_frame(rf, PROBE, channels=np.array(pair), pulse="analytic")
     assert found.shape == (1, 2)
-    assert np.linalg.norm(found[0] - truth) < 0.01 * LAMBDA
+    assert np.linalg.norm(found[0] - truth) < 0.01 * LAMBDA  # measured <= 3.9e-7 mm (AMD EPYC)
 
 
 def test_steered_plane_wave_localization():
@@ -30,7 +30,7 @@ def test_steered_plane_wave_localization():
     found = localize_frame(rf, PROBE, tx_angle=angle, channels=32, pulse="analytic")
     assert len(found) == 2
     for t in truth:
-        assert np.min(np.linalg.norm(found - t, axis=1)) < 0.05 * LAMBDA
+        assert np.min(np.linalg.norm(found - t, axis=1)) < 0.05 * LAMBDA  # measured <= 9.9e-9 mm (AMD EPYC)
 
 
 @pytest.fixture(scope="module")
@@ -44,8 +44,8 @@ def test_gulm_on_simulated_frames_finds_bubbles_precisely(few_frames):
     points = localize(rf, PROBE, channels=16, pulse="analytic")
     assert points.shape[1] == 3 and set(np.unique(points[:, 0])) <= {0, 1, 2}
     result = evaluate(points, list_pos, LAMBDA, ssim=False)
-    assert result["recall"] > 0.8 and result["precision"] > 0.8
-    assert result["error_lambda10"] < 0.6
+    assert result["recall"] > 0.8 and result["precision"] > 0.8  # measured recall 1.0, precision 0.943 (AMD EPYC)
+    assert result["error_lambda10"] < 0.6  # measured 0.139 (AMD EPYC)
 
 
 def test_gulm_beats_das_wa_error_on_the_same_frames(few_frames):
