@@ -9,17 +9,18 @@ and fewer transformed values per output pixel (36/16 instead of 16/4):
 with the interpolation points 0, 1, -1, 2, -2 and infinity (the best conditioned integer set;
 B^T's entries are 0, +-1, +-2, +-4, -5, A^T's up to 8, G's 1/4, 1/6, 1/12, 1/24).
 
-The 3 temporal taps of the 3-D kernel are folded into the matrix products' reduction: every input
-frame is transformed once and its 36 values per tile are written to the rows of the (up to three)
-output frames that read it, ``V[p, t, tile, k Cin + c] = (B^T d B)[p]`` of input frame ``t + k``,
-so each Winograd point p is one matrix product ``(n tiles, 3 Cin) @ (3 Cin, Cout)`` -- K = 3 Cin
-keeps the GEMM efficient even at 64 channels. The input and output transforms are compiled numba
-kernels on channels-last frames (separable, split over frames x tile rows between torch's thread
-count of threads, vectorised over channels), which read the zero padding implicitly instead of materialising it.
+The 3 temporal taps of the 3-D kernel are summed inside the Winograd domain: every input frame is
+transformed once per time chunk, ``V[p, t, tile, c] = (B^T d B)[p]`` of input frame t, and output
+frame j accumulates ``V[p, j] U[p, 0] + V[p, j + 1] U[p, 1] + V[p, j + 2] U[p, 2]`` -- three batched
+matrix products (all 36 points at once, MKL through ``torch.bmm``/``baddbmm``, the taps accumulated
+in place). The input and output transforms are compiled numba kernels on channels-last frames
+(separable, vectorised over channels, split over frames x tile rows between torch's thread count
+of Python threads); the spatial zero padding is one padded copy of the input. Work runs in time
+chunks x bands of tile rows so that each band's transformed input and products stay small.
 
-Accuracy: the larger transform entries lose more float32 bits than F(2x2) or the direct conv;
-measured per layer against ``F.conv3d`` in float64 in docs/tracking.md (relative max error
-~1e-5 .. 4e-5 on random data versus ~1e-6 for the direct conv). float64 inputs run the same
+Accuracy: the larger transform entries lose more float32 bits than F(2x2) or the direct conv:
+relative max error against ``F.conv3d`` in float64 5.8e-6 .. 8.6e-6 on the DualTrack layers with
+random data (direct conv 2e-6 .. 4e-6; measured in docs/tracking.md). float64 inputs run the same
 algorithm in float64 (within 1e-12 of the direct conv).
 """
 
@@ -60,11 +61,13 @@ _AT = (
 #: input frames at its edges; the streamed CNN calls each conv on 16 new frames + 2 carried)
 TIME_CHUNK = 16
 #: about this many rows (output frames x tiles) per Winograd-domain matrix product: the band of
-#: tile rows processed at once. Measured on an AVX2 EPYC (Zen 3), 1 thread, CPU-ms per frame of
-#: one conv for 512 / 1024 / 2048 / 4096 rows: 64 ch at 128 x 128: 24.4 / 24.7 / 23.9 / 24.6;
-#: 128 ch at 64 x 64: 16.2 / 16.4 / 18.7 / 23.3; 256 ch at 32 x 32: 12.1 / 13.6 / 14.9 / 15.0;
-#: 512 ch at 16 x 16: 10.9 / 11.1 / 10.9 / 10.9 (direct conv: 38-41)
+#: tile rows processed at once; :data:`ROWS_64` for inputs of <= 64 channels. Measured on an AVX2
+#: EPYC (Zen 3), CPU-ms per frame of one conv for 512 / 1024 / 2048 / 4096 rows, 1 thread: 64 ch at
+#: 128 x 128: 25.4 / 25.0 / 24.5 / 26.6; 128 ch at 64 x 64: 18.3 / 18.9 / 21.7 / 24.7; 256 ch:
+#: 13.9 / 15.4 / 15.1 / 15.5; 512 ch: 10.9 flat; 2 threads: 64 ch 67.9 / 45.6 / 40.8 / 37.2, 128 ch
+#: 28.2 / 25.6 / 25.8 / 29.1, 256 ch 15.6 / 16.8 / 18.1 / 18.2 (direct conv: 38-43)
 ROWS = 1024
+ROWS_64 = 4096
 
 
 def winograd4_kernels(weight: torch.Tensor) -> torch.Tensor:
@@ -243,7 +246,7 @@ def winograd4_conv3d(x: torch.Tensor, u: torch.Tensor, bias: torch.Tensor | None
 
     Work is blocked in time chunks of ``chunk`` output frames (default :data:`TIME_CHUNK`; each
     chunk transforms its two halo frames again) and, inside a chunk, in bands of tile rows so that
-    each matrix product has about ``rows`` rows (default :data:`ROWS`) and the transformed band
+    each matrix product has about ``rows`` rows (default :data:`ROWS`, :data:`ROWS_64`) and the transformed band
     stays in cache. The result does not depend on either beyond rounding order (it does not at
     all: every output sums the same products in the same order)."""
     bsz, cin, t, h, w = x.shape
@@ -256,7 +259,8 @@ def winograd4_conv3d(x: torch.Tensor, u: torch.Tensor, bias: torch.Tensor | None
     if t_out <= 0:
         return out.permute(0, 4, 1, 2, 3)
     chunk = max(1, min(chunk or TIME_CHUNK, t_out))
-    band = max(1, min(nh, (rows or ROWS) // (chunk * nw)))
+    rows = rows or (ROWS_64 if cin <= 64 else ROWS)
+    band = max(1, min(nh, rows // (chunk * nw)))
     frames = x.permute(0, 2, 3, 4, 1)  # (B, T, H, W, C): a view when x is channels-last-3d
     xp = x.new_empty(t, 4 * nh + 2, 4 * nw + 2, cin)  # one frame-sized copy: the spatial padding
     xp[:, 0].zero_()
@@ -286,15 +290,17 @@ def winograd4_conv3d(x: torch.Tensor, u: torch.Tensor, bias: torch.Tensor | None
 
 
 def _products(v: torch.Tensor, u: torch.Tensor, m: torch.Tensor, n: int) -> None:
-    """m[p] = sum over the temporal taps k of v[p, k : k + n] @ u[p, k] (rows: frames x tiles);
-    the taps accumulate in place (beta = 1 GEMMs, no extra pass over m)."""
+    """m[p] = sum over the temporal taps k of v[p, k : k + n] @ u[p, k] (rows: frames x tiles) for
+    all 36 points p at once: one batched product per tap, accumulated in place (beta = 1).
+
+    Batched rather than 36 separate products: the same speed with 1 thread, but with 2 threads on
+    a loaded machine 108 small parallel calls per band each waited at an OpenMP barrier for a
+    descheduled thread (measured 20-60x slower than one batched call per tap)."""
     rows = n * v.shape[2]
     cin = v.shape[3]
-    for p in range(36):
-        out = m[p]
-        torch.mm(v[p, 0:n].reshape(rows, cin), u[p, 0], out=out)
-        torch.addmm(out, v[p, 1 : n + 1].reshape(rows, cin), u[p, 1], out=out)
-        torch.addmm(out, v[p, 2 : n + 2].reshape(rows, cin), u[p, 2], out=out)
+    torch.bmm(v[:, 0:n].reshape(36, rows, cin), u[:, 0], out=m)
+    torch.baddbmm(m, v[:, 1 : n + 1].reshape(36, rows, cin), u[:, 1], out=m)
+    torch.baddbmm(m, v[:, 2 : n + 2].reshape(36, rows, cin), u[:, 2], out=m)
 
 
 class Winograd4Conv3d(nn.Module):
