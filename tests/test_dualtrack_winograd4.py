@@ -57,8 +57,8 @@ def test_winograd4_float32_error_is_the_documented_size():
     rel = ((got.double() - exact).abs().max() / exact.abs().max()).item()
     rel_direct = ((direct.double() - exact).abs().max() / exact.abs().max()).item()
     # F(4x4,3x3)'s transforms multiply by up to 8 (A^T) and 5 (B^T) and divide by 6 and 24 (G):
-    # measured rel 5.6e-6 here (direct conv 3.2e-7), 5.9e-6 .. 8.6e-6 on the DualTrack 64..512-
-    # channel layers with 16 frames (direct 2.2e-6 .. 3.9e-6) (AMD EPYC); bound 4e-5 (~4.5x)
+    # measured rel 5.6e-6 here (direct conv 3.2e-7), 5.8e-6 .. 8.9e-6 on the DualTrack 64..512-
+    # channel layers with 16 frames (direct 1.9e-6 .. 3.6e-6) (AMD EPYC); bound 4e-5 (~4.5x)
     assert rel < 4e-5 and rel_direct < 1e-5
 
 

@@ -253,10 +253,12 @@ def predict(
         transformers, fusion, head -- in float32 and the pose composition in float64. Error against
         fp32 in docs/tracking.md. Fast only where the hardware has bf16 (CPUs with AVX512-BF16/AMX,
         GPUs); elsewhere a warning says it will be slow.
-    kernel : local-CNN convolution kernels on CPU (fp32/fp64): ``"auto"`` (default) picks direct
-        or Winograd F(2x2,3x3) per layer shape by measuring both on this machine once (cached on
-        disk, :mod:`freehand3d.tracking.kernels`); ``"direct"``: oneDNN everywhere; ``"winograd"``:
-        Winograd from :data:`WINOGRAD_MIN_CHANNELS` input channels. On CUDA ``auto`` turns on
+    kernel : local-CNN convolution kernels on CPU (fp32/fp64): ``"auto"`` (default) picks per layer
+        shape the fastest of the direct conv, Winograd F(2x2,3x3) and Winograd F(4x4,3x3) by
+        measuring them on this machine once (cached on disk, :mod:`freehand3d.tracking.kernels`);
+        ``"direct"``: oneDNN everywhere; ``"winograd"``: F(2x2,3x3) from
+        :data:`WINOGRAD_MIN_CHANNELS` input channels; ``"winograd4"``: F(4x4,3x3) on every
+        stride-1 3x3x3 conv (:mod:`freehand3d.tracking.model.winograd4`). On CUDA ``auto`` turns on
         ``cudnn.benchmark``.
     threads : CPU threads for this call (default: torch's current setting); restored afterwards.
     piece : frames per streamed local-CNN piece (memory knob; the result does not depend on it).

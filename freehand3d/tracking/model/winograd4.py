@@ -19,7 +19,7 @@ of Python threads); the spatial zero padding is one padded copy of the input. Wo
 chunks x bands of tile rows so that each band's transformed input and products stay small.
 
 Accuracy: the larger transform entries lose more float32 bits than F(2x2) or the direct conv:
-relative max error against ``F.conv3d`` in float64 5.8e-6 .. 8.6e-6 on the DualTrack layers with
+relative max error against ``F.conv3d`` in float64 5.8e-6 .. 8.9e-6 on the DualTrack layers with
 random data (direct conv 2e-6 .. 4e-6; measured in docs/tracking.md). float64 inputs run the same
 algorithm in float64 (within 1e-12 of the direct conv).
 """
