@@ -105,7 +105,7 @@ def test_manual_landmark_frames(tmp_path):
     frames = [f - 5 for f in auto.details["landmark_frames"]]  # a moment inside each rest
     manual = register_phantom_files(RECORDING, cfg, tmp_path / "m.json", detect=False, landmark_frames=frames)
     mm, deg = _diff(manual.phantom_to_reference, auto.phantom_to_reference)
-    assert mm < 0.3 and deg < 0.5
+    assert mm < 0.3 and deg < 0.5  # measured 0.260 mm / 0.299 deg (AMD EPYC)
 
 
 def test_cli_register_phantom_writes_device_set_calibrate_reads(tmp_path):

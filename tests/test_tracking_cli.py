@@ -149,7 +149,7 @@ def test_shipped_tiny_checkpoint_loads_and_tracks(sweeps):
     assert model.checkpoint_metadata["stage"] == "finetune"
     tracked = track(read_sweep(sweeps[0]), model, device="cpu")
     steps = np.linalg.norm(np.diff(tracked.image_to("Reference")[:, :3, 3], axis=0), axis=1)
-    assert np.isfinite(steps).all() and steps.max() < 5.0  # mm per frame: a plausible hand motion
+    assert np.isfinite(steps).all() and steps.max() < 5.0  # mm per frame: a plausible hand motion (measured max 0.357 (AMD EPYC))
 
 
 def test_track_command_with_preset_tiny_and_the_shipped_checkpoint(sweeps, tmp_path):

@@ -126,7 +126,7 @@ def test_cosine_schedule_shape():
 def test_finetune_from_scratch_lowers_the_loss(dataset, tmp_path):
     res = train(dataset, tmp_path, _opts(stage="finetune", epochs=3, max_steps_per_epoch=4), progress=False)
     losses = [h["train_loss"] for h in res.history]
-    assert losses[-1] < 0.5 * losses[0], losses
+    assert losses[-1] < 0.5 * losses[0], losses  # measured 0.017 from 0.235 (AMD EPYC)
     assert res.history[-1]["val_loss"] is not None
     assert res.best.is_file() and res.last.is_file() and (tmp_path / "history.json").is_file()
     from freehand3d.tracking import load_dualtrack
