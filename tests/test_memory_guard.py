@@ -29,25 +29,28 @@ def _calibrated_spine():
     return sweep
 
 
-@pytest.mark.parametrize("limit_gib", [0.05, 0.2])
-def test_the_suggested_spacing_fits_the_same_limit(limit_gib):
+@pytest.mark.parametrize("limit_gib, fill", [(0.05, None), (0.2, None), (0.05, "gap:2"), (0.03, "gaussian:3:1")])
+def test_the_suggested_spacing_fits_the_same_limit(limit_gib, fill):
+    """(gap:2 takes scipy's distance transform at 0.05 mm but the compiled offsets at the suggestion;
+    the Gaussian's per-thread slices at 0.05 mm alone exceed 0.03 GiB)"""
     from freehand3d.compound.volume import reconstruct
     from freehand3d.errors import ResourceError
 
     sweep = _calibrated_spine()
     limit = int(limit_gib * 1024**3)
     with pytest.raises(ResourceError) as refused:
-        reconstruct(sweep, spacing=0.05, max_memory=limit)
+        reconstruct(sweep, spacing=0.05, max_memory=limit, fill_holes=fill)
     message = str(refused.value)
     assert f"the limit is {limit_gib:.2f} GiB" in message
     suggested = float(re.search(r"spacing of at least ([0-9.e+-]+) mm", message).group(1))
     budget = {}
     # accepted (the guard passes), and not far coarser than needed: 0.9 x the suggestion is refused
     # or within 30 % of the limit (the suggestion is rounded up to 2 significant digits)
-    reconstruct(sweep, spacing=suggested, max_memory=limit, budget_out=budget)
-    assert budget["bytes"] <= limit  # measured 0.920 / 0.951 of the limit (0.05 / 0.2 GiB; 0.9x the suggestion refused)
+    reconstruct(sweep, spacing=suggested, max_memory=limit, budget_out=budget, fill_holes=fill)
+    # measured 0.971 / 0.951 / 0.926 / 0.969 of the limit, 0.9x the suggestion refused in all four (AMD EPYC)
+    assert budget["bytes"] <= limit
     try:
-        reconstruct(sweep, spacing=suggested * 0.9, max_memory=limit, budget_out=budget)
+        reconstruct(sweep, spacing=suggested * 0.9, max_memory=limit, budget_out=budget, fill_holes=fill)
         assert budget["bytes"] > 0.7 * limit
     except ResourceError:
         pass

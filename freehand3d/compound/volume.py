@@ -283,32 +283,43 @@ def memory_budget(n_voxels: int, method: str, compounding: str, exact_plus: bool
     return int(fixed + n_voxels * per_voxel)
 
 
+def _grid_shape_at(grid: OutputGrid, spacing: float) -> tuple[int, int, int]:
+    """(nz, ny, nx) of the same extent at an isotropic ``spacing`` (the grid rule: floor(extent / s) + 1)."""
+    # +1 voxel of slack for a shifted origin
+    nx, ny, nz = (int(math.floor((size - 1) * sp / spacing + 1e-9)) + 2 for size, sp in zip(grid.size, grid.spacing))
+    return nz, ny, nx
+
+
 def _grid_voxels_at(grid: OutputGrid, spacing: float) -> int:
-    """Voxels of the same extent at an isotropic ``spacing`` (the grid rule: floor(extent / s) + 1)."""
-    n = 1
-    for size, sp in zip(grid.size, grid.spacing):
-        n *= int(math.floor((size - 1) * sp / spacing + 1e-9)) + 2  # +1 voxel of slack for a shifted origin
-    return n
+    """Voxels of the same extent at an isotropic ``spacing``."""
+    nz, ny, nx = _grid_shape_at(grid, spacing)
+    return nz * ny * nx
 
 
-def check_memory(grid: OutputGrid, bytes_per_voxel: float, max_memory: int | None, fixed: int = 0) -> None:
+def check_memory(grid: OutputGrid, bytes_per_voxel: float, max_memory: int | None, fixed: int = 0,
+                 need_at=None) -> None:
     """Raise :class:`ResourceError` (before anything is allocated) when ``fixed + bytes_per_voxel``
     per voxel would exceed ``max_memory`` bytes, naming a spacing that fits (checked on the grid
-    that spacing gives)."""
+    that spacing gives, with ``need_at(n_voxels, spacing)`` when given: the budget's largest phase
+    and the gap fill's path can change with the volume's size)."""
     limit = default_max_memory() if max_memory is None else int(max_memory)
     need = estimate_bytes(grid, bytes_per_voxel, fixed)
     if need <= limit:
         return
     extent_mm = [(n - 1) * s for n, s in zip(grid.size, grid.spacing)]
     advice = "raise --max-memory"
-    if limit > fixed:
-        # voxel count scales with spacing**-3: start there, then step up until the new grid fits
+    if limit > fixed or need_at is not None:  # (need_at knows the fixed part of coarser grids)
+        # voxel count scales with spacing**-3: start there, then step up until the new grid fits (with
+        # need_at from half that: a coarser grid may need fewer bytes per voxel, e.g. the gap fill's path)
         suggested = max(grid.spacing) * (need / limit) ** (1.0 / 3.0)
+        if need_at is not None:
+            suggested = max(max(grid.spacing), suggested / 2)
         for _ in range(200):
             rounded = float(f"{suggested:.2g}")
             if rounded < suggested:
                 rounded = float(f"{suggested * 1.05:.2g}")
-            if fixed + _grid_voxels_at(grid, rounded) * float(bytes_per_voxel) <= limit:
+            n_new = _grid_voxels_at(grid, rounded)
+            if (need_at(n_new, rounded) if need_at is not None else fixed + n_new * float(bytes_per_voxel)) <= limit:
                 advice = f"use a spacing of at least {rounded:g} mm or raise --max-memory"
                 break
             suggested = rounded * 1.05
@@ -452,11 +463,17 @@ class Reconstructor:
 
             kernels = parse_fill_spec(kernels)
         pasted = None if mask is None else int(np.count_nonzero(mask))
+        terms = dict(shape=grid.shape, spacing=grid.spacing, frame_pixels=pasted)
         fixed, per_voxel = memory_terms(grid.n_voxels, method, compounding, exact_plus, backend, kernels,
-                                        self.pixel_type, self.output_type, shape=grid.shape, spacing=grid.spacing,
-                                        frame_pixels=pasted)
+                                        self.pixel_type, self.output_type, **terms)
         self.budget = int(fixed + grid.n_voxels * per_voxel)
-        check_memory(grid, per_voxel, max_memory, fixed=int(fixed))
+
+        def need_at(n_voxels, spacing):  # a coarser suggestion: its own largest phase, slices and gap path
+            return memory_budget(n_voxels, method, compounding, exact_plus, backend, kernels, self.pixel_type,
+                                 self.output_type, **{**terms, "spacing": (spacing,) * 3,
+                                                      "shape": _grid_shape_at(grid, spacing)})
+
+        check_memory(grid, per_voxel, max_memory, fixed=int(fixed), need_at=need_at)
         self._state = PasteState(grid.n_voxels, compounding, self.exact_plus, self.device, self.pixel_type)
         self._user_mask = None if mask is None else np.asarray(mask, bool)
         self._importance = None if importance_mask is None else np.asarray(importance_mask, np.uint8)
