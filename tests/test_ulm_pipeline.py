@@ -125,7 +125,7 @@ def test_pymust_simulation_localizes_with_its_measured_pulse():
     # PyMUST's pulse has side lobes one MEMGO component cannot model; they must not become ghosts
     assert len(found) == 2
     for t in truth:
-        assert np.min(np.linalg.norm(found - t, axis=1)) < 0.01 * LAMBDA
+        assert np.min(np.linalg.norm(found - t, axis=1)) < 0.01 * LAMBDA  # measured <= 2.6e-4 mm (slow) (AMD EPYC)
 
 
 def test_refine_positions_multilaterates_from_all_channels():
