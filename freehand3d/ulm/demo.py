@@ -35,6 +35,7 @@ def run_ulm_demo(
         numbers[f"{label} {channels} ch error (lambda/10)"] = round(scores["error_lambda10"], 3)
         numbers[f"{label} {channels} ch Jaccard"] = round(scores["jaccard"], 3)
         png = folder / f"{name}.png"
-        render_file(points_csv, png)
+        render_file(points_csv, png, title=f"{label}, {channels} channels, {frames} PyMUST frames "
+                                          f"(Jaccard {scores['jaccard']:.3f}, error {scores['error_lambda10']:.3f} lambda/10)")
         pngs.append(png)
     return numbers, pngs

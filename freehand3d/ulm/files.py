@@ -455,8 +455,9 @@ def evaluate_files(points_csv: str | os.PathLike, gt_path: str | os.PathLike, *,
     return result
 
 
-def render_file(points_csv: str | os.PathLike, out_png: str | os.PathLike, *, pixel: float | None = None, gamma: float = 0.5) -> np.ndarray:
-    """Render a points CSV to a density PNG; ``pixel`` (mm) defaults to wavelength / 10.
+def render_file(points_csv: str | os.PathLike, out_png: str | os.PathLike, *, pixel: float | None = None, gamma: float = 0.5,
+                title: str | None = None) -> np.ndarray:
+    """Render a points CSV to a density PNG; ``pixel`` (mm) defaults to wavelength / 10; ``title`` heads the picture.
 
     The image size is checked before anything is allocated (at most :data:`MAX_RENDER_PIXELS`).
     """
@@ -476,4 +477,4 @@ def render_file(points_csv: str | os.PathLike, out_png: str | os.PathLike, *, pi
         n_pixels = float(np.prod(np.ceil(span / pixel)))
         if n_pixels > MAX_RENDER_PIXELS:
             raise ResourceError(f"a {pixel:g} mm pixel over {span[0]:.3g} x {span[1]:.3g} mm needs {n_pixels:.3g} pixels (limit {MAX_RENDER_PIXELS:.0e}): use a larger pixel", "--pixel-mm")
-    return save_density_png(out_png, points[:, 1:], pixel, gamma=gamma)
+    return save_density_png(out_png, points[:, 1:], pixel, gamma=gamma, title=title)
