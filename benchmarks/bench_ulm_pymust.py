@@ -17,6 +17,8 @@ Noiseless RF is simulated once per (probe, angle, density, frames, seed) and cac
     python benchmarks/bench_ulm_pymust.py                       # the full grid (about 15 min on 2 cores)
     python benchmarks/bench_ulm_pymust.py --quick               # L11-5v-like, 0 deg, 30 and 20 dB only
     python benchmarks/bench_ulm_pymust.py --json out.json
+    # the ordering table: 40 frames per cell (seeds 0-3), both densities at 30 and 20 dB
+    python benchmarks/bench_ulm_pymust.py --seeds 0,1,2,3 --snr 30,20 --dense-snr 30,20 --methods "G-ULM 128,DAS+WA 128"
 """
 
 from __future__ import annotations
@@ -75,10 +77,33 @@ def run_method(method: str, rf, list_pos, probe, angle, pulse, channels: int) ->
     return result
 
 
+def ordering(rows: list[dict]) -> list[str]:
+    """One line per (probe, angle, density, SNR) cell holding both G-ULM 128 and DAS+WA 128."""
+    cells: dict = {}
+    for r in rows:
+        if r["snr"] in ("noise-only",) or r["method"] not in ("G-ULM 128", "DAS+WA 128"):
+            continue
+        cells.setdefault((r["probe"], r["angle_deg"], r["bubbles"], r["snr"]), {})[r["method"]] = r
+    out = []
+    for (probe, angle, bubbles, snr), pair in cells.items():
+        if len(pair) < 2:
+            continue
+        g, d = pair["G-ULM 128"], pair["DAS+WA 128"]
+        verdict = "ahead" if g["jaccard"] > d["jaccard"] else ("level" if g["jaccard"] == d["jaccard"] else "behind")
+        out.append(
+            f"{probe:8} {angle:>3g} deg {bubbles:>3g} bub {snr:>5} dB: {g['frames']} frames, {g['true_bubbles']} true bubbles; "
+            f"G-ULM {100 * g['jaccard']:.1f} % (TP {g['tp']}, FP {g['fp']}, FN {g['fn']}) vs DAS+WA {100 * d['jaccard']:.1f} % "
+            f"(TP {d['tp']}, FP {d['fp']}, FN {d['fn']}): {verdict}"
+        )
+    return out
+
+
 def main(argv=None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--frames", type=int, default=10)
-    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--seed", type=int, default=0, help="bubble seed (noise seed + 1) when --seeds is not given")
+    parser.add_argument("--seeds", default=None, help="comma list of bubble seeds whose --frames frames are pooled into each row (e.g. 0,1,2,3: 4x the frames)")
+    parser.add_argument("--dense-snr", default="30", help="SNR levels run for the densities after the first")
     parser.add_argument("--cache", type=Path, default=Path(".benchmarks-cache/ulm-pymust"))
     parser.add_argument("--probes", default="L11-5v,L22-14v")
     parser.add_argument("--angles", default="0,5", help="steering angles in degrees")
@@ -97,6 +122,7 @@ def main(argv=None) -> dict:
     cpu = subprocess.run("lscpu | grep 'Model name'", shell=True, capture_output=True, text=True).stdout.strip()
     print(f"PyMUST SIMUS benchmark, {args.frames} frames per row, seed {args.seed}; {cpu}; load at start: {os.getloadavg()}")
     densities = [float(d) for d in args.densities.split(",")]
+    seeds = [int(v) for v in args.seeds.split(",")] if args.seeds else [args.seed]
     rows = []
     header = f"{'probe':8} {'angle':>5} {'bub':>4} {'SNR':>5} {'method':22} {'Jacc %':>7} {'PALA J %':>8} {'err l/10':>8} {'det':>5} {'s/frame':>8}"
     print(header)
@@ -106,8 +132,12 @@ def main(argv=None) -> dict:
         for angle_deg in (float(a) for a in args.angles.split(",")):
             angle = np.radians(angle_deg)
             for density in densities:
-                rf_clean, list_pos, pulse = dataset(args.cache, probe_name, angle_deg, density, args.frames, args.seed)
-                snrs = args.snr.split(",") if density == densities[0] else ["30"]
+                parts = [dataset(args.cache, probe_name, angle_deg, density, args.frames, s) for s in seeds]
+                rf_clean = np.concatenate([p[0] for p in parts])
+                width = max(p[1].shape[0] for p in parts)
+                list_pos = np.concatenate([np.pad(p[1], ((0, width - p[1].shape[0]), (0, 0), (0, 0)), constant_values=np.nan) for p in parts], axis=2)
+                pulse = parts[0][2]
+                snrs = args.snr.split(",") if density == densities[0] else args.dense_snr.split(",")
                 for snr in snrs + (["noise-only"] if density == densities[0] else []):
                     if snr == "noise-only":
                         rf = add_noise_snr(rf_clean, probe, 30.0, seed=args.seed + 1, noise_only=True)
@@ -123,12 +153,17 @@ def main(argv=None) -> dict:
                         methods = [m for m in methods if f"{m[0]} {m[1]}" in wanted]
                     for method, channels, p in methods:
                         r = run_method(method.split()[0] if method != "DAS+WA" else method, rf, truth, probe, angle, p, channels)
-                        r.update(probe=probe_name, angle_deg=angle_deg, bubbles=density, snr=snr, method=f"{method} {channels}")
+                        r.update(probe=probe_name, angle_deg=angle_deg, bubbles=density, snr=snr, method=f"{method} {channels}", frames=int(rf.shape[0]), true_bubbles=int(np.isfinite(truth[:, 0, :]).sum()))
                         rows.append(r)
                         jac = "-" if snr == "noise-only" else f"{100 * r['jaccard']:.1f}"
                         pj = "-" if snr == "noise-only" else f"{100 * r['pala_jaccard']:.1f}"
                         print(f"{probe_name:8} {angle_deg:>5g} {density:>4g} {snr:>5} {r['method']:22} {jac:>7} {pj:>8} {r['error_lambda10']:>8.3f} {r['detections']:>5} {r['seconds_per_frame']:>8.3f}", flush=True)
     print(f"load at end: {os.getloadavg()}")
+    summary = ordering(rows)
+    if summary:
+        print("\nG-ULM 128 vs DAS+WA 128 (Jaccard, ours): strictly ahead / level / behind per cell")
+        for line in summary:
+            print(line)
     if args.json:
         args.json.write_text(json.dumps(rows, indent=1, default=float))
     return {"rows": rows}
