@@ -133,7 +133,8 @@ def main(argv=None) -> dict:
             angle = np.radians(angle_deg)
             for density in densities:
                 parts = [dataset(args.cache, probe_name, angle_deg, density, args.frames, s) for s in seeds]
-                rf_clean = np.concatenate([p[0] for p in parts])
+                length = max(p[0].shape[1] for p in parts)  # records end after each seed's deepest bubble
+                rf_clean = np.concatenate([np.pad(p[0], ((0, 0), (0, length - p[0].shape[1]), (0, 0))) for p in parts])
                 width = max(p[1].shape[0] for p in parts)
                 list_pos = np.concatenate([np.pad(p[1], ((0, width - p[1].shape[0]), (0, 0), (0, 0)), constant_values=np.nan) for p in parts], axis=2)
                 pulse = parts[0][2]
