@@ -49,7 +49,9 @@ def test_final_live_trajectory_equals_the_offline_one(model, frames):
         assert pose.shape == (4, 4)
         # a rigid pose (rotation part orthonormal) whatever it was continued from
         rot = (pose @ np.linalg.inv(tracker.pixel_to_image))[:3, :3]
-        np.testing.assert_allclose(rot @ rot.T, np.eye(3), atol=1e-9)  # float64 composition of rotations
+        # measured max |R R^T - I| = 0.0 over these 10 frames (AMD EPYC); float64 products of rotations
+        # drift ~1e-16 per product, so 1e-9 only catches a non-rigid (e.g. averaged) pose
+        np.testing.assert_allclose(rot @ rot.T, np.eye(3), atol=1e-9)
     tracker.push_many(frames[10:17])  # frames that queued up: one CNN call
     for frame in frames[17:]:
         tracker.push(frame)
@@ -90,7 +92,8 @@ def test_provisional_poses_continue_the_newest_refinement_at_constant_velocity(m
 
     tracker = LiveTracker(model, kernel="direct", spacing=SPACING, threads=1, refine="manual", velocity_frames=4)
     first = [tracker.push(f) for f in frames[:3]]
-    np.testing.assert_allclose(first, np.tile(tracker.pixel_to_image, (3, 1, 1)), atol=0)  # nothing refined yet
+    # exact (atol 0, measured 0): nothing refined yet, so the tracker returns pixel_to_image itself
+    np.testing.assert_allclose(first, np.tile(tracker.pixel_to_image, (3, 1, 1)), atol=0)
     assert tracker.horizons == [0, 1, 2]
     ref = tracker.refine()
     assert ref.n == 3
