@@ -20,3 +20,15 @@ def _load():
 
 
 refs = _load()
+
+
+def conv_case(seed, b, cin, cout, t, h, w, dtype):
+    """A random channels-last (b, cin, t, h, w) input, a (cout, cin, 3, 3, 3) weight and a bias: the
+    stride-1 3x3x3 convolution cases of the Winograd tests."""
+    import torch
+
+    gen = torch.Generator().manual_seed(seed)
+    x = torch.randn(b, cin, t, h, w, generator=gen, dtype=dtype).to(memory_format=torch.channels_last_3d)
+    weight = torch.randn(cout, cin, 3, 3, 3, generator=gen, dtype=dtype)
+    bias = torch.randn(cout, generator=gen, dtype=dtype)
+    return x, weight, bias

@@ -15,15 +15,7 @@ from freehand3d.tracking import DualTrack, predict
 from freehand3d.tracking.model.winograd4 import Winograd4Conv3d, winograd4_conv3d, winograd4_kernels
 
 sys.path.insert(0, str(Path(__file__).parent))
-from _dualtrack_refs import refs  # noqa: E402
-
-
-def _case(seed, b, cin, cout, t, h, w, dtype):
-    gen = torch.Generator().manual_seed(seed)
-    x = torch.randn(b, cin, t, h, w, generator=gen, dtype=dtype).to(memory_format=torch.channels_last_3d)
-    weight = torch.randn(cout, cin, 3, 3, 3, generator=gen, dtype=dtype)
-    bias = torch.randn(cout, generator=gen, dtype=dtype)
-    return x, weight, bias
+from _dualtrack_refs import conv_case as _case, refs  # noqa: E402
 
 
 @pytest.mark.parametrize(
