@@ -145,9 +145,11 @@ def memory_case(frames, threads, mode):
     model = DualTrack("dualtrack-2024" if frames <= 1024 else "dualtrack-tusrec2025").eval()
     arr = _frames(frames)
     start = time.perf_counter()
-    # modes: "tiled" (128-frame halo tiles), "stream" (default piece) or "stream:P" (pieces of P)
+    # modes: "tiled" (128-frame halo tiles), "stream" (default piece) or "stream:P" (pieces of P),
+    # each optionally "+KERNEL" (auto, the default, direct, winograd, winograd4)
+    mode, _, kernel = mode.partition("+")
     kwargs = {"cnn_tile": 128} if mode == "tiled" else {"piece": int(mode.split(":")[1])} if ":" in mode else {}
-    out = predict(arr, model, kernel="direct", **kwargs)
+    out = predict(arr, model, kernel=kernel or "auto", **kwargs)
     wall = time.perf_counter() - start
     peak_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     return {"s_per_frame": wall / frames, "peak_mb": peak_mb, "head": np.asarray(out["head_output"]).tolist(),
@@ -159,8 +161,8 @@ def memory(frames_list, threads, modes):
     import numpy as np
 
     env = dict(os.environ, OMP_NUM_THREADS=str(threads), MKL_NUM_THREADS=str(threads))
-    print(f"peak RSS, fp32 (direct kernels; dualtrack-2024, or dualtrack-tusrec2025 above 1024 frames), {threads} threads, CPU: {_cpu_model()}, load: {_load()}")
-    print(f"{'frames':>6} {'mode':8} {'s/frame':>8} {'peak MB':>8} {'max|dhead| vs first mode':>26} {'max corner mm':>14}")
+    print(f"peak RSS, fp32 (mode+kernel; dualtrack-2024, or dualtrack-tusrec2025 above 1024 frames), {threads} threads, CPU: {_cpu_model()}, load: {_load()}")
+    print(f"{'frames':>6} {'mode':14} {'s/frame':>8} {'peak MB':>8} {'max|dhead| vs first mode':>26} {'max corner mm':>14}")
     for n in frames_list:
         results = {}
         for mode in modes:
@@ -174,7 +176,7 @@ def memory(frames_list, threads, modes):
         for mode, res in results.items():
             dh = float(np.abs(np.asarray(res["head"]) - np.asarray(first["head"])).max())
             dc = _corner_error(np.asarray(res["poses"]), np.asarray(first["poses"]))
-            print(f"{n:6} {mode:8} {res['s_per_frame']:8.3f} {res['peak_mb']:8.0f} {dh:26.2e} {dc:14.2e}")
+            print(f"{n:6} {mode:14} {res['s_per_frame']:8.3f} {res['peak_mb']:8.0f} {dh:26.2e} {dc:14.2e}")
 
 
 def _corner_error(poses_a, poses_b, spacing=(0.229389190673828, 0.220979690551758), shape=(480, 640)):
@@ -289,8 +291,9 @@ def main():
                         help="instead: one conv per local-CNN stage, direct vs Winograd (CPU, --threads)")
     parser.add_argument("--memory", type=str, default=None,
                         help="instead: peak RSS for these comma-separated sweep lengths, e.g. 64,1030")
-    parser.add_argument("--memory-modes", default="stream",
-                        help="with --memory: stream,tiled (streamed vs the previous 128-frame halo tiles)")
+    parser.add_argument("--memory-modes", default="stream+auto,stream+direct",
+                        help="with --memory: stream / tiled (the previous 128-frame halo tiles) / stream:PIECE, "
+                             "each with +KERNEL (auto = the default, direct, winograd, winograd4)")
     parser.add_argument("--memory-case", help=argparse.SUPPRESS)
     parser.add_argument("--live", action="store_true",
                         help="instead: live tracking of a simulated sweep replayed over loopback (--frames, --fps)")
