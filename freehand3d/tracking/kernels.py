@@ -39,8 +39,10 @@ CANDIDATES = ("direct", "winograd", "winograd4", "contiguous")
 
 #: alternating timing rounds per layer (best kept)
 ROUNDS = 3
-#: input frames per timed call (the streamed forward runs pieces of ~32 frames)
-MEASURE_FRAMES = 6
+#: input frames per timed call: the streamed forward's piece (streaming.DEFAULT_PIECE); at 6 frames the
+#: 64-channel layer measured F(4x4) level with direct (44.7 vs 45.9 ms/frame) although F(4x4) on every
+#: layer ran the whole 32-frame forward 1.31x faster than that choice (quiet AMD EPYC, 1 thread)
+MEASURE_FRAMES = 16
 #: Winograd must be at least this much faster to be chosen (timing noise on a loaded machine)
 MARGIN = 1.05
 #: load average per CPU above which a cached measurement counts as taken under overload
