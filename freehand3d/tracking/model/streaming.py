@@ -37,9 +37,8 @@ DEFAULT_PIECE = 16
 def _conv_valid(conv: nn.Module, x: torch.Tensor) -> torch.Tensor:
     """``conv`` with no temporal padding (its spatial padding kept)."""
     from freehand3d.tracking.model.winograd import WinogradConv3d
-    from freehand3d.tracking.model.winograd4 import Winograd4Conv3d
 
-    if isinstance(conv, (WinogradConv3d, Winograd4Conv3d)):
+    if isinstance(conv, WinogradConv3d):  # F(2x2) and its F(4x4) subclass
         return conv(x, valid_time=True)
     pad = (0,) + tuple(conv.padding[1:])
     weight = conv.weight if conv.weight.dtype == x.dtype else conv.weight.to(x.dtype)

@@ -105,7 +105,7 @@ class WinogradConv3d(nn.Module):
     def __init__(self, conv: nn.Conv3d, chunk: int | None = None):
         super().__init__()
         if not is_winograd_eligible(conv):
-            raise ValueError("WinogradConv3d needs a Conv3d with kernel 3x3x3, stride 1, padding 1, no groups/dilation")
+            raise ValueError(f"{type(self).__name__} needs a Conv3d with kernel 3x3x3, stride 1, padding 1, no groups/dilation")
         self.weight = nn.Parameter(conv.weight.detach().clone(), requires_grad=False)
         bias = conv.bias.detach().clone() if conv.bias is not None else None
         self.bias = None if bias is None else nn.Parameter(bias, requires_grad=False)
@@ -121,14 +121,21 @@ class WinogradConv3d(nn.Module):
         """Transformed kernels (3, 16, Cout, Cin), computed once per weight dtype/device."""
         w = self.weight
         if self._u is None or self._u.dtype != w.dtype or self._u.device != w.device:
-            self._u = winograd_kernels(w)
+            self._u = self._kernels(w)
         return self._u
+
+    @staticmethod
+    def _kernels(weight: torch.Tensor) -> torch.Tensor:
+        return winograd_kernels(weight)
 
     def forward(self, x: torch.Tensor, valid_time: bool = False) -> torch.Tensor:
         """The convolution; ``valid_time``: without temporal padding (T - 2 output frames)."""
         if x.device.type != "cpu" or x.dtype not in (torch.float32, torch.float64) or torch.is_autocast_enabled("cpu"):
             bias = None if self.bias is None else self.bias.to(x.dtype)
             return F.conv3d(x, self.weight.to(x.dtype), bias, 1, (0, 1, 1) if valid_time else 1)
+        return self._fast(x, valid_time)
+
+    def _fast(self, x: torch.Tensor, valid_time: bool) -> torch.Tensor:
         chunk = self.chunk or max(4, ROWS_PER_PRODUCT // (((x.shape[3] + 1) // 2) * ((x.shape[4] + 1) // 2)))
         return winograd_conv3d(x, self.u, self.bias, chunk, valid_time)
 

@@ -28,9 +28,9 @@ from __future__ import annotations
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from numba import njit
-from torch import nn
+
+from freehand3d.tracking.model.winograd import WinogradConv3d
 
 #: G of F(4x4, 3x3): 3 kernel taps -> 6 Winograd points (0, 1, -1, 2, -2, infinity).
 _G = (
@@ -303,36 +303,14 @@ def _products(v: torch.Tensor, u: torch.Tensor, m: torch.Tensor, n: int) -> None
     torch.baddbmm(m, v[:, 2 : n + 2].reshape(36, rows, cin), u[:, 2], out=m)
 
 
-class Winograd4Conv3d(nn.Module):
+class Winograd4Conv3d(WinogradConv3d):
     """Inference stand-in for a bias-optional ``Conv3d(k=(3,3,3), stride=1, padding=1)`` running
     Winograd F(4x4,3x3) on CPU float32/float64 (anything else -- CUDA, autocast, bf16 -- calls
-    ``F.conv3d`` with the original weights). Output channels-last-3d."""
+    ``F.conv3d`` with the original weights, as :class:`WinogradConv3d`). Output channels-last-3d."""
 
-    def __init__(self, conv: nn.Conv3d, chunk: int | None = None):
-        super().__init__()
-        from freehand3d.tracking.model.winograd import is_winograd_eligible
+    @staticmethod
+    def _kernels(weight: torch.Tensor) -> torch.Tensor:
+        return winograd4_kernels(weight)
 
-        if not is_winograd_eligible(conv):
-            raise ValueError("Winograd4Conv3d needs a Conv3d with kernel 3x3x3, stride 1, padding 1, no groups/dilation")
-        self.weight = nn.Parameter(conv.weight.detach().clone(), requires_grad=False)
-        bias = conv.bias.detach().clone() if conv.bias is not None else None
-        self.bias = None if bias is None else nn.Parameter(bias, requires_grad=False)
-        self.chunk = chunk
-        self._u = None
-
-    def _apply(self, fn, recurse=True):
-        self._u = None
-        return super()._apply(fn, recurse)
-
-    @property
-    def u(self) -> torch.Tensor:
-        w = self.weight
-        if self._u is None or self._u.dtype != w.dtype or self._u.device != w.device:
-            self._u = winograd4_kernels(w)
-        return self._u
-
-    def forward(self, x: torch.Tensor, valid_time: bool = False) -> torch.Tensor:
-        if x.device.type != "cpu" or x.dtype not in (torch.float32, torch.float64) or torch.is_autocast_enabled("cpu"):
-            bias = None if self.bias is None else self.bias.to(x.dtype)
-            return F.conv3d(x, self.weight.to(x.dtype), bias, 1, (0, 1, 1) if valid_time else 1)
+    def _fast(self, x: torch.Tensor, valid_time: bool) -> torch.Tensor:
         return winograd4_conv3d(x, self.u, self.bias, valid_time, self.chunk)
