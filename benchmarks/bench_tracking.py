@@ -153,7 +153,7 @@ def memory_case(frames, threads, mode):
     wall = time.perf_counter() - start
     peak_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     return {"s_per_frame": wall / frames, "peak_mb": peak_mb, "head": np.asarray(out["head_output"]).tolist(),
-            "poses": np.asarray(out["poses_global"]).tolist()}
+            "poses": np.asarray(out["poses_global"]).tolist(), "kernels": out["info"]["kernels"]}
 
 
 def memory(frames_list, threads, modes):
@@ -177,6 +177,9 @@ def memory(frames_list, threads, modes):
             dh = float(np.abs(np.asarray(res["head"]) - np.asarray(first["head"])).max())
             dc = _corner_error(np.asarray(res["poses"]), np.asarray(first["poses"]))
             print(f"{n:6} {mode:14} {res['s_per_frame']:8.3f} {res['peak_mb']:8.0f} {dh:26.2e} {dc:14.2e}")
+        for mode, res in results.items():
+            print(f"       {mode} kernels: " + ", ".join(f"{k} {v}" for k, v in res.get("kernels", {}).items()))
+    print("(peak MB: ru_maxrss in MiB, 2**20 bytes; 2.5 GB = 2384 MiB)")
 
 
 def _corner_error(poses_a, poses_b, spacing=(0.229389190673828, 0.220979690551758), shape=(480, 640)):

@@ -303,6 +303,7 @@ def predict(
             task = bar.add_task("DualTrack local CNN", total=n) if bar else None
             report = (lambda done: bar.update(task, completed=done)) if bar else (
                 (lambda done: progress(done, n)) if callable(progress) else None)
+            tile_cnn = None
             if cnn_tile is not None:
                 tile_cnn = _CastCNN(local_cnn, torch.bfloat16) if precision == "bf16" else local_cnn
 
@@ -314,6 +315,10 @@ def predict(
                 if piece is None:
                     piece = 256 if device.type == "cuda" else DEFAULT_PIECE
                 tokens = stream_tokens(model.local_encoder, local_cnn, get_clip, n, piece, report, dtype)
+            # the local CNN's inference copy (folded weights, Winograd's transformed kernels: ~0.6 GB
+            # for the 2024 layout with F(4x4)) is done: free it before the transformers and the
+            # decoder, whose memory grows with the sweep (peak RSS at 1030 frames, docs/tracking.md)
+            local_cnn = tile_cnn = None
             local_features = model.local_encoder.encode_tokens(tokens)
             indices = model.global_indices(n, device=device)
             feats = []
@@ -321,6 +326,9 @@ def predict(
                 chosen = indices[start : start + GLOBAL_CNN_BATCH].cpu().numpy()
                 batch = global_frames(arr[chosen], variant, norm, cfg.global_size, device=device).to(dtype)[None]
                 feats.append(model.global_encoder.frame_features(batch, cnn=global_cnn))
+                del batch
+                release_free_memory()
+            global_cnn = None  # likewise
             global_features = model.global_encoder.encode_features(torch.cat(feats, dim=1), indices)
             head = model.decode(local_features, global_features)["head_output"]
     head = head[0].double().cpu().numpy()
@@ -349,9 +357,37 @@ def stream_tokens(encoder, cnn, get_clip, n_frames: int, piece: int = None, prog
             maps = stream.push(clip.transpose(1, 2), final=hi == chunk_hi)
             if maps.shape[2]:
                 out.append(_pool_maps(encoder, maps, out_dtype))
+            del clip, maps
+            release_free_memory()
             if progress is not None:
                 progress(hi)
     return torch.cat(out, dim=1)
+
+
+def _malloc_trim():
+    try:
+        import ctypes
+
+        libc = ctypes.CDLL("libc.so.6")
+        return libc.malloc_trim
+    except (OSError, AttributeError):
+        return None  # not glibc
+
+
+_TRIM = _malloc_trim()
+
+
+def release_free_memory() -> None:
+    """Hand the heap's free pages back to the OS (glibc ``malloc_trim(0)``; nothing elsewhere).
+
+    Called after every streamed piece: each piece allocates and frees the same activations and
+    Winograd buffers, but glibc only returns the top of its heaps, so the free pages between
+    live allocations stayed resident and the peak RSS crept up piece after piece (2024 layout,
+    F(4x4), 2 threads, 16-frame pieces: the per-piece peak grew 1954 -> 2301 MiB over 10 pieces,
+    and to ~2.9 GB at 1030 frames; with the trim it stays flat, docs/tracking.md). A trim costs
+    well under a millisecond plus the page faults of re-touching what it released."""
+    if _TRIM is not None:
+        _TRIM(0)
 
 
 def _pool_maps(encoder, maps, out_dtype=None):

@@ -15,7 +15,7 @@ frame j accumulates ``V[p, j] U[p, 0] + V[p, j + 1] U[p, 1] + V[p, j + 2] U[p, 2
 matrix products (all 36 points at once, MKL through ``torch.bmm``/``baddbmm``, the taps accumulated
 in place). The input and output transforms are compiled numba kernels on channels-last frames
 (separable, vectorised over channels, split over frames x tile rows between torch's thread count
-of Python threads); the spatial zero padding is one padded copy of the input. Work runs in time
+of Python threads); the spatial zero padding is read in place (no padded copy). Work runs in time
 chunks x bands of tile rows so that each band's transformed input and products stay small.
 
 Accuracy: the larger transform entries lose more float32 bits than F(2x2) or the direct conv:
@@ -84,19 +84,66 @@ def winograd4_kernels(weight: torch.Tensor) -> torch.Tensor:
     return (kron.T @ w.T).view(36, 3, cin, cout)
 
 
-@njit(cache=True, nogil=True, error_model="numpy")
-def _input_transform(xp, v, f0, i0, nh, nw, job_lo, job_hi):  # pragma: no cover - compiled
-    """B^T d B of the 6x6 tiles (stride 4) in tile rows i0 .. i0 + nh - 1 of the zero-padded input
-    frames f0 .. f0 + F - 1.
+@njit(cache=True, nogil=True, error_model="numpy", inline="always")
+def _tile_in(src, y0, x0, s, v, fi, tile):  # pragma: no cover - compiled
+    """B^T d B of the 6x6 tile ``src[y0 : y0 + 6, x0 : x0 + 6]`` into ``v[:, fi, tile]``
+    (``s``: (6, 6, C) scratch)."""
+    c_in = src.shape[2]
+    # along the tile's columns: s[a, q] = sum_b BT[q, b] d[a, b]
+    for a in range(6):
+        row = src[y0 + a]
+        sa = s[a]
+        for c in range(c_in):
+            d0 = row[x0, c]
+            d1 = row[x0 + 1, c]
+            d2 = row[x0 + 2, c]
+            d3 = row[x0 + 3, c]
+            d4 = row[x0 + 4, c]
+            d5 = row[x0 + 5, c]
+            sa[0, c] = 4.0 * d0 - 5.0 * d2 + d4
+            sa[1, c] = d3 + d4 - 4.0 * (d1 + d2)
+            sa[2, c] = 4.0 * (d1 - d2) + d4 - d3
+            sa[3, c] = 2.0 * (d3 - d1) + d4 - d2
+            sa[4, c] = 2.0 * (d1 - d3) + d4 - d2
+            sa[5, c] = 4.0 * d1 - 5.0 * d3 + d5
+    # along the rows: point (p, q) = sum_a BT[p, a] s[a, q]
+    for q in range(6):
+        v0 = v[q, fi, tile]
+        v1 = v[6 + q, fi, tile]
+        v2 = v[12 + q, fi, tile]
+        v3 = v[18 + q, fi, tile]
+        v4 = v[24 + q, fi, tile]
+        v5 = v[30 + q, fi, tile]
+        for c in range(c_in):
+            d0 = s[0, q, c]
+            d1 = s[1, q, c]
+            d2 = s[2, q, c]
+            d3 = s[3, q, c]
+            d4 = s[4, q, c]
+            d5 = s[5, q, c]
+            v0[c] = 4.0 * d0 - 5.0 * d2 + d4
+            v1[c] = d3 + d4 - 4.0 * (d1 + d2)
+            v2[c] = 4.0 * (d1 - d2) + d4 - d3
+            v3[c] = 2.0 * (d3 - d1) + d4 - d2
+            v4[c] = 2.0 * (d1 - d3) + d4 - d2
+            v5[c] = 4.0 * d1 - 5.0 * d3 + d5
 
-    xp : (T, 4 nh + 2, 4 nw + 2, C) channels-last frames with their spatial zero padding (frames
-        outside 0 .. T-1 are zeros).
+
+@njit(cache=True, nogil=True, error_model="numpy")
+def _input_transform(x, v, f0, i0, nh, nw, job_lo, job_hi):  # pragma: no cover - compiled
+    """B^T d B of the 6x6 tiles (stride 4) in tile rows i0 .. i0 + nh - 1 of the input frames
+    f0 .. f0 + F - 1, zero padded by one pixel (and frames outside 0 .. T-1 zero) without a padded
+    copy: tiles that reach into the padding are gathered into a zeroed 6x6 scratch tile first,
+    the others are read in place (the same arithmetic on the same values either way).
+
+    x : (T, H, W, C) channels-last frames.
     v : (36, F, nh * nw, C) output: ``v[p, i, tile, c]`` = point p of input frame f0 + i, tile
         numbered from tile row i0.
     """
-    t_in = xp.shape[0]
-    c_in = xp.shape[3]
+    t_in, h, w, c_in = x.shape
     n_f = v.shape[1]
+    s = np.empty((6, 6, c_in), dtype=x.dtype)  # scratch, once per call (not per tile)
+    d = np.empty((6, 6, c_in), dtype=x.dtype)  # a border tile with its zero padding
     for job in range(job_lo, min(job_hi, n_f * nh)):
         fi = job // nh
         i = job - fi * nh
@@ -108,48 +155,28 @@ def _input_transform(xp, v, f0, i0, nh, nw, job_lo, job_hi):  # pragma: no cover
                     for c in range(c_in):
                         dst[c] = 0.0
             continue
-        s = np.empty((6, 6, c_in), dtype=xp.dtype)
+        xf = x[f]
+        y0 = 4 * (i0 + i) - 1  # first input row of the tile row (-1: the padding row)
+        rows_inside = y0 >= 0 and y0 + 6 <= h
         for j in range(nw):
             tile = i * nw + j
-            x0 = 4 * j
-            # along the tile's columns: s[a, q] = sum_b BT[q, b] d[a, b]
+            x0 = 4 * j - 1
+            if rows_inside and x0 >= 0 and x0 + 6 <= w:
+                _tile_in(xf, y0, x0, s, v, fi, tile)
+                continue
             for a in range(6):
-                row = xp[f, 4 * (i0 + i) + a]
-                sa = s[a]
-                for c in range(c_in):
-                    d0 = row[x0, c]
-                    d1 = row[x0 + 1, c]
-                    d2 = row[x0 + 2, c]
-                    d3 = row[x0 + 3, c]
-                    d4 = row[x0 + 4, c]
-                    d5 = row[x0 + 5, c]
-                    sa[0, c] = 4.0 * d0 - 5.0 * d2 + d4
-                    sa[1, c] = d3 + d4 - 4.0 * (d1 + d2)
-                    sa[2, c] = 4.0 * (d1 - d2) + d4 - d3
-                    sa[3, c] = 2.0 * (d3 - d1) + d4 - d2
-                    sa[4, c] = 2.0 * (d1 - d3) + d4 - d2
-                    sa[5, c] = 4.0 * d1 - 5.0 * d3 + d5
-            # along the rows: point (p, q) = sum_a BT[p, a] s[a, q]
-            for q in range(6):
-                v0 = v[q, fi, tile]
-                v1 = v[6 + q, fi, tile]
-                v2 = v[12 + q, fi, tile]
-                v3 = v[18 + q, fi, tile]
-                v4 = v[24 + q, fi, tile]
-                v5 = v[30 + q, fi, tile]
-                for c in range(c_in):
-                    d0 = s[0, q, c]
-                    d1 = s[1, q, c]
-                    d2 = s[2, q, c]
-                    d3 = s[3, q, c]
-                    d4 = s[4, q, c]
-                    d5 = s[5, q, c]
-                    v0[c] = 4.0 * d0 - 5.0 * d2 + d4
-                    v1[c] = d3 + d4 - 4.0 * (d1 + d2)
-                    v2[c] = 4.0 * (d1 - d2) + d4 - d3
-                    v3[c] = 2.0 * (d3 - d1) + d4 - d2
-                    v4[c] = 2.0 * (d1 - d3) + d4 - d2
-                    v5[c] = 4.0 * d1 - 5.0 * d3 + d5
+                y = y0 + a
+                for b in range(6):
+                    xx = x0 + b
+                    db = d[a, b]
+                    if 0 <= y < h and 0 <= xx < w:
+                        src = xf[y, xx]
+                        for c in range(c_in):
+                            db[c] = src[c]
+                    else:
+                        for c in range(c_in):
+                            db[c] = 0.0
+            _tile_in(d, 0, 0, s, v, fi, tile)
 
 
 @njit(cache=True, nogil=True, error_model="numpy")
@@ -161,10 +188,10 @@ def _output_transform(m, bias, has_bias, out, i0, nh, nw, job_lo, job_hi):  # pr
     """
     n, h, w, c_out = out.shape
     tiles = nh * nw
+    s = np.empty((4, 6, c_out), dtype=out.dtype)  # scratch, once per call (not per tile)
     for job in range(job_lo, min(job_hi, n * nh)):
         f = job // nh
         i = job - f * nh
-        s = np.empty((4, 6, c_out), dtype=out.dtype)
         for j in range(nw):
             row = f * tiles + i * nw + j
             # along the first Winograd index: s[y, q] = sum_a AT[y, a] m[a, q]
@@ -261,12 +288,9 @@ def winograd4_conv3d(x: torch.Tensor, u: torch.Tensor, bias: torch.Tensor | None
     chunk = max(1, min(chunk or TIME_CHUNK, t_out))
     rows = rows or (ROWS_64 if cin <= 64 else ROWS)
     band = max(1, min(nh, rows // (chunk * nw)))
-    frames = x.permute(0, 2, 3, 4, 1)  # (B, T, H, W, C): a view when x is channels-last-3d
-    xp = x.new_empty(t, 4 * nh + 2, 4 * nw + 2, cin)  # one frame-sized copy: the spatial padding
-    xp[:, 0].zero_()
-    xp[:, h + 1 :].zero_()
-    xp[:, :, 0].zero_()
-    xp[:, :, w + 1 :].zero_()
+    if not x.is_contiguous(memory_format=torch.channels_last_3d):
+        x = x.contiguous(memory_format=torch.channels_last_3d)
+    frames = x.permute(0, 2, 3, 4, 1)  # (B, T, H, W, C): a view of the channels-last-3d input
     u = u.to(x.dtype)
     has_bias = bias is not None
     bias_np = (bias.to(x.dtype) if has_bias else x.new_zeros(1)).numpy()
@@ -274,8 +298,7 @@ def winograd4_conv3d(x: torch.Tensor, u: torch.Tensor, bias: torch.Tensor | None
     m_buf = x.new_empty(36 * chunk * band * nw * cout)
     first = 0 if valid_time else -1  # input frame read by tap 0 of output 0
     for b in range(bsz):
-        xp[:, 1 : h + 1, 1 : w + 1] = frames[b]
-        x_np = xp.numpy()
+        x_np = frames[b].numpy()
         for lo in range(0, t_out, chunk):
             n = min(chunk, t_out - lo)
             out_np = out[b, lo : lo + n].numpy()
