@@ -304,6 +304,14 @@ def coherent_bubbles(
         need = max(min_channels, min_agreement * n, 2 + free * chance + z_score * np.sqrt(free * chance * (1 - chance)))
         if used.sum() < need or np.linalg.norm(pos - seed) > lam / 2 or not np.isfinite(pos).all():
             continue
+        # the agreeing echoes must carry the seed's energy together: a fit in a channel with nothing
+        # there has a near-zero amplitude and a random phase that agrees 1 time in 4, so one strong
+        # echo left over from a bubble found earlier plus such fits passed the count (16 channels,
+        # noiseless PyMUST: amplitudes 537 and 0-8). The participation ratio (sum a)^2 / sum a^2 is
+        # the number of equally strong echoes with that sum and energy (1.06 there, ~n for a bubble)
+        amp = np.abs(params[used, 0])
+        if amp.sum() ** 2 < min_channels * (amp**2).sum():
+            continue
         if residual.point_sum(probe, chosen, pos, **kw) < level_at(pos):
             continue
         found.append(pos)

@@ -264,6 +264,80 @@ def refine_positions(
     return positions
 
 
+def multilaterate(
+    positions: np.ndarray,
+    paths: np.ndarray,
+    element_x: np.ndarray,
+    *,
+    tx_angle: float = 0.0,
+    gates: tuple[float, ...] = (0.05, 0.025),
+    iterations: int = 3,
+    min_channels: int = 3,
+    return_echoes: bool = False,
+):
+    """Least-squares intersection of all channels' ellipses for each start position, and its support.
+
+    For each position (vectorised over all of them), every channel's echo nearest to the predicted
+    path is associated when within the current gate (mm of path); a few Gauss-Newton steps minimise
+    the squared path residuals; the gates shrink in turn (re-associating each time). Positions with
+    fewer than ``min_channels`` associated echoes stop moving. Returns (positions (N, 2), support
+    (N,) = channels whose nearest echo lies within the last gate of the final position); with
+    ``return_echoes`` also that echo's index per channel (N, M), -1 where none agrees.
+    """
+    p = np.array(positions, float, copy=True).reshape(-1, 2)
+    if len(p) == 0:
+        return (p, np.zeros(0, int), np.zeros((0, len(element_x)), int)) if return_echoes else (p, np.zeros(0, int))
+    n = _direction(tx_angle)
+    finite = np.where(np.isfinite(paths), paths, np.inf)[None]  # (1, M, E)
+
+    def associate(p, gate):
+        dx = p[:, 0:1] - element_x[None, :]
+        r = np.hypot(dx, p[:, 1:2])
+        diff = finite - ((p @ n)[:, None] + r)[:, :, None]  # (N, M, E)
+        nearest = np.argmin(np.abs(diff), axis=2)
+        res = np.take_along_axis(diff, nearest[..., None], axis=2)[..., 0]
+        return res, np.abs(res) <= gate, dx / r, p[:, 1:2] / r, nearest
+
+    for gate in gates:
+        for _ in range(iterations):
+            res, used, drdx, drdz, _ = associate(p, gate)
+            move = used.sum(axis=1) >= min_channels
+            if not move.any():
+                break
+            jac = np.stack([n[0] + drdx, n[1] + drdz], axis=-1) * used[..., None]  # (N, M, 2)
+            jtj = np.einsum("kmi,kmj->kij", jac[move], jac[move]) + 1e-12 * np.eye(2)
+            jtr = np.einsum("kmi,km->ki", jac[move], np.where(used[move], res[move], 0.0))
+            p[move] += np.linalg.solve(jtj, jtr[..., None])[..., 0]
+    _, used, _, _, nearest = associate(p, gates[-1])
+    if return_echoes:
+        return p, used.sum(axis=1), np.where(used, nearest, -1)
+    return p, used.sum(axis=1)
+
+
+def chance_support(paths: np.ndarray, gate: float, candidates: int = 1, false_alarms: float = 0.1) -> int:
+    """Agreeing channels that an intersection of unrelated echoes reaches by chance too rarely to matter.
+
+    The two paired channels agree by construction. Any other channel m's nearest echo falls within
+    +-``gate`` (the widest association gate of :func:`multilaterate`, whose fit then pulls it in) of
+    an arbitrary predicted path with probability p_m = 2 gate x its echo count / the span of all echo
+    paths, so the chance agreements are about Poisson with mean mu = sum p_m. With ``candidates``
+    intersections tried, the support needed is 2 + the smallest k with
+    candidates x P(Poisson(mu) >= k) <= ``false_alarms`` (expected chance candidates per frame).
+    """
+    from scipy.stats import poisson
+
+    finite = np.isfinite(paths)
+    if not finite.any():
+        return 2
+    count = finite.sum(axis=1)
+    span = max(float(paths[finite].max() - paths[finite].min()), 4 * gate)
+    mu = float(np.minimum(2 * gate * count / span, 1.0).sum())
+    k = 1
+    while k < paths.shape[0] and max(candidates, 1) * poisson.sf(k - 1, mu) > false_alarms:
+        k += 1
+    return 2 + k
+
+
 def suppress_ghosts(
     centres: np.ndarray,
     sizes: np.ndarray,
@@ -319,6 +393,8 @@ def localize_frame(
     seed_false_alarms: float = 0.01,
     seed_threshold_db: float | None = -20.0,
     seed_min_channels: int | None = None,
+    pair_gaps=None,
+    verify_all: bool | None = None,
 ) -> np.ndarray:
     """G-ULM on one RF frame (n_samples, n_elements); returns (K, 2) positions (x, z) in mm.
 
@@ -352,6 +428,17 @@ def localize_frame(
         # many channels: two of the (up to three) check channels must confirm a pair; few
         # channels: one, or weak bubbles lose too many pairs in noise
         min_votes = 2 if len(chosen) >= 64 else 1
+    if verify_all is None:
+        # few channels (4..31): a bubble seen by few of them loses its only confirmed pair when one
+        # neighbouring echo is hidden, and pairs of channels 8-13 wavelengths apart scatter laterally
+        # (docs/ulm.md, "G-ULM with few channels"); two or three channels leave nothing to verify
+        # against; with 32 it measured no better than the neighbour checks (analytic bench 92.0 vs
+        # 92.8 %, PyMUST within a frame's bubbles either way), so those keep them
+        verify_all = 4 <= len(chosen) < 32
+    if verify_all:
+        gaps = sorted({1, 2, gap}) if pair_gaps is None else sorted(set(np.atleast_1d(pair_gaps).astype(int).tolist()))
+        centres = _verified_centres(paths, element_x, echoes.amplitude, tx_angle=tx_angle, gaps=gaps, tolerance=tolerance, bandwidth=bandwidth, lam=lam, side_lobe=reference.residual_level if reference is not None else 0.0, ghost_radius=ghost_radius)
+        return _finish(centres, rf, probe, chosen, resolved, reference, echoes, paths, coherent, tx_angle, t0, seed_false_alarms, seed_threshold_db, seed_min_channels)
     points = match_echoes(paths, element_x, tx_angle=tx_angle, gap=gap, amplitude=echoes.amplitude, tolerance=tolerance, min_votes=min_votes)
     if min_cluster_size is None:
         # few pairs (tiny channel counts) cannot outvote anything; otherwise 5 % of the pairs, at
@@ -362,6 +449,75 @@ def localize_frame(
     centres = suppress_ghosts(centres, sizes, merge_radius=lam / 2 if merge_radius is None else merge_radius, ghost_radius=2 * lam if ghost_radius is None else ghost_radius, ghost_ratio=ghost_ratio)
     if refine and len(centres):
         centres = refine_positions(centres, paths, element_x, tx_angle=tx_angle, tolerance=2 * tolerance)
+    return _finish(centres, rf, probe, chosen, resolved, reference, echoes, paths, coherent, tx_angle, t0, seed_false_alarms, seed_threshold_db, seed_min_channels)
+
+
+def _verified_centres(paths, element_x, amplitude, *, tx_angle, gaps, tolerance, bandwidth, lam, side_lobe=0.0, ghost_radius=None, rounds=4):
+    """Few channels: intersections of all channel pairs ``gaps`` apart, each moved to the
+    least-squares intersection of every channel's echo that agrees with it; one centre per cluster
+    of the moved points; centres taken most supported first, each echo explaining one bubble only,
+    kept when more channels agree than chance allows (:func:`chance_support`). In rounds: the echoes
+    of the bubbles accepted are removed and the rest searched again, where fewer echoes make chance
+    agreement rarer, so weaker bubbles need less support."""
+    gates = (2 * tolerance, tolerance)
+    channel = np.arange(paths.shape[0])
+    claimed = np.zeros(paths.shape, bool)
+    out, strength = [], []
+    for _ in range(rounds):
+        rest = np.where(claimed, np.nan, paths)
+        cand = [match_echoes(rest, element_x, tx_angle=tx_angle, gap=g, amplitude=amplitude, tolerance=tolerance, min_votes=0) for g in gaps if g < len(rest)]
+        points = np.concatenate(cand) if cand else np.zeros((0, 2))
+        if len(points) == 0:
+            break
+        need = chance_support(rest, gates[0], candidates=len(points))
+        _, support = multilaterate(points, rest, element_x, tx_angle=tx_angle, gates=(gates[0],), iterations=0)
+        points = points[support >= 3]
+        moved, support = multilaterate(points, rest, element_x, tx_angle=tx_angle, gates=gates)
+        centres, _ = mean_shift(moved[support >= need], bandwidth, min_cluster_size=1)
+        centres, support, which = multilaterate(centres, rest, element_x, tx_angle=tx_angle, gates=gates, return_echoes=True)
+        accepted = 0
+        for k in np.argsort(-support, kind="stable"):
+            own = (which[k] >= 0) & ~claimed[channel, np.maximum(which[k], 0)]
+            if own.sum() < need or (out and np.min(np.linalg.norm(np.asarray(out) - centres[k], axis=1)) <= lam / 2):
+                continue
+            if out and _cycle_slipped(rest[channel[own], which[k][own]], np.asarray(out), element_x[own], centres[k], tx_angle=tx_angle, lam=lam, tolerance=tolerance):
+                continue
+            out.append(centres[k])
+            strength.append(float(np.median(np.abs(amplitude[channel[own], which[k][own]]))) if amplitude is not None else 1.0)
+            # its echoes (within the wider gate, so that noisy ones leave no ghost behind) explain nothing else
+            _, _, near = multilaterate(centres[k][None], np.where(claimed, np.nan, paths), element_x, tx_angle=tx_angle, gates=(gates[0],), iterations=0, return_echoes=True)
+            hit = near[0] >= 0
+            claimed[channel[hit], near[0][hit]] = True
+            accepted += 1
+        if accepted == 0:
+            break
+    out, strength = np.asarray(out).reshape(-1, 2), np.asarray(strength)
+    if side_lobe > 0 and len(out) > 1:
+        # the pulse's side lobes (echoes up to ``side_lobe`` of the main one, a carrier period or two
+        # off, in every channel alike) form a consistent ghost just behind a strong bubble: a centre
+        # within ``ghost_radius`` of one whose echoes are more than 1 / (2 side_lobe) times stronger
+        # is taken for that (the rule :func:`find_echoes` applies to residual echoes)
+        ghost_radius = 2 * lam if ghost_radius is None else ghost_radius
+        d = np.linalg.norm(out[:, None] - out[None], axis=2)
+        ghost = ((d <= ghost_radius) & (strength[None, :] * 2 * side_lobe > strength[:, None])).any(axis=1)
+        out = out[~ghost]
+    return out
+
+
+def _cycle_slipped(own_paths, accepted, element_x, centre, *, tx_angle, lam, tolerance) -> bool:
+    """Whether most of a centre's echo paths lie one carrier period (lambda of path) from the paths
+    of a bubble accepted within 2 lambda: the same echoes timed one cycle off (the phase-precise
+    time of arrival picked the neighbouring cycle), a ghost lambda/2 or so from the bubble."""
+    near = accepted[np.linalg.norm(accepted - centre, axis=1) <= 2 * lam]
+    if len(near) == 0 or len(own_paths) == 0:
+        return False
+    n = _direction(tx_angle)
+    predicted = (near @ n)[:, None] + np.hypot(near[:, 0:1] - element_x[None, :], near[:, 1:2])  # (J, own)
+    slipped = np.abs(np.abs(own_paths[None, :] - predicted) - lam) <= tolerance
+    return bool((slipped.sum(axis=1) * 2 >= len(own_paths)).any())
+
+
+def _finish(centres, rf, probe, chosen, resolved, reference, echoes, paths, coherent, tx_angle, t0, seed_false_alarms, seed_threshold_db, seed_min_channels):
     if coherent is None:
         # with fewer than 16 channels the f-number 1 aperture holds 2-5 of them: too few for the
         # agreement test to reject grating-lobe seeds (analytic bench, 8 channels: 25 false
@@ -427,6 +583,8 @@ def localize(
     seed_false_alarms: float = 0.01,
     seed_threshold_db: float | None = -20.0,
     seed_min_channels: int | None = None,
+    pair_gaps=None,
+    verify_all: bool | None = None,
     progress: bool = False,
 ):
     """Localize microbubbles by geometric ULM.
@@ -509,7 +667,7 @@ def localize(
             raise ValueError("every RF sample is NaN or infinite")
     pulse = resolve_pulse(np.where(bad, 0.0, rf) if bad.any() else rf, probe, pulse)
     pulse = "analytic" if pulse is None else pulse  # resolved once for all frames
-    kwargs = dict(tx_angle=tx_angle, t0=t0, channels=channels, bandwidth=bandwidth, min_cluster_size=min_cluster_size, gap=gap, baseline=baseline, tolerance=tolerance, refine=refine, threshold_db=threshold_db, false_alarms=false_alarms, max_cost=max_cost, merge_radius=merge_radius, ghost_radius=ghost_radius, ghost_ratio=ghost_ratio, min_votes=min_votes, pulse=pulse, coherent=coherent, seed_false_alarms=seed_false_alarms, seed_threshold_db=seed_threshold_db, seed_min_channels=seed_min_channels)
+    kwargs = dict(tx_angle=tx_angle, t0=t0, channels=channels, bandwidth=bandwidth, min_cluster_size=min_cluster_size, gap=gap, baseline=baseline, tolerance=tolerance, refine=refine, threshold_db=threshold_db, false_alarms=false_alarms, max_cost=max_cost, merge_radius=merge_radius, ghost_radius=ghost_radius, ghost_ratio=ghost_ratio, min_votes=min_votes, pulse=pulse, coherent=coherent, seed_false_alarms=seed_false_alarms, seed_threshold_db=seed_threshold_db, seed_min_channels=seed_min_channels, pair_gaps=pair_gaps, verify_all=verify_all)
     if rf.ndim == 2:
         return localize_frame(rf, probe, **kwargs)
     if rf.ndim != 3:
