@@ -257,8 +257,8 @@ def coherent_bubbles(
     # the coherent sum's noise sigma per pixel: the CFAR level over its k (pixels that no
     # channel reaches are infinite)
     sigma_map = np.broadcast_to(level, envelope.shape) / np.sqrt(2 * np.log(max(int((counts > 0).sum()), 2) / false_alarms))
-    if threshold_db is not None:
-        level = np.maximum(level, max(float(envelope.max()), known_peak) * 10 ** (threshold_db / 20))
+    floor = 0.0 if threshold_db is None else max(float(envelope.max()), known_peak) * 10 ** (threshold_db / 20)
+    level = np.maximum(level, floor)
     level = np.broadcast_to(level, envelope.shape)
     radius = 2
     is_max = (envelope == maximum_filter(envelope, size=2 * radius + 1, mode="constant")) & (envelope >= level) & (envelope > 0)
@@ -293,7 +293,7 @@ def coherent_bubbles(
 
     def retest_level(p):
         i, j = pixel(p)
-        return k_seed * sigma_map[i, j]
+        return max(k_seed * sigma_map[i, j], floor)
 
     step = np.arange(-4, 5) * lam / 8
     fine = np.stack(np.meshgrid(step, step), axis=-1).reshape(-1, 2)
