@@ -99,3 +99,52 @@ def test_predict_with_winograd4_matches_the_direct_convolutions(frames40, monkey
 @pytest.fixture(scope="module")
 def frames40():
     return refs.gen_frames(40, 2024)
+
+
+def test_predict_frees_the_cnn_copies_before_the_decoder_and_trims_per_piece(frames40, monkeypatch):
+    # peak RSS at 1030 frames (docs/tracking.md): the local CNN's inference copy with its F(4x4)
+    # kernels must be gone when the decoder runs, and the heap is trimmed after every piece
+    import weakref
+
+    from freehand3d.tracking import infer
+
+    cfg = refs.small_config(local_widths=(4, 4, 8, 8), local_size=32, pool_grid=2)
+    model = refs.randomize(DualTrack(cfg), seed=8)
+    copies, alive_at_decode, trims = [], [], []
+    real_cnns, real_decode, real_trim = infer.inference_cnns, model.decode, infer.release_free_memory
+
+    def cnns(*a, **k):
+        out = real_cnns(*a, **k)
+        copies.extend(weakref.ref(m) for m in out[:2])
+        return out
+
+    def decode(*a, **k):
+        alive_at_decode.extend(r() is not None for r in copies)
+        return real_decode(*a, **k)
+
+    monkeypatch.setattr(infer, "inference_cnns", cnns)
+    monkeypatch.setattr(model, "decode", decode)
+    monkeypatch.setattr(infer, "release_free_memory", lambda: trims.append(1) or real_trim())
+    predict(frames40[:12], model, kernel="winograd4", piece=5, threads=1)
+    assert alive_at_decode == [False, False]
+    assert len(trims) >= 3  # 12 frames in pieces of 5: 3 pieces (+ the global CNN batches)
+
+
+def test_streamed_residuals_are_queued_without_a_concatenated_copy():
+    from freehand3d.tracking.model.streaming import StreamingCNN
+
+    cfg = refs.small_config(local_widths=(4, 4, 8, 8), local_size=32, pool_grid=2)
+    cnn = refs.randomize(DualTrack(cfg), seed=8).local_encoder.cnn.fused_for_inference().eval()
+    x = torch.randn(1, 1, 30, 32, 32)
+    with torch.inference_mode():
+        whole = cnn(x)
+        stream = StreamingCNN(cnn)
+        parts = [stream.push(x[:, :, :20]), stream.push(x[:, :, 20:21])]  # past the CNN's 17-frame delay
+        # mid-stream every block's queue holds its two frames of delay, as pieces (views or small
+        # copies), not a concatenation of the residual with them
+        assert [sum(q.shape[2] for q in b.queue) for b in stream.blocks] == [2] * len(stream.blocks)
+        parts.append(stream.push(x[:, :, 21:], final=True))
+        assert all(b.queue == () for b in stream.blocks)
+    # measured max |diff| 7.7e-7 .. 1.3e-6 (rel 3.4e-7 .. 4.9e-7 over 3 random inputs: oneDNN's
+    # summation order differs with the frames per call, AMD EPYC); tolerance 1e-5 relative (20x)
+    torch.testing.assert_close(torch.cat(parts, dim=2), whole, rtol=0, atol=1e-5 * whole.abs().max().item())
