@@ -63,14 +63,18 @@ def dataset(cache: Path, probe_name: str, angle_deg: float, bubbles: float, fram
     return rf, list_pos, pulse
 
 
-def run_method(method: str, rf, list_pos, probe, angle, pulse, channels: int) -> dict:
+def run_method(method: str, rf, list_pos, probe, angle, pulse, channels: int, false_alarms: float | None = None) -> dict:
+    """One method on all frames; ``false_alarms`` (None: the library default) sets the noise-floor
+    rule of both DAS+WA (``false_alarms``) and G-ULM's coherent seeds (``seed_false_alarms``)."""
     start = time.perf_counter()
     if method == "DAS+WA":
         z = list_pos[:, 1, :][np.isfinite(list_pos[:, 1, :])]
         z_range = (max(0.5, z.min() - 1.0), z.max() + 1.0) if len(z) else None
-        points = localize_das_wa(rf, probe, tx_angle=angle, channels=channels, z_range=z_range)
+        kw = {} if false_alarms is None else dict(false_alarms=false_alarms)
+        points = localize_das_wa(rf, probe, tx_angle=angle, channels=channels, z_range=z_range, **kw)
     else:
-        points = localize(rf, probe, tx_angle=angle, channels=channels, pulse=pulse)
+        kw = {} if false_alarms is None else dict(seed_false_alarms=false_alarms)
+        points = localize(rf, probe, tx_angle=angle, channels=channels, pulse=pulse, **kw)
     seconds = (time.perf_counter() - start) / rf.shape[0]
     result = evaluate(points, list_pos, probe.wavelength, ssim=False)
     result.update(seconds_per_frame=seconds, detections=len(points))
@@ -111,6 +115,8 @@ def main(argv=None) -> dict:
     parser.add_argument("--densities", default="9,18", help="mean bubbles per frame; all but the first only at 30 dB")
     parser.add_argument("--quick", action="store_true", help="L11-5v, 0 deg, 9 bubbles, 30 and 20 dB")
     parser.add_argument("--methods", default="all", help="all, or a comma list of row names to run, e.g. 'G-ULM 128,G-ULM no pulse 128'")
+    parser.add_argument("--false-alarms", type=float, default=None, help="noise-floor rule of both methods: expected noise maxima per image (DAS+WA false_alarms, G-ULM seed_false_alarms; default: the library's)")
+    parser.add_argument("--no-noise-only", action="store_true", help="skip the noise-only rows")
     parser.add_argument("--json", type=Path)
     args = parser.parse_args(argv)
     if args.quick:
@@ -120,7 +126,7 @@ def main(argv=None) -> dict:
     warnings.simplefilter("ignore")  # the no-pulse rows warn by design
     args.cache.mkdir(parents=True, exist_ok=True)
     cpu = subprocess.run("lscpu | grep 'Model name'", shell=True, capture_output=True, text=True).stdout.strip()
-    print(f"PyMUST SIMUS benchmark, {args.frames} frames per row, seed {args.seed}; {cpu}; load at start: {os.getloadavg()}")
+    print(f"PyMUST SIMUS benchmark, {args.frames} frames per row, seed {args.seed}; false alarms {args.false_alarms or 'default'}; {cpu}; load at start: {os.getloadavg()}")
     densities = [float(d) for d in args.densities.split(",")]
     seeds = [int(v) for v in args.seeds.split(",")] if args.seeds else [args.seed]
     rows = []
@@ -139,7 +145,7 @@ def main(argv=None) -> dict:
                 list_pos = np.concatenate([np.pad(p[1], ((0, width - p[1].shape[0]), (0, 0), (0, 0)), constant_values=np.nan) for p in parts], axis=2)
                 pulse = parts[0][2]
                 snrs = args.snr.split(",") if density == densities[0] else args.dense_snr.split(",")
-                for snr in snrs + (["noise-only"] if density == densities[0] else []):
+                for snr in snrs + (["noise-only"] if density == densities[0] and not args.no_noise_only else []):
                     if snr == "noise-only":
                         rf = add_noise_snr(rf_clean, probe, 30.0, seed=args.seed + 1, noise_only=True)
                         truth = np.full((1, 3, rf.shape[0]), np.nan)
@@ -153,7 +159,7 @@ def main(argv=None) -> dict:
                         wanted = {m.strip() for m in args.methods.split(",")}
                         methods = [m for m in methods if f"{m[0]} {m[1]}" in wanted]
                     for method, channels, p in methods:
-                        r = run_method(method.split()[0] if method != "DAS+WA" else method, rf, truth, probe, angle, p, channels)
+                        r = run_method(method.split()[0] if method != "DAS+WA" else method, rf, truth, probe, angle, p, channels, args.false_alarms)
                         r.update(probe=probe_name, angle_deg=angle_deg, bubbles=density, snr=snr, method=f"{method} {channels}", frames=int(rf.shape[0]), true_bubbles=int(np.isfinite(truth[:, 0, :]).sum()))
                         rows.append(r)
                         jac = "-" if snr == "noise-only" else f"{100 * r['jaccard']:.1f}"

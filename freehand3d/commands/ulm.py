@@ -55,7 +55,7 @@ def localize(
     gap: Optional[int] = typer.Option(None, "--gap", help="G-ULM channel-pair gap in selected channels (overrides --baseline-mm)."),
     bandwidth_mm: Optional[float] = typer.Option(None, "--bandwidth-mm", help="G-ULM mean-shift radius in mm (default lambda/4)."),
     min_cluster_size: Optional[int] = typer.Option(None, "--min-cluster-size", help="G-ULM intersection points a bubble needs (default 5 percent of the channel pairs, at least 3)."),
-    false_alarms: Optional[float] = typer.Option(None, "--false-alarms", help="Noise-floor (CFAR) threshold as expected noise crossings per frame (default: gulm 10 echoes, rejected by geometry; das-wa 0.01 maxima)."),
+    false_alarms: Optional[float] = typer.Option(None, "--false-alarms", help="Noise-floor (CFAR) threshold as expected noise crossings per frame (default: gulm 10 echoes, rejected by geometry; das-wa 1e-4 maxima per image)."),
     threshold_db: Optional[float] = typer.Option(None, "--threshold-db", help="Also require echoes/pixels this many dB below the frame maximum (default: gulm -26, das-wa -20; the noise floor applies too)."),
     coherent: Optional[bool] = typer.Option(None, "--coherent/--no-coherent", help="G-ULM: find weak bubbles by the coherent sum of the selected channels and locate them from their own echoes (default on; see docs/ulm.md)."),
 ) -> None:

@@ -14,7 +14,17 @@ from scipy.ndimage import maximum_filter
 from freehand3d.ulm.echoes import analytic_signal, bandpass
 from freehand3d.ulm.probe import LinearProbe, echo_times
 
-__all__ = ["detection_level", "demodulate", "noise_correlation", "das_noise_power", "beamform_das", "weighted_average_localize", "localize_das_wa", "default_grid"]
+__all__ = ["DEFAULT_FALSE_ALARMS", "detection_level", "demodulate", "noise_correlation", "das_noise_power", "beamform_das", "weighted_average_localize", "localize_das_wa", "default_grid"]
+
+
+# Design false-alarm rate of the noise-floor rule shared by DAS-WA and G-ULM's coherent seeds: noise
+# maxima per image. The rule's threshold is k sigma with k = sqrt(2 ln(live pixels / rate)); on the
+# Rayleigh tail a rate 1e-4 puts k at 6.3-6.4 sigma on the PyMUST grids (1e5 pixels) instead of 5.6-5.7
+# at 0.01 (+13 %, 1.1 dB), so that the expected count over a recording's noise-only frames (hundreds)
+# stays << 1 even where the sigma estimate or the noise model is a few per cent off (at k ~ 5.6 a
+# sigma 3 % low multiplies the rate by exp(k^2 0.03) ~ 2.6). 0.01 gave 5 detections in 200 noise-only
+# PyMUST frames (DAS+WA 128) and a G-ULM seed at an array end; measured numbers in docs/ulm.md.
+DEFAULT_FALSE_ALARMS = 1e-4
 
 
 def default_grid(probe: LinearProbe, z_range: tuple[float, float], pixel: float | None = None):
@@ -238,7 +248,7 @@ def detection_level(
     envelope: np.ndarray,
     *,
     threshold_db: float | None = -20.0,
-    false_alarms: float | None = 0.01,
+    false_alarms: float | None = DEFAULT_FALSE_ALARMS,
     noise_scale: np.ndarray | None = None,
     rows: int = 30,
 ) -> np.ndarray:
@@ -287,7 +297,7 @@ def weighted_average_localize(
     threshold_db: float | None = -26.0,
     radius: int = 2,
     max_bubbles: int | None = None,
-    false_alarms: float | None = 0.01,
+    false_alarms: float | None = DEFAULT_FALSE_ALARMS,
     noise_scale: np.ndarray | None = None,
 ) -> np.ndarray:
     """Regional maxima of an envelope image refined by intensity-weighted centroids.
@@ -299,14 +309,16 @@ def weighted_average_localize(
     threshold_db : float or None
         Maxima below this level relative to the image maximum are ignored (None: off).
     false_alarms : float or None
-        Noise-floor (CFAR-like) rule, the same as G-ULM's echo detection: each depth row's noise
-        sigma (Rayleigh, median / sqrt(ln 4), then a running median over 21 rows so that one
-        bubble's side lobes do not set its own row's floor) times k = sqrt(2 ln(n_pixels /
-        false_alarms)); pure noise yields about ``false_alarms`` maxima per image. None: off.
+        Noise-floor (CFAR-like) rule (:func:`detection_level`), the same as G-ULM's coherent seeds:
+        each depth row's noise sigma (Rayleigh, median / sqrt(ln 4) of envelope / noise_scale over
+        the live pixels of +-30 rows) times k = sqrt(2 ln(live pixels / false_alarms)); pure noise
+        yields at most about ``false_alarms`` maxima per image (default
+        :data:`DEFAULT_FALSE_ALARMS`, 1e-4). None: off.
     noise_scale : array (nz, nx), optional
-        Relative noise amplitude per pixel (for DAS: sqrt of the channels summed there, which
-        changes along a row where the f-number aperture is cut by the array's ends); the row's noise
-        sigma is measured on envelope / noise_scale and the threshold scaled back per pixel.
+        Relative noise amplitude per pixel (for DAS: sqrt of :func:`das_noise_power`, which changes
+        with depth and where the f-number aperture is cut by the array's ends; 0 where no channel
+        reaches); the row's noise sigma is measured on envelope / noise_scale and the threshold
+        scaled back per pixel.
     radius : int
         Half-width (pixels) of the centroid window.
     max_bubbles : int, optional
@@ -350,7 +362,7 @@ def localize_das_wa(
     z_range: tuple[float, float] | None = None,
     pixel: float | None = None,
     threshold_db: float | None = -20.0,
-    false_alarms: float | None = 0.01,
+    false_alarms: float | None = DEFAULT_FALSE_ALARMS,
     radius: int = 2,
     f_number: float = 1.0,
     progress: bool = False,

@@ -32,6 +32,7 @@ from __future__ import annotations
 import numpy as np
 from scipy import fft as sp_fft
 
+from freehand3d.ulm.baseline import DEFAULT_FALSE_ALARMS
 from freehand3d.ulm.echoes import ReferenceFit, bandpass, canonical_memgo, envelope_peak, fit_memgo_batch, phase_precise_delay
 from freehand3d.ulm.probe import LinearProbe, echo_times, transmit_time
 
@@ -216,7 +217,7 @@ def coherent_bubbles(
     known_peak: float = 0.0,
     tx_angle: float = 0.0,
     t0: float = 0.0,
-    false_alarms: float = 0.01,
+    false_alarms: float = DEFAULT_FALSE_ALARMS,
     threshold_db: float | None = None,
     f_number: float = 1.0,
     min_channels: int = 8,

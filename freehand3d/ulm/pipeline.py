@@ -25,6 +25,7 @@ import warnings
 
 import numpy as np
 
+from freehand3d.ulm.baseline import DEFAULT_FALSE_ALARMS
 from freehand3d.ulm.cluster import mean_shift
 from freehand3d.ulm.echoes import Echoes, find_echoes, reference_fit
 from freehand3d.ulm.intersect import intersect_plane_wave
@@ -114,7 +115,7 @@ def derived_parameters(probe: LinearProbe, channels: int = 128) -> dict:
         "threshold_db": -26.0,
         "max_cost": 0.7,
         "coherent": len(chosen) >= 16,
-        "seed_false_alarms": 0.01,
+        "seed_false_alarms": DEFAULT_FALSE_ALARMS,
         "seed_threshold_db": -20.0,
         "seed_min_channels": max(3, min(8, len(chosen) // 8)),
     }
@@ -394,7 +395,7 @@ def localize_frame(
     pulse=None,
     echoes: Echoes | None = None,
     coherent: bool | None = None,
-    seed_false_alarms: float = 0.01,
+    seed_false_alarms: float = DEFAULT_FALSE_ALARMS,
     seed_threshold_db: float | None = -20.0,
     seed_min_channels: int | None = None,
     pair_gaps=None,
@@ -584,7 +585,7 @@ def localize(
     min_votes: int | None = None,
     pulse=None,
     coherent: bool | None = None,
-    seed_false_alarms: float = 0.01,
+    seed_false_alarms: float = DEFAULT_FALSE_ALARMS,
     seed_threshold_db: float | None = -20.0,
     seed_min_channels: int | None = None,
     pair_gaps=None,
@@ -645,8 +646,8 @@ def localize(
         under each channel's noise floor (PyMUST, in-band SNR 20 dB, 128 channels: Jaccard
         41-66 % -> 96-100 %).
     seed_false_alarms, seed_threshold_db : float
-        Its detection rule, the same as DAS-WA's: noise-floor maxima per image (0.01) and a floor
-        relative to the strongest bubble (-20 dB).
+        Its detection rule, the same as DAS-WA's: noise-floor maxima per image (default
+        ``baseline.DEFAULT_FALSE_ALARMS``, 1e-4) and a floor relative to the strongest bubble (-20 dB).
     seed_min_channels : int, optional
         Echoes that must agree with a seed's intersection; default an eighth of the channels,
         3..8 (and at least 60 % of the aperture's fitted echoes, beyond chance).
