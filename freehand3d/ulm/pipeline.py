@@ -31,7 +31,7 @@ from freehand3d.ulm.echoes import Echoes, find_echoes, reference_fit
 from freehand3d.ulm.intersect import intersect_plane_wave
 from freehand3d.ulm.probe import LinearProbe
 
-__all__ = ["default_baseline", "derived_parameters", "resolve_pulse", "mask_nonfinite", "select_channels", "echo_paths", "match_echoes", "refine_positions", "suppress_ghosts", "localize", "localize_frame"]
+__all__ = ["default_baseline", "derived_parameters", "resolve_pulse", "mask_nonfinite", "select_channels", "echo_paths", "match_echoes", "multilaterate", "chance_support", "refine_positions", "suppress_ghosts", "localize", "localize_frame"]
 
 
 def _warn(message: str) -> None:
@@ -103,9 +103,13 @@ def derived_parameters(probe: LinearProbe, channels: int = 128) -> dict:
     gap = int(max(1, min(len(chosen) // 5 or 1, round(baseline / spacing))))
     n_pairs = max(1, len(chosen) - gap)
     lam = probe.wavelength
+    verify_all = 4 <= len(chosen) < 32
     return {
         "baseline_mm": baseline,
         "gap": gap,
+        "verify_all": verify_all,
+        "pair_gaps": sorted({1, 2, gap}) if verify_all else [gap],
+        "chance_false_alarms": 1.0,
         "pair_baseline_mm": gap * spacing,
         "bandwidth_mm": lam / 4,
         "tolerance_mm": lam / 8,
@@ -651,6 +655,15 @@ def localize(
     seed_min_channels : int, optional
         Echoes that must agree with a seed's intersection; default an eighth of the channels,
         3..8 (and at least 60 % of the aperture's fitted echoes, beyond chance).
+    pair_gaps : int or sequence of int, optional
+        With ``verify_all``: the pair gaps intersected (default 1, 2 and ``gap``: a bubble whose
+        echo one channel misses keeps a pair, and the baseline gap keeps a well-conditioned one).
+    verify_all : bool, optional
+        Few-channel matching (default: on with 4..31 channels; docs/ulm.md, "G-ULM with few
+        channels"): every pair intersection is checked against all selected channels, moved to the
+        least-squares intersection of the echoes that agree, and kept when more channels agree than
+        chance allows (:func:`chance_support`); otherwise the neighbour checks of
+        :func:`match_echoes` and mean-shift clusters (``min_votes``, ``min_cluster_size``).
     progress : bool
         Show a progress bar over frames.
 
