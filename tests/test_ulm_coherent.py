@@ -9,7 +9,7 @@ import pytest
 from freehand3d.simulate.rf import add_noise_snr, simulate_bubbles, simulate_rf
 from freehand3d.ulm.coherent import PulseModel, coherent_image, image_grid, upsampled_analytic
 from freehand3d.ulm.echoes import bandpass
-from freehand3d.ulm.metrics import evaluate
+from freehand3d.ulm.metrics import evaluate, pair_frame
 from freehand3d.ulm.pipeline import localize, localize_frame
 from freehand3d.ulm.probe import LinearProbe
 
@@ -71,3 +71,22 @@ def test_coherent_stage_adds_nothing_on_noise_or_clean_frames(frames):
         a = localize_frame(rf[0], PROBE, channels=128, pulse="analytic", coherent=False)
         b = localize_frame(rf[0], PROBE, channels=128, pulse="analytic")
     assert len(b) == len(a)
+
+
+@pytest.mark.parametrize("separation, snr_db", [(2.5, 20.0), pytest.param(1.8, 25.0, marks=pytest.mark.slow)])
+def test_weak_bubble_beside_a_strong_one_at_the_same_depth(separation, snr_db):
+    # a bubble 0.4x as strong as one 1.8-2.5 lambda beside it at the same depth: their echoes
+    # overlap in most channels. The located bubble's echoes are removed at the times of flight its
+    # position predicts and a seed's re-test counts one test per seed, so the weak one keeps enough
+    # of its coherent sum. Measured on these 6 frames (analytic simulator, noise seed 3): found
+    # 6 / 6, no false positive, at both settings; with per-channel fitted removal times and the
+    # image-wide re-test level (before): 0 / 6.
+    truth = np.array([[0.0, 6.0, 1.0], [separation * LAMBDA, 6.0, 0.4], [-2.0, 7.5, 0.8]])[:, :, None].repeat(6, axis=2)
+    noisy = add_noise_snr(simulate_rf(truth, PROBE), PROBE, snr_db, seed=3)
+    found = fps = 0
+    for f in range(noisy.shape[0]):
+        points = localize_frame(noisy[f], PROBE, channels=128, pulse="analytic")
+        det, tru = pair_frame(points, truth[:, :2, f], LAMBDA / 4)
+        found += int(1 in tru)
+        fps += len(points) - len(det)
+    assert found >= 5 and fps <= 1  # 6 and 0 measured: one frame of slack for numeric noise
