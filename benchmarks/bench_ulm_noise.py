@@ -12,7 +12,7 @@ aperture) and the tail of the envelope normalised by the rule's noise sigma (est
 the row x the modelled per-pixel noise amplitude) against Rayleigh, overall and per region: if the
 model is right, P(t > q) = exp(-q^2 / 2).
 
-    python benchmarks/bench_ulm_noise.py --cache /work/main/.benchmarks-cache/ulm-pymust --calls 20
+    python benchmarks/bench_ulm_noise.py --calls 20    # frames cached in .benchmarks-cache/ulm-pymust
     python benchmarks/bench_ulm_noise.py --methods "DAS+WA 128" --false-alarms 0.001
 """
 
