@@ -358,3 +358,15 @@ def test_replay_answers_stp_and_stt_with_rts_and_get_status():
         resumed = read_until(lambda ts: "STATUS" in ts and "RTS_IMAGE" in ts and ts.count("IMAGE") >= 5)
         assert "STATUS" in resumed and "RTS_IMAGE" in resumed and resumed.count("IMAGE") >= 5
         sock.close()
+
+
+def test_one_shot_server_stops_listening_once_its_client_is_accepted():
+    """A one-shot server must refuse other connections from the moment it accepts its client. CI saw
+    a client reconnect in the instant between the session's end and the listener's close: the kernel
+    queued the connection, the close then reset it, and the client counted a second reconnect."""
+    server = ReplayServer(_sweep(n=4), port=0, fps=20, loop=True).start()
+    with socket.create_connection(("127.0.0.1", server.port), timeout=10) as sock:
+        assert sock.recv(58)  # the session's opening STATUS: the client has been accepted
+        with pytest.raises(ConnectionRefusedError):
+            socket.create_connection(("127.0.0.1", server.port), timeout=10).close()
+    server.close()

@@ -255,8 +255,8 @@ def register(app: typer.Typer) -> None:
                               header_version=header_version, on_request=on_request)
         typer.echo(f"serving {len(sweep)} frames of {sequence} on 127.0.0.1:{server.port}", err=True)
         try:
-            for _ in range(clients):
-                sent = server.serve_once(accept_timeout=accept_timeout)
+            for i in range(clients):
+                sent = server.serve_once(accept_timeout=accept_timeout, last=i == clients - 1)
                 typer.echo(f"sent {sent} frames", err=True)
         finally:
             server.close()

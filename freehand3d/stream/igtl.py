@@ -1047,13 +1047,19 @@ class ReplayServer:
         body = _with_metadata(b"\x01", self.header_version, {})  # status 1: OK
         return pack_header(f"RTS_{kind}"[:12], "", time.time(), body, self.header_version) + body
 
-    def serve_once(self, accept_timeout: float = 30.0) -> int:
-        """Wait for one client, play the frames to it, close. Returns frames sent."""
+    def serve_once(self, accept_timeout: float = 30.0, last: bool = False) -> int:
+        """Wait for one client, play the frames to it, close. Returns frames sent.
+
+        ``last``: stop listening as soon as the client is accepted, so that a client reconnecting
+        when this session ends is refused rather than queued on a listener about to close.
+        """
         self._listener.settimeout(accept_timeout)
         try:
             conn, _ = self._listener.accept()
         except (socket.timeout, OSError):
             return 0
+        if last:
+            self._listener.close()
         conn.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         # sends may wait for a slow client (back-pressure) but not for ever; requests are polled
         conn.settimeout(60.0)
@@ -1112,7 +1118,7 @@ class ReplayServer:
 
     def _serve_and_close(self, accept_timeout: float) -> None:
         try:
-            self.serve_once(accept_timeout)
+            self.serve_once(accept_timeout, last=True)
         finally:
             self._listener.close()  # a one-shot server goes away when its client is served
 
