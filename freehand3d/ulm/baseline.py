@@ -291,12 +291,9 @@ def detection_level(
     # threshold in 10 frames), ~1.5 % with +-30 rows pooled. Bright bubbles cover a few per cent
     # of the window and hardly move its median.
     ratio = np.where(live, envelope / np.where(live, scale, 1.0), np.nan)
-    nz = envelope.shape[0]
-    sigma = np.empty(nz)
-    for i in range(nz):
-        window = ratio[max(0, i - rows) : i + rows + 1]
-        window = window[np.isfinite(window)]
-        sigma[i] = np.median(window) / _RAYLEIGH_MEDIAN if window.size else np.nan
+    from freehand3d.ulm._kernels import sliding_row_median
+
+    sigma = sliding_row_median(ratio, rows) / _RAYLEIGH_MEDIAN  # exactly np.median of each window
     sigma = np.where(np.isfinite(sigma), sigma, np.nanmedian(sigma) if np.isfinite(sigma).any() else 0.0)
     k = np.sqrt(2 * np.log(max(int(live.sum()), 2) / false_alarms))
     return np.where(live, np.maximum(level[:, None], k * sigma[:, None] * scale), np.inf)

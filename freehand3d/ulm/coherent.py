@@ -96,19 +96,14 @@ def coherent_image(
     receive = np.sqrt(d[None, :] ** 2 + (z * z)[:, None]) * (fs_up / probe.speed_of_sound)
     outside = np.abs(d)[None, :] > z[:, None] / (2 * f_number) + 1e-9
     receive = np.where(outside, 4.0 * n_up, receive).astype(np.float32)  # out of aperture: past the end
-    padded = np.concatenate([analytic_up, np.zeros((1, analytic_up.shape[1]), analytic_up.dtype)])  # row n_up = 0
-    image = np.zeros((len(z), len(x)), np.complex64)
-    counts = np.zeros((len(z), len(x)), np.float32)
-    for m, k in enumerate(chosen):
-        col = int(round((probe.element_x[k] - x[0]) / step))
-        lo, hi = max(0, col - reach), min(len(x), col + reach + 1)
-        if hi <= lo:
-            continue
-        idx = np.rint(tx_samples[:, lo:hi] + receive[:, lo - col + reach : hi - col + reach]).astype(np.int32)
-        valid = (idx >= 0) & (idx < n_up)
-        np.copyto(idx, n_up, where=~valid)
-        image[:, lo:hi] += padded[idx, m]
-        counts[:, lo:hi] += valid if noise_power is None else valid * np.float32(noise_power[m])
+    cols = np.rint((probe.element_x[chosen] - x[0]) / step).astype(np.int64)
+    weights = np.ones(len(chosen), np.float32) if noise_power is None else np.asarray(noise_power, np.float32)
+    from freehand3d.ulm._kernels import coherent_sum
+
+    # compiled loop (each pixel adding the channels in order): bit for bit the former numpy loop
+    # over channels (gather + add of a (depth, aperture) block per channel); on the analytic
+    # bench's 128 channels 0.062 -> 0.018 CPU s/frame (A/B in one process, AMD EPYC, load ~8)
+    image, counts = coherent_sum(analytic_up, tx_samples, receive, cols, reach, weights, (len(z), len(x)))
     return image, counts
 
 
