@@ -211,7 +211,8 @@ def test_live_compounding_matches_batch_reconstruction(tmp_path):
         server.start(accept_timeout=300)  # the compounding kernels load before connecting
         out = tmp_path / "live.nrrd"
         result = run_live(IGTLSource(port=server.port, reconnect=False), reconstruct=out, grid=grid,
-                          record=tmp_path / "rec.igs.mha", volume_policy="block")
+                          record=tmp_path / "rec.igs.mha", volume_policy="block",
+                          drain_timeout=300)  # a hang guard: every frame queued at the end is inserted
     assert result.frames == result.inserted == 30
     live = sitk.GetArrayFromImage(read_volume(out))
     batch = Reconstructor(grid, method="nearest", compounding="latest")
