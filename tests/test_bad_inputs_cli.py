@@ -201,18 +201,39 @@ def test_ctrl_c_in_process_prints_interrupted(tmp_path, monkeypatch):
     assert not list(tmp_path.iterdir())
 
 
+def _stderr_until(proc, needle: str, timeout: float) -> str:
+    """What ``proc`` wrote to stderr until ``needle`` appears (or it exits, or ``timeout`` s: a hang guard)."""
+    import select
+
+    fd, out = proc.stderr.fileno(), b""
+    deadline = time.monotonic() + timeout
+    while needle.encode() not in out and time.monotonic() < deadline:
+        if select.select([fd], [], [], 0.1)[0]:
+            chunk = os.read(fd, 65536)
+            if not chunk:
+                break
+            out += chunk
+    return out.decode(errors="replace")
+
+
 def test_ctrl_c_real_sigint(tmp_path):
     """A real SIGINT to a running simulation: 'interrupted', exit 130, no output file."""
     out = tmp_path / "s.igs.mha"
+    # the progress bar is drawn on the stderr pipe (rich's TTY_* switches), so the SIGINT is sent once
+    # the command runs; a fixed sleep (was 6 s) landed in the imports on a loaded machine (the bar
+    # appeared after 9.4 s at load average 9 on 2 cores)
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "TTY_COMPATIBLE": "1", "TTY_INTERACTIVE": "1", "COLUMNS": "200"}
     proc = subprocess.Popen([sys.executable, "-m", "freehand3d", "simulate", "sweep", "--frames", "100000",
                              "--size", "64x64", "-o", str(out)], stderr=subprocess.PIPE, stdout=subprocess.PIPE,
-                            text=True, env={**os.environ, "PYTHONPATH": str(ROOT)})
-    time.sleep(6)  # past the imports: the simulation is running
-    proc.send_signal(signal.SIGINT)
+                            env=env)
     try:
-        _, err = proc.communicate(timeout=60)
+        started = _stderr_until(proc, "simulating sweep", timeout=300)
+        assert "simulating sweep" in started, started[-2000:]
+        proc.send_signal(signal.SIGINT)
+        _, rest = proc.communicate(timeout=60)
     finally:
         proc.kill()
+    err = started + rest.decode(errors="replace")
     assert proc.returncode == 130, err[-2000:]
     assert "freehand3d: interrupted" in err and "Traceback" not in err
     assert not [p for p in tmp_path.iterdir() if p.is_file()]
