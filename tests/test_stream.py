@@ -31,7 +31,9 @@ IMAGE_TO_PROBE = np.array([[0.1, 0, 0, 3.0], [0, 0.1, 0, -2.0], [0, 0, 0.1, 0], 
 def test_replay_is_received_losslessly_with_poses():
     sweep = _sweep()
     with ReplayServer(sweep, port=0, fps=0) as server:
-        server.start()
+        # accept_timeout: a hang guard, the client may first compile its CRC kernel (12 s on a
+        # fresh clone at load average 9)
+        server.start(accept_timeout=300)
         source = IGTLSource(port=server.port, reconnect=False, image_to_probe=IMAGE_TO_PROBE)
         items = list(source)
     assert len(items) == len(sweep)
@@ -56,7 +58,7 @@ def test_plus_embedded_image_to_reference():
     sweep = _sweep(n=10)
     sweep.image_to_probe = IMAGE_TO_PROBE
     with ReplayServer(sweep, port=0, fps=0, embed="Reference") as server:
-        server.start()
+        server.start(accept_timeout=300)  # a hang guard (see above)
         items = list(IGTLSource(port=server.port, reconnect=False))
     assert {it.device for it in items} == {"Image_Reference"}
     expected = sweep.transform("ImageToReference")[0]
@@ -131,7 +133,7 @@ def test_server_restart_is_survived_and_gap_reported_as_missed():
     sweep = _sweep(n=120)
     first = ReplayServer(sweep, port=0, fps=200, n_frames=50)
     port = first.port
-    first.start()
+    first.start(accept_timeout=300)  # a hang guard: the client first loads its CRC kernel
     source = IGTLSource(port=port, reconnect=True, connect_timeout=10.0)
     received = []
 
@@ -179,7 +181,7 @@ def test_fcal_recording_replayed_at_60fps_is_recorded_losslessly(tmp_path):
     from freehand3d.io import read_sweep
 
     source = read_sweep(DATA / "fCal_Test_Calibration_3NWires.igs.mha")
-    server = ReplayServer(source, port=0, fps=60).start()
+    server = ReplayServer(source, port=0, fps=60).start(accept_timeout=300)  # a hang guard (CLI start-up)
     out = tmp_path / "rec.igs.mha"
     result = CliRunner().invoke(app, ["stream", "--port", str(server.port), "--record", str(out),
                                       "--connect-timeout", "3", "--frames", "188"])
@@ -290,7 +292,7 @@ def test_replay_on_request_answers_stt_get_and_stp():
     """An on-request replay sends nothing until asked; our client asks (STT_IMAGE / GET_IMAGE)."""
     sweep = _sweep(n=20)
     with ReplayServer(sweep, port=0, fps=100, on_request=True) as server:
-        server.start()
+        server.start(accept_timeout=300)  # a hang guard (see above)
         source = IGTLSource(port=server.port, reconnect=False, request_interval=0.3)
         items = []
         for item in source:
@@ -330,7 +332,7 @@ def test_replay_answers_stp_and_stt_with_rts_and_get_status():
         sock = socket.create_connection(("127.0.0.1", server.port), timeout=5)
         buf = bytearray()
 
-        def read_until(done, timeout=10.0):
+        def read_until(done, timeout=60.0):
             """Message types received until ``done(types)`` holds (or the timeout: no timing asserted)."""
             types = []
             end = time.time() + timeout

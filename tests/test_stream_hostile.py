@@ -14,7 +14,7 @@ from tests._loopback import serve
 
 
 def _server(script, hold: float = 8.0):
-    return serve(script, hold=hold, accept_timeout=15.0)
+    return serve(script, hold=hold)  # accept_timeout: a hang guard (see tests/_loopback.py)
 
 
 def _header(mtype: str, body_size: int, device: str = "Image") -> bytes:

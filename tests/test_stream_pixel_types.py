@@ -120,7 +120,7 @@ def test_replay_sends_the_recorded_type(dtype, components):
     frames = _frames(dtype, SHAPES[components], n=4)
     sweep = Sweep(frames, timestamps=np.arange(4) * 0.1, spacing=(0.25, 0.5))
     with ReplayServer(sweep, port=0, fps=0) as server:
-        server.start()
+        server.start(accept_timeout=300)  # a hang guard: the client may first compile its CRC kernel
         items = list(IGTLSource(port=server.port, reconnect=False))
     assert len(items) == 4
     for item, frame in zip(items, frames):

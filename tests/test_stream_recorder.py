@@ -128,7 +128,7 @@ def _wait_for_journal_lines(journal: Path, n: int, proc, timeout=30.0):
 
 def test_kill_9_loses_at_most_the_last_second(tmp_path):
     sweep = _indexed_sweep()
-    server = ReplayServer(sweep, port=0, fps=100, timestamps="now").start()
+    server = ReplayServer(sweep, port=0, fps=100, timestamps="now").start(accept_timeout=300)  # hang guard
     out = tmp_path / "rec.igs.mha"
     proc = _start_stream(server.port, out)
     try:
@@ -154,7 +154,7 @@ def test_kill_9_loses_at_most_the_last_second(tmp_path):
 @pytest.mark.parametrize("sig", ["SIGTERM", pytest.param("SIGHUP", marks=pytest.mark.slow)])
 def test_sigterm_and_sighup_finish_the_file(tmp_path, sig):
     sweep = _indexed_sweep()
-    server = ReplayServer(sweep, port=0, fps=100, timestamps="now").start()
+    server = ReplayServer(sweep, port=0, fps=100, timestamps="now").start(accept_timeout=300)  # hang guard
     out = tmp_path / "rec.igs.mha"
     proc = _start_stream(server.port, out)
     try:

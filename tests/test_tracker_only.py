@@ -78,7 +78,7 @@ def test_replay_sends_poses_only(tmp_path):
     from freehand3d.stream.igtl import ReplayServer
 
     sweep = read_plus_sequence(TRACKER).subset(np.arange(20))
-    server = ReplayServer(sweep, port=0, fps=0).start()
+    server = ReplayServer(sweep, port=0, fps=0).start(accept_timeout=300)  # a hang guard
     port = server._listener.getsockname()[1]
     data = bytearray()
     with socket.create_connection(("127.0.0.1", port), timeout=10) as conn:
