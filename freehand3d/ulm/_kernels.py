@@ -2,7 +2,9 @@
 numpy code it replaces gave, in the same order of floating-point operations:
 
 * :func:`sliding_row_median` — the noise floor of :func:`freehand3d.ulm.baseline.detection_level`;
-* :func:`coherent_sum` — the delay-and-sum of :func:`freehand3d.ulm.coherent.coherent_image`.
+* :func:`coherent_sum` — the delay-and-sum of :func:`freehand3d.ulm.coherent.coherent_image`;
+* :func:`memgo_value_and_jacobian` — the arithmetic of the MEMGO Jacobian in the LM fits;
+* :func:`keep_apart` — the per-channel duplicate-echo loop of :func:`freehand3d.ulm.echoes.find_echoes`.
 
 Compiled on first use (cached on disk next to this file, or in numba's user cache).
 """
@@ -54,7 +56,7 @@ def sliding_row_median(values: np.ndarray, rows: int) -> np.ndarray:
     row i (NaN where a window holds none); bit for bit ``np.median`` of each window.
 
     One sorted buffer slides down the image (each step one merge pass drops the row leaving the
-    window and inserts the row entering it), instead of a fresh median of up to 2 rows + 1 rows per
+    window and inserts the row entering it), instead of a fresh median of 2 rows + 1 rows for each
     row: on the analytic bench's 128-channel coherent image (244 x 255 pixels, +-30 rows) the 244
     ``np.median`` calls per frame took 0.085 CPU s, this 0.008 (A/B in one process, AMD EPYC, load ~8).
     """
@@ -97,3 +99,57 @@ def coherent_sum(analytic_up, tx_samples, receive, cols, reach, weights, shape):
     padded = np.ascontiguousarray(np.asarray(analytic_up, np.complex64).T)  # (M, n_up): one channel's samples contiguous
     _coherent_sum(padded, np.ascontiguousarray(tx_samples, np.float32), np.ascontiguousarray(receive, np.float32), np.asarray(cols, np.int64), int(reach), np.asarray(weights, np.float32), image, counts)
     return image, counts
+
+
+@njit(cache=True, nogil=True)
+def _memgo_jacobian(u, gauss, z, skew, dskew_dz, cos_c, sin_c, a, s, s2, s3, s_sqrt2, eta, w, f, jac):
+    n, m = u.shape
+    for e in range(n):
+        ae, se, s2e, s3e, sq, etae, we = a[e], s[e], s2[e], s3[e], s_sqrt2[e], eta[e], w[e]
+        for k in range(m):
+            uu, g, zz, sk, dsk, cc, sn = u[e, k], gauss[e, k], z[e, k], skew[e, k], dskew_dz[e, k], cos_c[e, k], sin_c[e, k]
+            base = g * sk
+            f[e, k] = ae * base * cc
+            d_gauss_du = -g * uu / s2e
+            d_skew_du = dsk * etae / sq
+            d_cos_du = -we * sn
+            df_du = ae * (d_gauss_du * sk * cc + g * d_skew_du * cc + base * d_cos_du)
+            acg = ae * cc * g
+            jac[e, k, 0] = base * cc
+            jac[e, k, 1] = -df_du
+            jac[e, k, 2] = acg * (uu * uu / s3e * sk - dsk * zz / se)
+            jac[e, k, 3] = acg * dsk * uu / sq
+            j5 = -ae * base * sn
+            jac[e, k, 5] = j5
+            jac[e, k, 4] = j5 * uu
+
+
+def memgo_value_and_jacobian(u, gauss, z, skew, dskew_dz, cos_c, sin_c, a, s, eta, w):
+    """The arithmetic of :func:`freehand3d.ulm.echoes._memgo_value_and_jacobian` after its
+    transcendental functions (all (E, T); parameters (E,)), in one pass, in numpy's order of
+    operations (the per-echo powers of s computed by numpy as there): f (E, T), J (E, T, 6)."""
+    f = np.empty(u.shape)
+    jac = np.empty(u.shape + (6,))
+    _memgo_jacobian(u, gauss, z, skew, dskew_dz, cos_c, sin_c, a, s, s**2, s**3, s * np.sqrt(2.0), eta, w, f, jac)
+    return f, jac
+
+
+@njit(cache=True, nogil=True)
+def keep_apart(channel, peak, gap):
+    """Echoes sorted by channel (then by preference): keep each unless the last one kept in its
+    channel lies less than ``gap`` from it (the loop of ``find_echoes``' ``dedupe``)."""
+    n = len(channel)
+    keep = np.ones(n, np.bool_)
+    have = False
+    last_c = -1
+    last_pk = 0.0
+    for i in range(n):
+        if channel[i] != last_c:
+            last_c = channel[i]
+            have = False
+        if have and abs(peak[i] - last_pk) < gap:
+            keep[i] = False
+        else:
+            last_pk = peak[i]
+            have = True
+    return keep

@@ -33,7 +33,7 @@ import numpy as np
 from scipy import fft as sp_fft
 
 from freehand3d.ulm.baseline import DEFAULT_FALSE_ALARMS
-from freehand3d.ulm.echoes import ReferenceFit, bandpass, canonical_memgo, envelope_peak, fit_memgo_batch, phase_precise_delay
+from freehand3d.ulm.echoes import FFT_WORKERS, ReferenceFit, bandpass, canonical_memgo, envelope_peak, fit_memgo_batch, phase_precise_delay
 from freehand3d.ulm.probe import LinearProbe, echo_times, transmit_time
 
 __all__ = ["PulseModel", "subtract_echoes", "upsampled_analytic", "image_grid", "coherent_image", "coherent_bubbles", "gated_fits"]
@@ -43,14 +43,14 @@ def upsampled_analytic(rf_band: np.ndarray, factor: int = 4) -> np.ndarray:
     """Analytic signal of band-passed RF (n_samples, M), up-sampled ``factor`` x in time (FFT zero
     padding, single precision)."""
     n = rf_band.shape[0]
-    spectrum = sp_fft.rfft(np.asarray(rf_band, np.float32), axis=0)
+    spectrum = sp_fft.rfft(np.asarray(rf_band, np.float32), axis=0, workers=FFT_WORKERS)
     full = np.zeros((n * factor, rf_band.shape[1]), np.complex64)
     m = spectrum.shape[0]
     full[:m] = 2 * spectrum
     full[0] *= 0.5
     if n % 2 == 0:
         full[m - 1] *= 0.5
-    return sp_fft.ifft(full, axis=0, overwrite_x=True) * np.float32(factor)
+    return sp_fft.ifft(full, axis=0, overwrite_x=True, workers=FFT_WORKERS) * np.float32(factor)
 
 
 def image_grid(probe: LinearProbe, chosen: np.ndarray, z_range: tuple[float, float]) -> tuple[np.ndarray, np.ndarray]:
