@@ -33,7 +33,62 @@ runner = CliRunner(env={"COLUMNS": "250"})  # rich tables unwrapped
 
 
 @pytest.fixture(scope="module")
-def cluster():
+def checkpoint(tmp_path_factory):
+    """The shipped tiny checkpoint when present, else a small random model."""
+    if SHIPPED_CHECKPOINT.is_file():
+        return SHIPPED_CHECKPOINT
+    import torch
+
+    from freehand3d.tracking import save_checkpoint
+    from freehand3d.tracking.model import DualTrack, get_config
+
+    torch.manual_seed(0)
+    config = get_config("tiny").replace(name="tiny-batch-test", local_size=32, pool_grid=2, pool_patch=1,
+                                        global_size=32, global_stride=4, max_positions=64)
+    path = tmp_path_factory.mktemp("checkpoint") / "random-tiny.pt"
+    save_checkpoint(DualTrack(config).eval(), path)
+    return path
+
+
+@pytest.fixture(scope="module")
+def pinned_kernels(checkpoint, tmp_path_factory):
+    """A private kernel-choice cache that pins the direct convolution on every layer, set before the
+    cluster's workers start (they inherit it). ``kernel="auto"`` (what ``track`` and ``batch track``
+    use) measures the kernels once per machine, under whatever load there is: four processes
+    measuring at once on the tiny checkpoint picked winograd4 on 2 of its 4 layers in two of them
+    and the direct conv in the other two (load average 14, 2 cores). The kernels used are written
+    into the tracked sweep, so two workers measuring concurrently on a fresh machine, or one
+    re-measuring (a choice made under overload is re-measured when the load halves), made the
+    batch's bytes differ from the single-sweep command's. Pinned here, the comparison is of the
+    same computation; the user's ~/.cache is not touched either."""
+    import torch
+
+    from freehand3d.tracking import kernels, load_dualtrack
+
+    model = load_dualtrack(checkpoint)
+    layers = kernels.eligible_layers(model.local_encoder.cnn.fused_for_inference(), model.config.local_size)
+    entry = {"{}x{}@{}x{}".format(*shape): {**{f"{k}_ms": 1.0 for k in kernels.CANDIDATES}, "kernel": "direct",
+                                            "load_per_cpu": None}  # None: never re-measured
+             for _, _, shape in layers}
+    folder = tmp_path_factory.mktemp("kernel-cache")
+    data = {kernels._machine_key(threads, dtype): entry
+            for threads in range(1, (os.cpu_count() or 1) + 1) for dtype in (torch.float32, torch.float64)}
+    (folder / "conv_kernels.json").write_text(json.dumps(data))
+    old = os.environ.get("FREEHAND3D_CACHE_DIR")
+    os.environ["FREEHAND3D_CACHE_DIR"] = str(folder)
+    kernels._MEMO.clear()  # choices this process measured earlier are not used meanwhile
+    try:
+        yield folder
+    finally:
+        if old is None:
+            os.environ.pop("FREEHAND3D_CACHE_DIR", None)
+        else:
+            os.environ["FREEHAND3D_CACHE_DIR"] = old
+        kernels._MEMO.clear()
+
+
+@pytest.fixture(scope="module")
+def cluster(pinned_kernels):
     from freehand3d.batch import start_local_cluster
 
     with start_local_cluster(2) as local, distributed.Client(local) as client:
@@ -74,11 +129,9 @@ def recon_data(tmp_path_factory):
 
 
 @pytest.fixture(scope="module")
-def track_data(tmp_path_factory):
+def track_data(tmp_path_factory, checkpoint, pinned_kernels):
     """Two 480 x 640 simulated sweeps (parts of one simulation), a checkpoint (the shipped tiny one when
     present, else a small random model) and a corrupt sweep."""
-    import torch
-
     from freehand3d.simulate import simulate_freehand
 
     folder = tmp_path_factory.mktemp("track")
@@ -87,17 +140,6 @@ def track_data(tmp_path_factory):
     write_sweep(sweep.subset(np.arange(4, 10)), folder / "b.igs.mha")
     (folder / "c.igs.mha").write_bytes(b"not a sweep at all")
     rows = [{"sweep_id": n, "path": f"{n}.igs.mha"} for n in ("a", "b", "c")]
-    if SHIPPED_CHECKPOINT.is_file():
-        checkpoint = SHIPPED_CHECKPOINT
-    else:
-        from freehand3d.tracking import save_checkpoint
-        from freehand3d.tracking.model import DualTrack, get_config
-
-        torch.manual_seed(0)
-        config = get_config("tiny").replace(name="tiny-batch-test", local_size=32, pool_grid=2, pool_patch=1,
-                                            global_size=32, global_stride=4, max_positions=64)
-        checkpoint = folder / "random-tiny.pt"
-        save_checkpoint(DualTrack(config).eval(), checkpoint)
     return _write_csv(folder / "sweeps.csv", rows), checkpoint
 
 
