@@ -140,3 +140,38 @@ def test_echoes_one_cycle_late_make_no_second_bubble():
         assert len(verified(table)) == 2
     finally:
         pipeline._cycle_slipped = original
+
+
+def test_coherent_seed_echoes_must_be_about_equally_strong_in_the_aperture():
+    """With few channels a seed whose agreeing echoes are a few strong ones plus weak fits (echoes
+    of other bubbles that line up with it by chance; PyMUST L22-14v-like 16 channels, 18 bubbles per
+    frame: participation ratio 0.4-0.66 of the aperture's fitted echoes, true seeds 0.66-1.0) is
+    not a bubble: ``min_participation`` (pipeline.FEW_CHANNEL_SEED_PARTICIPATION with 4-31
+    channels). The full echo set of a bubble still is."""
+    from freehand3d.simulate.rf import simulate_rf
+    from freehand3d.ulm.coherent import PulseModel, coherent_bubbles
+    from freehand3d.ulm.echoes import bandpass, reference_fit
+    from freehand3d.ulm.pipeline import FEW_CHANNEL_SEED_PARTICIPATION, derived_parameters
+
+    probe = LinearProbe()  # L22-14v-like, 16 channels 0.85 mm apart: 8 inside the aperture at 6.5 mm
+    chosen = select_channels(128, 16)
+    bubble = np.array([1.0, 6.5])
+    band = bandpass(simulate_rf(np.array([[[bubble[0]], [bubble[1]], [1.0]]]), probe)[0][:, chosen], probe)
+    ref = reference_fit(probe, None)
+    model = PulseModel(probe, None, ref.half_window)
+    aperture = np.flatnonzero(np.abs(probe.element_x[chosen] - bubble[0]) <= bubble[1] / 2)
+    assert len(aperture) == 8
+    uneven = band.copy()
+    # three channels keep the echo, the other five of the aperture hold it at 5 %: participation
+    # ratio (3 + 5 x 0.05)^2 / (3 + 5 x 0.05^2) = 3.5 of 8 fitted echoes
+    weak = [m for m in aperture if m not in (aperture[1], aperture[3], aperture[6])]
+    uneven[:, weak] *= 0.05
+    uneven += np.random.default_rng(0).normal(0, 1e-4 * np.abs(band).max(), band.shape)
+    kw = dict(min_channels=3, threshold_db=-20)
+    # without the rule (only participation >= min_channels = 3) the uneven set is taken for a bubble
+    assert len(coherent_bubbles(uneven, probe, chosen, ref, model, (4.0, 9.0), **kw)) == 1
+    assert len(coherent_bubbles(uneven, probe, chosen, ref, model, (4.0, 9.0), min_participation=FEW_CHANNEL_SEED_PARTICIPATION, **kw)) == 0
+    both = coherent_bubbles(band, probe, chosen, ref, model, (4.0, 9.0), min_participation=FEW_CHANNEL_SEED_PARTICIPATION, **kw)
+    assert len(both) == 1 and np.linalg.norm(both[0] - bubble) < 0.25 * probe.wavelength
+    assert derived_parameters(probe, 16)["seed_min_participation"] == FEW_CHANNEL_SEED_PARTICIPATION
+    assert derived_parameters(probe, 128)["seed_min_participation"] == 0.0
