@@ -123,3 +123,13 @@ def test_keep_apart_is_the_dedupe_loop():
         else:
             last[c] = pk
     np.testing.assert_array_equal(keep_apart(channel, peak, 2.5), expected)
+
+
+def test_memgo_model_pass_is_memgo_components():
+    from freehand3d.ulm.echoes import _memgo_parts, memgo_components
+
+    rng = np.random.default_rng(11)
+    n, width = 300, 21
+    t = np.arange(width)[None, :] + rng.uniform(0, 500, (n, 1))
+    p = np.column_stack([rng.normal(0, 3, n), t[:, 10] + rng.normal(0, 2, n), rng.uniform(1, 6, n), rng.normal(0, 1.5, n), rng.uniform(0.5, 2, n), rng.uniform(-4, 4, n)])
+    np.testing.assert_array_equal(_memgo_parts(t, p)[0], memgo_components(t, p))
