@@ -10,6 +10,8 @@ to ``freehand3d_old`` (its imports rewritten), so both import side by side.
     python benchmarks/bench_ulm_ab.py --old 1671a53                 # analytic bench frames (bench_ulm.py --frames 10)
     python benchmarks/bench_ulm_ab.py --old 1671a53 --reps 3 --profile
     python benchmarks/bench_ulm_ab.py --old 1671a53 --rf some-rf.npz --channels 16
+    # a PyMUST cell of bench_ulm_pymust.py's cache, with its noise (seeded) at an in-band SNR
+    python benchmarks/bench_ulm_ab.py --old 1671a53 --pymust .benchmarks-cache/ulm-pymust/L11-5v-a5-b18-f10-s0.npz --snr 20
 """
 
 from __future__ import annotations
@@ -51,6 +53,8 @@ def main() -> None:
     parser.add_argument("--old", required=True, help="git commit of the old code")
     parser.add_argument("--rf", type=Path, default=Path.home() / ".cache" / "freehand3d" / "ulm" / "analytic-f10-s0-b12-c-20-rf.npz",
                         help="RF .npz (default: the frames of bench_ulm.py --frames 10; run that once to make them)")
+    parser.add_argument("--pymust", type=Path, default=None, help="a cached cell of bench_ulm_pymust.py (PROBE-aANGLE-...npz) instead of --rf")
+    parser.add_argument("--snr", type=float, default=None, help="with --pymust: in-band SNR in dB of the added noise (default: noiseless)")
     parser.add_argument("--channels", type=int, default=128)
     parser.add_argument("--reps", type=int, default=3, help="passes over the frames")
     parser.add_argument("--profile", action="store_true", help="also a CPU-time profile per stage of one pass each")
@@ -65,7 +69,20 @@ def main() -> None:
     import freehand3d.ulm.pipeline as new_pipeline
     from freehand3d.ulm.files import load_rf
 
-    rf, probe, acq = load_rf(args.rf)
+    if args.pymust is not None:
+        sys.path.insert(0, str(ROOT / "benchmarks"))
+        from bench_ulm_pymust import PROBES
+
+        from freehand3d.simulate.rf import add_noise_snr
+
+        name, angle = re.match(r"(.+)-a([-\d.]+)-b", args.pymust.name).groups()
+        probe = PROBES[name][0]
+        with np.load(args.pymust) as d:
+            rf, acq = d["rf"], {"pulse_t": d["pulse_t"], "pulse": d["pulse"], "tx_angle": np.radians(float(angle))}
+        if args.snr is not None:
+            rf = add_noise_snr(rf, probe, args.snr, seed=0)
+    else:
+        rf, probe, acq = load_rf(args.rf)
     old_probe = old_probe_module.LinearProbe(**probe.to_dict())
     pulse = (acq["pulse_t"], acq["pulse"]) if "pulse_t" in acq else None
     kw = dict(channels=args.channels, pulse=pulse, tx_angle=float(acq.get("tx_angle", 0.0)), t0=float(acq.get("t0", 0.0)))
