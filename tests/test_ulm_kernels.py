@@ -133,3 +133,22 @@ def test_memgo_model_pass_is_memgo_components():
     t = np.arange(width)[None, :] + rng.uniform(0, 500, (n, 1))
     p = np.column_stack([rng.normal(0, 3, n), t[:, 10] + rng.normal(0, 2, n), rng.uniform(1, 6, n), rng.normal(0, 1.5, n), rng.uniform(0.5, 2, n), rng.uniform(-4, 4, n)])
     np.testing.assert_array_equal(_memgo_parts(t, p)[0], memgo_components(t, p))
+
+
+def test_accept_steps_is_the_numpy_update():
+    from freehand3d.ulm._kernels import accept_steps
+    from freehand3d.ulm.echoes import _memgo_parts
+
+    rng = np.random.default_rng(13)
+    n, width = 200, 21
+    t = np.arange(width)[None, :] + rng.uniform(0, 500, (n, 1))
+    trial = np.column_stack([rng.normal(0, 3, n), t[:, 10] + rng.normal(0, 2, n), rng.uniform(1, 6, n), rng.normal(0, 1.5, n), rng.uniform(0.5, 2, n), rng.uniform(-4, 4, n)])
+    params, res, cost, jac = rng.normal(size=(n, 6)), rng.normal(size=(n, width)), rng.random(n), rng.normal(size=(n, width, 6))
+    res_trial, cost_trial = rng.normal(size=(n, width)), rng.random(n)
+    better = rng.random(n) < 0.5
+    expected = [params.copy(), res.copy(), cost.copy(), jac.copy()]
+    expected[0][better], expected[1][better], expected[2][better] = trial[better], res_trial[better], cost_trial[better]
+    expected[3][better] = _memgo_reference(t[better], trial[better])[1]
+    accept_steps(better, t, trial, res_trial, cost_trial, _memgo_parts(t, trial)[1], params, res, cost, jac)
+    for got, want in zip((params, res, cost, jac), expected):
+        np.testing.assert_array_equal(got, want)

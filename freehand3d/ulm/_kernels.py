@@ -4,12 +4,15 @@ numpy code it replaces gave, in the same order of floating-point operations:
 * :func:`sliding_row_median` — the noise floor of :func:`freehand3d.ulm.baseline.detection_level`;
 * :func:`coherent_sum` — the delay-and-sum of :func:`freehand3d.ulm.coherent.coherent_image`;
 * :func:`memgo_value_and_jacobian` — the arithmetic of the MEMGO Jacobian in the LM fits;
-* :func:`keep_apart` — the per-channel duplicate-echo loop of :func:`freehand3d.ulm.echoes.find_echoes`.
+* :func:`keep_apart` — the per-channel duplicate-echo loop of :func:`freehand3d.ulm.echoes.find_echoes`;
+* :func:`accept_steps` — the LM step acceptance with its Jacobian rows.
 
 Compiled on first use (cached on disk next to this file, or in numba's user cache).
 """
 
 from __future__ import annotations
+
+import math
 
 import numpy as np
 from numba import njit
@@ -153,3 +156,48 @@ def keep_apart(channel, peak, gap):
             last_pk = peak[i]
             have = True
     return keep
+
+
+_TWO_OVER_SQRT_PI = 2.0 / np.sqrt(np.pi)
+
+
+@njit(cache=True, nogil=True)
+def _accept_steps(better, t, trial, res_trial, cost_trial, gauss, z, skew, cos_c, s3, params, res, cost, jac):
+    n, m = t.shape
+    for e in range(n):
+        if not better[e]:
+            continue
+        for p in range(6):
+            params[e, p] = trial[e, p]
+        cost[e] = cost_trial[e]
+        ae, mue, se, etae, we, pe = trial[e, 0], trial[e, 1], trial[e, 2], trial[e, 3], trial[e, 4], trial[e, 5]
+        s2e, s3e, sq = se * se, s3[e], se * np.sqrt(2.0)
+        for k in range(m):
+            res[e, k] = res_trial[e, k]
+            uu = t[e, k] - mue
+            g, zz, sk, cc = gauss[e, k], z[e, k], skew[e, k], cos_c[e, k]
+            dsk = _TWO_OVER_SQRT_PI * math.exp(-(zz * zz))
+            sn = math.sin(we * uu + pe)
+            base = g * sk
+            d_gauss_du = -g * uu / s2e
+            d_skew_du = dsk * etae / sq
+            d_cos_du = -we * sn
+            df_du = ae * (d_gauss_du * sk * cc + g * d_skew_du * cc + base * d_cos_du)
+            acg = ae * cc * g
+            jac[e, k, 0] = base * cc
+            jac[e, k, 1] = -df_du
+            jac[e, k, 2] = acg * (uu * uu / s3e * sk - dsk * zz / se)
+            jac[e, k, 3] = acg * dsk * uu / sq
+            j5 = -ae * base * sn
+            jac[e, k, 5] = j5
+            jac[e, k, 4] = j5 * uu
+
+
+def accept_steps(better, t, trial, res_trial, cost_trial, parts, params, res, cost, jac):
+    """The LM step acceptance of :func:`freehand3d.ulm.echoes.fit_memgo_batch` in place: where
+    ``better``, the trial parameters, residual and cost replace the current ones and the Jacobian
+    row is recomputed from the trial model's factors ``parts`` (gauss, z, skew, cos) -- the same
+    operations as :func:`freehand3d.ulm.echoes._memgo_value_and_jacobian` (its exp and sin equal
+    the C library's, which this calls), without the row subsets and scatter copies."""
+    gauss, z, skew, cos_c = (np.ascontiguousarray(v, float) for v in parts)
+    _accept_steps(better, np.ascontiguousarray(t, float), trial, res_trial, cost_trial, gauss, z, skew, cos_c, trial[:, 2] ** 3, params, res, cost, jac)
