@@ -47,6 +47,7 @@ __all__ = [
     "find_echoes",
     "bandpass",
     "analytic_signal",
+    "bandpass_analytic",
     "canonical_memgo",
     "cfar_threshold",
 ]
@@ -394,6 +395,30 @@ def bandpass(rf: np.ndarray, probe: LinearProbe, *, low: float = 0.35, high: flo
     return sp_fft.irfft(sp_fft.rfft(rf, axis=axis, workers=FFT_WORKERS) * gain.reshape(shape), n, axis=axis, workers=FFT_WORKERS)
 
 
+def bandpass_analytic(rf: np.ndarray, probe: LinearProbe, *, low: float = 0.35, high: float = 1.65) -> tuple[np.ndarray, np.ndarray]:
+    """(``bandpass(rf)``, ``analytic_signal(bandpass(rf))``) along axis 0 from one forward and one
+    inverse FFT: the band-passed one-sided spectrum, doubled, is the analytic signal's spectrum and
+    the band-passed data are its real part (the gain is 0 at DC and Nyquist). Equal to the two-step
+    result to rounding (measured on the analytic bench frames: largest difference ~1e-15 of the
+    largest sample); two length-n transforms per frame instead of four.
+    """
+    rf = np.asarray(rf, dtype=float)
+    n = rf.shape[0]
+    f = np.fft.rfftfreq(n, 1 / probe.sampling_frequency) / probe.center_frequency
+    taper = 0.1
+
+    def edge(x):  # as in bandpass
+        return 0.5 * (1 + np.sin(np.pi * np.clip(x / taper, -0.5, 0.5)))
+
+    weights = edge(f - low) * edge(high - f)
+    weights[1 : (n + 1) // 2] *= 2  # analytic signal: positive frequencies doubled (DC, Nyquist once)
+    half = sp_fft.rfft(rf, axis=0, workers=FFT_WORKERS)
+    spectrum = np.zeros((n,) + rf.shape[1:], complex)
+    spectrum[: len(f)] = half * weights.reshape((-1,) + (1,) * (rf.ndim - 1))
+    analytic = sp_fft.ifft(spectrum, axis=0, workers=FFT_WORKERS, overwrite_x=True)
+    return np.ascontiguousarray(analytic.real), analytic
+
+
 @dataclass
 class ReferenceFit:
     """MEMGO fit of the probe's two-way pulse (time unit: samples, pulse envelope maximum at 0)."""
@@ -585,11 +610,12 @@ def find_echoes(
     Echoes
     """
     rf = np.asarray(rf, dtype=float)
-    rf = bandpass(rf, probe)  # clutter offset and out-of-band noise carry no timing
+    # clutter offset and out-of-band noise carry no timing; band-pass and analytic signal from one
+    # FFT pair (equal to bandpass then analytic_signal to rounding)
+    rf, analytic = bandpass_analytic(rf, probe)
     ref = reference or reference_fit(probe)
     n_samples, n_channels = rf.shape
     fs = probe.sampling_frequency
-    analytic = analytic_signal(rf, axis=0)
     envelope = np.abs(analytic)
     if detect_band is not None:
         det_env = np.abs(analytic_signal(bandpass(rf, probe, low=detect_band[0], high=detect_band[1]), axis=0))
@@ -676,9 +702,12 @@ def find_echoes(
             # each echo is then refitted to the data minus all the other echoes' models
             model = synthesize(params, channel)
             residual = rf - model
-            res_analytic = analytic_signal(residual, axis=0)
+            # the analytic signal is linear: the residual's is the data's minus the model's (one
+            # FFT pair fewer; equal to analytic_signal(residual) to rounding)
+            model_analytic = analytic_signal(model, axis=0)
+            res_analytic = analytic - model_analytic
             res_env = np.abs(res_analytic)
-            model_env = maximum_filter1d(np.abs(analytic_signal(model, axis=0)), size=4 * half + 1, axis=0)
+            model_env = maximum_filter1d(np.abs(model_analytic), size=4 * half + 1, axis=0)
             res_threshold = np.maximum(threshold[None, :], 2.0 * ref.residual_level * model_env)
             new_onsets = detect_onsets(res_env, res_threshold, min_distance, peak_delay)
             new_params, new_channel = initial_from(res_analytic, res_env, new_onsets)
