@@ -31,7 +31,7 @@ from pathlib import Path
 import numpy as np
 
 ROOT = Path(__file__).resolve().parents[1]
-STAGES = r"(localize_frame|find_echoes|fit_memgo_batch|analytic_signal|bandpass|detect_onsets|_add_coherent|subtract_echoes|coherent_bubbles|coherent_image|upsampled_analytic|detection_level|gated_fits|point_sum|match_echoes|mean_shift)\)"
+STAGES = r"(localize_frame|find_echoes|fit_memgo_batch|analytic_signal|bandpass|bandpass_analytic|detect_onsets|_add_coherent|subtract_echoes|coherent_bubbles|coherent_image|upsampled_analytic|detection_level|gated_fits|point_sum|match_echoes|mean_shift)\)"
 
 
 def old_package(commit: str, into: Path) -> None:
