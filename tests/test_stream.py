@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import socket
 import struct
 import threading
@@ -373,3 +374,49 @@ def test_one_shot_server_stops_listening_once_its_client_is_accepted():
         with pytest.raises(ConnectionRefusedError):
             socket.create_connection(("127.0.0.1", server.port), timeout=10).close()
     server.close()
+
+
+def test_session_end_does_not_reset_away_the_frames_a_polling_client_has_not_read():
+    """A client that keeps sending requests (``request="auto"`` polls with a GET_IMAGE per image)
+    and reads slowly: the session's last frames and its closing STATUS still arrive, then a clean
+    end. Closing with the client's requests unread made the kernel send a reset, which discarded
+    what the client had not read yet (seen as 185 of 188 frames, "missed 0")."""
+    from freehand3d.stream.igtl import HEADER_SIZE, _parse_header, request_message
+
+    n = 16
+    frames = np.random.default_rng(5).integers(0, 256, (n, 512, 1024), dtype=np.uint8)  # 8 MB in all
+    sweep = Sweep(frames, timestamps=np.arange(n) / 30.0)
+    server = ReplayServer(sweep, port=0, fps=0).start(accept_timeout=300)
+    sock = socket.create_connection(("127.0.0.1", server.port), timeout=30)
+    done = threading.Event()
+
+    def poll():  # requests all along, so some are always unread when the server ends the session
+        while not done.is_set():
+            with contextlib.suppress(OSError):
+                sock.sendall(request_message("GET_IMAGE"))
+            time.sleep(0.002)
+
+    poller = threading.Thread(target=poll, daemon=True)
+    poller.start()
+    data, end = bytearray(), "EOF"
+    try:
+        while True:
+            chunk = sock.recv(65536)
+            if not chunk:
+                break
+            data += chunk
+            time.sleep(0.01)  # a lagging client: 64 kB per 10 ms
+    except OSError as exc:
+        end = repr(exc)
+    finally:
+        done.set()
+        poller.join(5)
+        sock.close()
+        server.close()
+    types = []
+    while len(data) >= HEADER_SIZE:
+        header = _parse_header(bytes(data[:HEADER_SIZE]))
+        types.append(header["message_type"])
+        del data[:HEADER_SIZE + header["body_size"]]
+    assert end == "EOF" and not data
+    assert types.count("IMAGE") == n and types[-1] == "STATUS"

@@ -1113,8 +1113,31 @@ class ReplayServer:
         finally:
             session["done"].set()
             reader.join(1.0)
-            conn.close()
+            self._close_gracefully(conn)
         return sent
+
+    def _close_gracefully(self, conn, timeout: float = 5.0) -> None:
+        """End a session without a reset: FIN after the last byte sent, then read (and drop) what the
+        client still sends until it closes (at most ``timeout`` s, or until :meth:`close`).
+
+        Closing a socket that holds unread bytes (a polling client's GET_IMAGE requests, its final
+        STP_IMAGE) makes the kernel answer with a reset, and the reset discards every byte the
+        client has not received yet: a lagging client lost the last 3 frames of a replay and
+        reported a clean end (missed 0)."""
+        try:
+            conn.shutdown(socket.SHUT_WR)
+            conn.settimeout(0.1)
+            deadline = time.monotonic() + timeout
+            while not self._stop.is_set() and time.monotonic() < deadline:
+                try:
+                    if not conn.recv(65536):
+                        break  # the client closed: nothing left unread
+                except socket.timeout:
+                    continue
+        except OSError:
+            pass
+        finally:
+            conn.close()
 
     def _serve_and_close(self, accept_timeout: float) -> None:
         try:
