@@ -201,3 +201,76 @@ def accept_steps(better, t, trial, res_trial, cost_trial, parts, params, res, co
     the C library's, which this calls), without the row subsets and scatter copies."""
     gauss, z, skew, cos_c = (np.ascontiguousarray(v, float) for v in parts)
     _accept_steps(better, np.ascontiguousarray(t, float), trial, res_trial, cost_trial, gauss, z, skew, cos_c, trial[:, 2] ** 3, params, res, cost, jac)
+
+
+@njit(cache=True, nogil=True)
+def _lm_steps(jac, res, damping, step, singular):
+    n, m, q = jac.shape
+    a = np.empty((q, q))
+    b = np.empty(q)
+    for e in range(n):
+        for i in range(q):
+            b[i] = 0.0
+            for j in range(q):
+                a[i, j] = 0.0
+        for k in range(m):
+            rk = res[e, k]
+            for i in range(q):
+                ji = jac[e, k, i]
+                b[i] += ji * rk
+                for j in range(i, q):
+                    a[i, j] += ji * jac[e, k, j]
+        d = damping[e]
+        for i in range(q):
+            for j in range(i + 1, q):
+                a[j, i] = a[i, j]
+        for i in range(q):
+            a[i, i] = a[i, i] + d * (a[i, i] + 1e-12)
+        # Gaussian elimination with partial pivoting (as LAPACK's getrf/getrs)
+        ok = True
+        for c in range(q):
+            p = c
+            best = abs(a[c, c])
+            for r in range(c + 1, q):
+                if abs(a[r, c]) > best:
+                    best = abs(a[r, c])
+                    p = r
+            if best == 0.0:
+                ok = False
+                break
+            if p != c:
+                for j in range(q):
+                    a[c, j], a[p, j] = a[p, j], a[c, j]
+                b[c], b[p] = b[p], b[c]
+            for r in range(c + 1, q):
+                f = a[r, c] / a[c, c]
+                if f != 0.0:
+                    for j in range(c + 1, q):
+                        a[r, j] -= f * a[c, j]
+                    b[r] -= f * b[c]
+        if not ok:
+            singular[e] = True
+            for i in range(q):
+                step[e, i] = 0.0
+            continue
+        for i in range(q - 1, -1, -1):
+            s = b[i]
+            for j in range(i + 1, q):
+                s -= a[i, j] * step[e, j]
+            step[e, i] = s / a[i, i]
+
+
+def lm_steps(jac, res, damping):
+    """Levenberg-Marquardt steps of :func:`freehand3d.ulm.echoes.fit_memgo_batch` in one compiled
+    pass: per row e, (J^T J + damping_e (diag(J^T J) + 1e-12) I) step = J^T r (normal equations
+    summed sample by sample, 6x6 Gaussian elimination with partial pivoting). Equal to the batched
+    BLAS products and ``np.linalg.solve`` to rounding (a different order of the same sums).
+
+    Returns (step (E, 6), singular (E,) bool): rows whose system is exactly singular get no step
+    and are flagged (the caller solves them by least squares)."""
+    jac = np.ascontiguousarray(jac, float)
+    n = jac.shape[0]
+    step = np.zeros((n, jac.shape[2]))
+    singular = np.zeros(n, np.bool_)
+    _lm_steps(jac, np.ascontiguousarray(res, float), np.ascontiguousarray(damping, float), step, singular)
+    return step, singular

@@ -280,16 +280,17 @@ def fit_memgo_batch(
     res = windows - f
     cost = np.einsum("et,et->e", res, res)
     eye = np.eye(N_PARAMS)
+    from freehand3d.ulm._kernels import lm_steps
+
     for _ in range(iterations):
-        jac_t = jac.transpose(0, 2, 1)
-        jtj = jac_t @ jac  # batched BLAS, faster than einsum for these shapes
-        jtr = (jac_t @ res[..., None])[..., 0]
-        diag = np.einsum("epp->ep", jtj)
-        system = jtj + damping[:, None, None] * (diag[:, :, None] * eye + 1e-12 * eye)
-        try:
-            step = np.linalg.solve(system, jtr[..., None])[..., 0]
-        except np.linalg.LinAlgError:  # a singular system (dead window): no step for anyone hurt
-            step = np.stack([np.linalg.lstsq(a, b, rcond=None)[0] for a, b in zip(system, jtr)])
+        # normal equations and the 6x6 solves in one compiled pass (equal to the batched BLAS
+        # products and np.linalg.solve to rounding; about a third of the fits' CPU time before)
+        step, singular = lm_steps(jac, res, damping)
+        if singular.any():  # a singular system (dead window): least squares for those rows
+            for e in np.flatnonzero(singular):
+                jtj = jac[e].T @ jac[e]
+                system = jtj + damping[e] * (np.diag(np.diag(jtj)) + 1e-12 * eye)
+                step[e] = np.linalg.lstsq(system, jac[e].T @ res[e], rcond=None)[0]
         trial = params + step
         if bounds is not None:
             trial = np.clip(trial, bounds[0], bounds[1])
