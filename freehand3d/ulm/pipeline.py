@@ -545,7 +545,18 @@ def _finish(centres, rf, probe, chosen, resolved, reference, echoes, paths, cohe
         coherent = len(chosen) >= 16
     if coherent:
         centres = _add_coherent(centres, rf, probe, chosen, reference, resolved, echoes, paths, tx_angle=tx_angle, t0=t0, false_alarms=seed_false_alarms, threshold_db=seed_threshold_db, min_channels=seed_min_channels)
+    if SPLIT_PAIRS and coherent and len(chosen) >= 64 and len(centres):
+        # close pairs merged into one bubble (docs/ulm.md, "Close pairs"; :mod:`freehand3d.ulm.pairs`)
+        from freehand3d.ulm.coherent import PulseModel
+        from freehand3d.ulm.echoes import bandpass
+        from freehand3d.ulm.pairs import split_pairs
+
+        model = PulseModel(probe, resolved, reference.half_window)
+        centres = split_pairs(bandpass(rf[:, chosen], probe), probe, chosen, centres, model, tx_angle=tx_angle, t0=t0)
     return centres
+
+
+SPLIT_PAIRS = True  # stage 6 with 64+ selected channels (module switch for A/B measurements)
 
 
 def default_depth_range(probe: LinearProbe, n_samples: int, t0: float = 0.0, tx_angle: float = 0.0) -> tuple[float, float]:
