@@ -53,7 +53,7 @@ def _disc(radius_out: float, step: float, radius_in: float = 0.0) -> np.ndarray:
 class _Matched:
     """Matched-filtered channels up-sampled ``up`` x, the pulse's autocorrelation, noise sigmas."""
 
-    def __init__(self, rf_band: np.ndarray, probe: LinearProbe, chosen: np.ndarray, model, *, tx_angle: float, t0: float, up: int = 8):
+    def __init__(self, rf_band: np.ndarray, probe: LinearProbe, chosen: np.ndarray, model, *, tx_angle: float, t0: float, up: int = 4):
         fs = probe.sampling_frequency
         n, m = rf_band.shape
         half = int(model.half) + 4
@@ -64,13 +64,18 @@ class _Matched:
         spec = sp_fft.rfft(np.asarray(rf_band, float), axis=0) * np.conj(sp_fft.rfft(h))[:, None]
         self.mf = sp_fft.irfft(spec, n * up, axis=0) * up  # MF(t) = sum_k y(t + k) p_k
         self.up, self.rate = up, fs * up
-        # autocorrelation of the sampled pulse at lags j / (fs up), |lag| <= 2 half samples
-        lag = np.arange(-2 * half * up, 2 * half * up + 1) / up
+        # autocorrelation of the sampled pulse at lags j / (fs up), |lag| <= 2 half samples (once per
+        # pulse model)
+        key = (half, up)
+        cached = getattr(model, "_pair_autocorrelation", None)
+        if cached is None or cached[0] != key:
+            lag = np.arange(-2 * half * up, 2 * half * up + 1) / up
+            r = np.real(model((k[None, :] - lag[:, None]) / fs)) @ p
+            cached = (key, r / float(np.dot(p, p)), float(np.dot(p, p)))
+            model._pair_autocorrelation = cached
+        _, self.r, self.r0 = cached
         self.r_lag0 = 2 * half * up
-        self.r = np.array([np.dot(p, np.real(model((k - L) / fs))) for L in lag])
-        self.r0 = float(np.dot(p, p))
-        self.r /= self.r0
-        self.sigma = np.median(np.abs(self.mf[::up]), axis=0) / 0.6745  # (M,) noise sigma of MF output
+        self.sigma = np.median(np.abs(self.mf[:: 2 * up]), axis=0) / 0.6745  # (M,) noise sigma of MF output
         self.probe, self.chosen, self.tx_angle, self.t0 = probe, chosen, tx_angle, t0
         self.ex = probe.element_x[chosen]
 
@@ -100,10 +105,11 @@ def split_pairs(
     tx_angle: float = 0.0,
     t0: float = 0.0,
     noise_gain: float = 250.0,
-    mismatch: float = 0.1,
+    mismatch: float = 0.07,
+    stay: float = 0.6,
     min_separation: float = 0.3,
     ring: tuple[float, float] = (0.3, 2.5),
-    rhos: tuple[float, ...] = (0.25, 0.35, 0.5, 0.7, 1.0),
+    rhos: tuple[float, ...] = (0.3, 0.55, 1.0),
     max_angle_deg: float = 60.0,
     iterations: int = 3,
 ) -> np.ndarray:
@@ -161,7 +167,7 @@ def split_pairs(
         q2, rho_best, e_pair = q1 + ring_pts[j], rho[r_i], float(e2[j, r_i])
         coarse = e_pair - e_single
         if coarse >= 0.5 * (noise_gain + mismatch * e_single):
-            fine_rho = np.clip(rho_best * np.array([0.8, 0.9, 1.0, 1.1, 1.25]), 0.2, 1.0)
+            fine_rho = np.clip(rho_best * np.array([0.75, 0.87, 1.0, 1.15, 1.3]), 0.2, 1.0)
             for _ in range(iterations):
                 rho = fine_rho
                 va, ta = mfc(q2)
@@ -179,10 +185,13 @@ def split_pairs(
                 e[np.linalg.norm(cand - q1, axis=1) < min_separation * lam] = -np.inf
                 j, r_i = np.unravel_index(int(np.argmax(e)), e.shape)
                 q2, rho_best, e_pair = cand[j], rho[r_i], float(e[j, r_i])
-                fine_rho = np.clip(rho_best * np.array([0.8, 0.9, 1.0, 1.1, 1.25]), 0.2, 1.0)
+                fine_rho = np.clip(rho_best * np.array([0.75, 0.87, 1.0, 1.15, 1.3]), 0.2, 1.0)
             rho = np.asarray(rhos, float)
         gain = e_pair - e_single
-        accept = gain >= noise_gain + mismatch * e_single and np.linalg.norm(q1 - q2) >= min_separation * lam
+        # one of the two stays on the located bubble (within ``stay`` wavelengths): a second point far
+        # from both is an unexplained neighbour's echo, not this bubble's partner
+        stays = min(np.linalg.norm(q1 - c), np.linalg.norm(q2 - c)) <= stay * lam
+        accept = gain >= noise_gain + mismatch * e_single and np.linalg.norm(q1 - q2) >= min_separation * lam and stays
         if DEBUG is not None:
             DEBUG.append(dict(c=c, q1=q1, q2=q2, rho=rho_best, e1=e_single, gain=gain, rel=gain / max(e_single, 1e-9), coarse=coarse, accept=accept))
         if accept:
