@@ -34,12 +34,12 @@ def _found(truth, rf, split):
 
 @pytest.fixture(scope="module")
 def close_pairs():
-    # a bubble and one 0.6x as strong 0.7-1.2 lambda beside it, 0.1-0.4 lambda deeper, plus a lone one
+    # a bubble and one 0.6x as strong 1.0-1.5 lambda beside it, 0.1-0.4 lambda deeper, plus a lone one
     rng = np.random.default_rng(7)
     frames = 4
     truth = np.zeros((3, 3, frames))
     for f in range(frames):
-        d, dz = rng.uniform(0.7, 1.2), rng.uniform(0.1, 0.4)
+        d, dz = rng.uniform(1.0, 1.5), rng.uniform(0.1, 0.4)
         x0 = rng.uniform(-1.0, 1.0)
         truth[:, :, f] = [[x0, 6.0, 1.0], [x0 + d * LAMBDA, 6.0 + dz * LAMBDA, 0.6], [x0 - 2.0, 7.5, 0.8]]
     rf = add_noise_snr(simulate_rf(truth, PROBE), PROBE, 30.0, seed=2)
