@@ -15,10 +15,6 @@ Stages (each importable and testable on its own):
    are removed, the coherent sum of the selected channels seeds weak bubbles above the DAS-WA
    noise-floor rule, and each seed is located from its own MEMGO-fitted echoes by the
    least-squares intersection of their ellipses.
-6. close pairs (:mod:`freehand3d.ulm.pairs`, experimental, off: ``SPLIT_PAIRS``) — a located bubble with no other
-   within 2.5 wavelengths is replaced by two when a two-point fit to the matched-filtered channels
-   (one amplitude ratio for all channels) explains clearly more than one point: two bubbles 0.4-2
-   wavelengths apart whose echoes coincide in most channels, which stages 1-5 report as one.
 
 :func:`localize` chains them for one frame or many.
 """
@@ -549,21 +545,7 @@ def _finish(centres, rf, probe, chosen, resolved, reference, echoes, paths, cohe
         coherent = len(chosen) >= 16
     if coherent:
         centres = _add_coherent(centres, rf, probe, chosen, reference, resolved, echoes, paths, tx_angle=tx_angle, t0=t0, false_alarms=seed_false_alarms, threshold_db=seed_threshold_db, min_channels=seed_min_channels)
-    if SPLIT_PAIRS and coherent and len(chosen) >= 64 and len(centres):
-        # close pairs merged into one bubble (docs/ulm.md, "Close pairs"; :mod:`freehand3d.ulm.pairs`)
-        from freehand3d.ulm.coherent import PulseModel
-        from freehand3d.ulm.echoes import bandpass
-        from freehand3d.ulm.pairs import split_pairs
-
-        model = PulseModel(probe, resolved, reference.half_window)
-        centres = split_pairs(bandpass(rf[:, chosen], probe), probe, chosen, centres, model, tx_angle=tx_angle, t0=t0)
     return centres
-
-
-# stage 6 (close pairs, :mod:`freehand3d.ulm.pairs`) with 64+ selected channels: OFF by default. On
-# PyMUST data (40 frames per cell) it split merged pairs on L11-5v-like at 20 dB but also split lone
-# bubbles at 30 dB and on L22-14v-like (18 bubbles/frame, 30 dB: 97.8 -> 90.4 %), see docs/ulm.md
-SPLIT_PAIRS = False
 
 
 def default_depth_range(probe: LinearProbe, n_samples: int, t0: float = 0.0, tx_angle: float = 0.0) -> tuple[float, float]:
