@@ -105,26 +105,32 @@ def coherent_sum(analytic_up, tx_samples, receive, cols, reach, weights, shape):
 
 
 @njit(cache=True, nogil=True)
+def _jacobian_row(jac, e, k, ae, uu, g, zz, sk, dsk, cc, sn, se, s2e, s3e, sq, etae, we):
+    """One sample's row of the MEMGO Jacobian (a, mu, s, eta, w, phi) from the model's factors."""
+    base = g * sk
+    d_gauss_du = -g * uu / s2e
+    d_skew_du = dsk * etae / sq
+    d_cos_du = -we * sn
+    df_du = ae * (d_gauss_du * sk * cc + g * d_skew_du * cc + base * d_cos_du)
+    acg = ae * cc * g
+    jac[e, k, 0] = base * cc
+    jac[e, k, 1] = -df_du
+    jac[e, k, 2] = acg * (uu * uu / s3e * sk - dsk * zz / se)
+    jac[e, k, 3] = acg * dsk * uu / sq
+    j5 = -ae * base * sn
+    jac[e, k, 5] = j5
+    jac[e, k, 4] = j5 * uu
+
+
+@njit(cache=True, nogil=True)
 def _memgo_jacobian(u, gauss, z, skew, dskew_dz, cos_c, sin_c, a, s, s2, s3, s_sqrt2, eta, w, f, jac):
     n, m = u.shape
     for e in range(n):
         ae, se, s2e, s3e, sq, etae, we = a[e], s[e], s2[e], s3[e], s_sqrt2[e], eta[e], w[e]
         for k in range(m):
             uu, g, zz, sk, dsk, cc, sn = u[e, k], gauss[e, k], z[e, k], skew[e, k], dskew_dz[e, k], cos_c[e, k], sin_c[e, k]
-            base = g * sk
-            f[e, k] = ae * base * cc
-            d_gauss_du = -g * uu / s2e
-            d_skew_du = dsk * etae / sq
-            d_cos_du = -we * sn
-            df_du = ae * (d_gauss_du * sk * cc + g * d_skew_du * cc + base * d_cos_du)
-            acg = ae * cc * g
-            jac[e, k, 0] = base * cc
-            jac[e, k, 1] = -df_du
-            jac[e, k, 2] = acg * (uu * uu / s3e * sk - dsk * zz / se)
-            jac[e, k, 3] = acg * dsk * uu / sq
-            j5 = -ae * base * sn
-            jac[e, k, 5] = j5
-            jac[e, k, 4] = j5 * uu
+            f[e, k] = ae * (g * sk) * cc
+            _jacobian_row(jac, e, k, ae, uu, g, zz, sk, dsk, cc, sn, se, s2e, s3e, sq, etae, we)
 
 
 def memgo_value_and_jacobian(u, gauss, z, skew, dskew_dz, cos_c, sin_c, a, s, eta, w):
@@ -178,19 +184,7 @@ def _accept_steps(better, t, trial, res_trial, cost_trial, gauss, z, skew, cos_c
             g, zz, sk, cc = gauss[e, k], z[e, k], skew[e, k], cos_c[e, k]
             dsk = _TWO_OVER_SQRT_PI * math.exp(-(zz * zz))
             sn = math.sin(we * uu + pe)
-            base = g * sk
-            d_gauss_du = -g * uu / s2e
-            d_skew_du = dsk * etae / sq
-            d_cos_du = -we * sn
-            df_du = ae * (d_gauss_du * sk * cc + g * d_skew_du * cc + base * d_cos_du)
-            acg = ae * cc * g
-            jac[e, k, 0] = base * cc
-            jac[e, k, 1] = -df_du
-            jac[e, k, 2] = acg * (uu * uu / s3e * sk - dsk * zz / se)
-            jac[e, k, 3] = acg * dsk * uu / sq
-            j5 = -ae * base * sn
-            jac[e, k, 5] = j5
-            jac[e, k, 4] = j5 * uu
+            _jacobian_row(jac, e, k, ae, uu, g, zz, sk, dsk, cc, sn, se, s2e, s3e, sq, etae, we)
 
 
 def accept_steps(better, t, trial, res_trial, cost_trial, parts, params, res, cost, jac):
