@@ -12,15 +12,11 @@ import pytest
 from tests._bad_inputs import Case, check_case
 
 
-def _free_port() -> int:
-    sock = socket.socket()
-    sock.bind(("127.0.0.1", 0))
-    port = sock.getsockname()[1]
-    sock.close()
-    return port
-
-
-CLOSED = _free_port()  # nothing listens there
+# a port held bound but never listening: a connection is refused, and no client can be given it as
+# its own source port (a freed port can, rarely, make a TCP "self-connect" succeed)
+_HELD = socket.socket()
+_HELD.bind(("127.0.0.1", 0))
+CLOSED = _HELD.getsockname()[1]  # nothing listens there
 
 
 def _sequence(tmp: Path) -> None:

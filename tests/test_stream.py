@@ -163,12 +163,11 @@ def test_server_restart_is_survived_and_gap_reported_as_missed():
 def test_connect_failure_is_a_stream_error():
     from freehand3d.errors import StreamError
 
-    sock = socket.socket()
-    sock.bind(("127.0.0.1", 0))
-    port = sock.getsockname()[1]
-    sock.close()
-    with pytest.raises(StreamError, match="cannot connect"):
-        list(IGTLSource(port=port, reconnect=False, connect_timeout=0.3))
+    with socket.socket() as held:  # bound, never listening: refused, and never a client's own port
+        held.bind(("127.0.0.1", 0))
+        port = held.getsockname()[1]
+        with pytest.raises(StreamError, match="cannot connect"):
+            list(IGTLSource(port=port, reconnect=False, connect_timeout=0.3))
 
 
 DATA = __import__("pathlib").Path(__file__).resolve().parents[1] / "freehand3d" / "data" / "plus"
