@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import atexit
 import json
 import socket
 from pathlib import Path
@@ -17,6 +18,7 @@ from tests._bad_inputs import Case, check_case
 _HELD = socket.socket()
 _HELD.bind(("127.0.0.1", 0))
 CLOSED = _HELD.getsockname()[1]  # nothing listens there
+atexit.register(_HELD.close)
 
 
 def _sequence(tmp: Path) -> None:
