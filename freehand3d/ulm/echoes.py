@@ -374,6 +374,18 @@ def cfar_threshold(envelope: np.ndarray, false_alarms: float = 0.1, threshold_db
     return np.maximum(threshold, np.finfo(float).tiny)
 
 
+def _band_gain(n: int, probe: LinearProbe, low: float, high: float) -> np.ndarray:
+    """The band-pass gain on the rfft bins of a length-``n`` record: 1 in ``low``..``high`` times
+    the centre frequency, cosine-tapered edges 10 % of the centre frequency wide."""
+    f = np.fft.rfftfreq(n, 1 / probe.sampling_frequency) / probe.center_frequency
+    taper = 0.1
+
+    def edge(x):  # 0 below -taper/2, 1 above +taper/2, raised cosine between
+        return 0.5 * (1 + np.sin(np.pi * np.clip(x / taper, -0.5, 0.5)))
+
+    return edge(f - low) * edge(high - f)
+
+
 def bandpass(rf: np.ndarray, probe: LinearProbe, *, low: float = 0.35, high: float = 1.65, axis: int = 0) -> np.ndarray:
     """Zero-phase band-pass of RF along ``axis``: keep ``low``..``high`` times the centre frequency.
 
@@ -383,15 +395,9 @@ def bandpass(rf: np.ndarray, probe: LinearProbe, *, low: float = 0.35, high: flo
     """
     rf = np.asarray(rf, dtype=float)
     n = rf.shape[axis]
-    f = np.fft.rfftfreq(n, 1 / probe.sampling_frequency) / probe.center_frequency
-    taper = 0.1
-
-    def edge(x):  # 0 below -taper/2, 1 above +taper/2, raised cosine between
-        return 0.5 * (1 + np.sin(np.pi * np.clip(x / taper, -0.5, 0.5)))
-
-    gain = edge(f - low) * edge(high - f)
+    gain = _band_gain(n, probe, low, high)
     shape = [1] * rf.ndim
-    shape[axis] = len(f)
+    shape[axis] = len(gain)
     # scipy's pocketfft: bit for bit numpy's (the same library), with threads
     return sp_fft.irfft(sp_fft.rfft(rf, axis=axis, workers=FFT_WORKERS) * gain.reshape(shape), n, axis=axis, workers=FFT_WORKERS)
 
@@ -405,17 +411,11 @@ def bandpass_analytic(rf: np.ndarray, probe: LinearProbe, *, low: float = 0.35, 
     """
     rf = np.asarray(rf, dtype=float)
     n = rf.shape[0]
-    f = np.fft.rfftfreq(n, 1 / probe.sampling_frequency) / probe.center_frequency
-    taper = 0.1
-
-    def edge(x):  # as in bandpass
-        return 0.5 * (1 + np.sin(np.pi * np.clip(x / taper, -0.5, 0.5)))
-
-    weights = edge(f - low) * edge(high - f)
+    weights = _band_gain(n, probe, low, high)
     weights[1 : (n + 1) // 2] *= 2  # analytic signal: positive frequencies doubled (DC, Nyquist once)
     half = sp_fft.rfft(rf, axis=0, workers=FFT_WORKERS)
     spectrum = np.zeros((n,) + rf.shape[1:], complex)
-    spectrum[: len(f)] = half * weights.reshape((-1,) + (1,) * (rf.ndim - 1))
+    spectrum[: len(weights)] = half * weights.reshape((-1,) + (1,) * (rf.ndim - 1))
     analytic = sp_fft.ifft(spectrum, axis=0, workers=FFT_WORKERS, overwrite_x=True)
     return np.ascontiguousarray(analytic.real), analytic
 

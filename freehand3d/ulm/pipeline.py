@@ -44,6 +44,10 @@ __all__ = ["default_baseline", "derived_parameters", "resolve_pulse", "mask_nonf
 FEW_CHANNEL_SEED_PARTICIPATION = 0.5
 
 
+def _seed_min_participation(n_channels: int) -> float:
+    return FEW_CHANNEL_SEED_PARTICIPATION if n_channels < 32 else 0.0
+
+
 def _warn(message: str) -> None:
     from freehand3d.ulm.files import ULMWarning
 
@@ -132,7 +136,7 @@ def derived_parameters(probe: LinearProbe, channels: int = 128) -> dict:
         "seed_false_alarms": DEFAULT_FALSE_ALARMS,
         "seed_threshold_db": -20.0,
         "seed_min_channels": max(3, min(8, len(chosen) // 8)),
-        "seed_min_participation": FEW_CHANNEL_SEED_PARTICIPATION if len(chosen) < 32 else 0.0,
+        "seed_min_participation": _seed_min_participation(len(chosen)),
     }
 
 
@@ -570,7 +574,7 @@ def _add_coherent(centres, rf, probe, chosen, reference, pulse, echoes, paths, *
     z_range = default_depth_range(probe, rf.shape[0], t0, tx_angle)
     if min_channels is None:
         min_channels = max(3, min(8, len(chosen) // 8))
-    found = coherent_bubbles(rf_band, probe, chosen, reference, model, z_range, known=centres, known_peak=known_peak, tx_angle=tx_angle, t0=t0, false_alarms=false_alarms, threshold_db=threshold_db, min_channels=min_channels, min_participation=FEW_CHANNEL_SEED_PARTICIPATION if len(chosen) < 32 else 0.0)
+    found = coherent_bubbles(rf_band, probe, chosen, reference, model, z_range, known=centres, known_peak=known_peak, tx_angle=tx_angle, t0=t0, false_alarms=false_alarms, threshold_db=threshold_db, min_channels=min_channels, min_participation=_seed_min_participation(len(chosen)))
     out = [c for c in centres]
     for p in found:
         if not out or np.min(np.linalg.norm(np.asarray(out) - p, axis=1)) > lam / 2:
