@@ -44,6 +44,11 @@ __all__ = ["default_baseline", "derived_parameters", "resolve_pulse", "mask_nonf
 FEW_CHANNEL_SEED_PARTICIPATION = 0.5
 
 
+#: Close-partner stage (:mod:`freehand3d.ulm.partners`) with this many selected channels or more.
+PARTNERS = True
+PARTNER_MIN_CHANNELS = 64
+
+
 def _seed_min_participation(n_channels: int) -> float:
     return FEW_CHANNEL_SEED_PARTICIPATION if n_channels < 32 else 0.0
 
@@ -579,7 +584,13 @@ def _add_coherent(centres, rf, probe, chosen, reference, pulse, echoes, paths, *
     for p in found:
         if not out or np.min(np.linalg.norm(np.asarray(out) - p, axis=1)) > lam / 2:
             out.append(p)
-    return np.asarray(out).reshape(-1, 2)
+    out = np.asarray(out).reshape(-1, 2)
+    if PARTNERS and len(chosen) >= PARTNER_MIN_CHANNELS and len(out):
+        from freehand3d.ulm.echoes import bandpass
+        from freehand3d.ulm.partners import find_partners
+
+        out = find_partners(bandpass(rf[:, chosen], probe), probe, chosen, out, reference, model, tx_angle=tx_angle, t0=t0, min_channels=min_channels, false_alarms=false_alarms)
+    return out
 
 
 def localize(
