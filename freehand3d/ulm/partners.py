@@ -1,28 +1,36 @@
-"""Close partners for G-ULM with many channels: a bubble 0.5-2.5 wavelengths beside a located one.
+"""Close partners for G-ULM with many channels: a bubble 0.4-2.5 wavelengths beside a located one.
 
 Two bubbles about a wavelength apart at one depth send echoes that coincide within a fraction of a
 carrier period in most channels. The echo pairs (stages 1-4 of :mod:`freehand3d.ulm.pipeline`) then
-report one bubble, its fit pulled toward the partner, and the coherent seeds (stage 5) skip seeds
-within a wavelength of a located bubble; the located bubble's echo removal also takes much of the
-partner's echo.
+report one bubble, its fit pulled toward the partner (or one detection between the two), and the
+coherent seeds (stage 5) skip seeds within a wavelength of a located bubble; the located bubble's
+echo removal, with a free amplitude per channel, also takes the partner's echo where the two
+overlap. :func:`find_partners` (stage 6, 64 or more selected channels) is seed-driven like stage 5:
 
-:func:`find_partners` (stage 6, 64 or more selected channels) is seed-driven, like stage 5:
-
-1. every located bubble's echoes are removed from the band-passed channels (at the times of flight
-   its position predicts, amplitude by least squares per channel, :class:`.coherent.PulseModel`);
-2. around each located bubble c the coherent sum of that residual is searched on a lambda/4 ring
-   ``ring`` wavelengths from it; its maximum q is a partner candidate if it passes the noise level
-   (k sigmas of the sum's noise, k for ``false_alarms`` per image over the searched points) and a
-   share ``relative`` of c's own coherent amplitude (what one bubble's removal leaves through the
-   pulse model's error and its position error grows with its echo energy: calibrated on lone
-   bubbles of noiseless and 30 dB frames, docs/ulm.md);
-3. c and q are re-located jointly by alternation: c from the data minus every other bubble and minus
-   q's echoes, q from the data minus every other bubble and minus c's echoes, each exactly as stage
-   5 locates a seed (lambda/8 grid of the coherent sum, gated MEMGO fits at the predicted times of
-   flight, weighted ellipse intersection);
-4. the pair replaces c only if both pass stage 5's verification (agreeing channels, participation,
-   the coherent re-test on the data minus the other), and the partner's coherent sum on the data
-   minus c still passes the relative level of step 2.
+1. **Ring search.** Every located bubble's echoes are removed from the band-passed channels (at the
+   times of flight its position predicts, amplitude by least squares per channel,
+   :class:`.coherent.PulseModel`). Around each located bubble c the coherent sum of that residual is
+   searched on a lambda/4 grid 0.5-2.5 wavelengths from c (points more than a wavelength from every
+   other located bubble); its maximum q is a candidate if it passes the noise level (k sigmas of the
+   sum's noise, k for ``false_alarms`` per image over the located bubbles' ring cells) and
+   ``relative`` (0.3) of c's own coherent amplitude. What a lone bubble's removal leaves (pulse
+   model and position errors) grows with its echo energy and stays mostly under 0.3 of it.
+2. **Joint location by alternation** (``iterations``): c is located on the data minus every other
+   bubble and minus q's echoes, then q on the data minus every other bubble and minus c's echoes,
+   each exactly as stage 5 locates a seed (lambda/8 grid of the coherent sum, gated MEMGO fits at
+   the predicted times of flight, weighted least-squares ellipse intersection, agreement and
+   participation tests). Each removal fits the two bubbles' per-channel amplitudes jointly (2 x 2
+   least squares) and subtracts only the other's, so it no longer takes the located one's echo.
+3. **Acceptance**, all of: both verified in the last alternation; both coherent sums pass the
+   per-test noise level (and the partner's at least 0.1 of the other's); the two at least
+   ``min_separation`` (0.35) wavelengths apart, one within a wavelength of c, the partner more
+   than a wavelength from every other located bubble; and the two explain clearly more energy
+   than one: with per-channel amplitudes fitted by least squares in each aperture channel's window
+   (noise-normalised), E2 (the two jointly) - E1 (the best single point within lambda/2 of c) >=
+   M + ``noise_gain`` sqrt(2 M) + ``mismatch`` E1, M the aperture's channels (the pair's M extra
+   amplitudes gain chi-square(M) on noise; ``mismatch`` bounds what a second point gains on one
+   bubble's echo through the pulse model's own error, measured on lone bubbles of PyMUST frames of
+   both probes, docs/ulm.md).
 
 Nothing is tested where no bubble was located, so noise-only frames stay without detections.
 """
@@ -37,35 +45,6 @@ from freehand3d.ulm.probe import LinearProbe, echo_times
 __all__ = ["find_partners"]
 
 DEBUG = None  # a list to receive one record per candidate (diagnostics)
-
-
-SMOOTH_DEGREE = 1
-
-
-def _subtract_smooth(res: _Residual, toa_samples, channels, model: PulseModel, offset, degree: int) -> None:
-    """As :meth:`_Residual.subtract`, but the per-channel amplitudes replaced by a polynomial of
-    ``degree`` in the element's lateral offset (least squares): one bubble's echo amplitude varies
-    smoothly over the aperture, while a partner's echo interferes with it and makes the per-channel
-    amplitudes beat (even in the offset), which a per-channel fit would remove with the bubble."""
-    n, f, half = res.real.shape[0], res.factor, model.half
-    idx = np.rint(toa_samples).astype(int)[:, None] + np.arange(-half, half + 1)[None, :]
-    inside = (idx >= 0) & (idx < n)
-    shape = np.where(inside, model((idx - toa_samples[:, None]) / model.fs).real, 0.0)
-    data = np.where(inside, res.real[np.clip(idx, 0, n - 1), channels[:, None]], 0.0)
-    # amplitude a(x) = sum_j c_j x^j minimising sum_m |data_m - a(x_m) shape_m|^2
-    u = np.asarray(offset, float)
-    scale = max(float(np.abs(u).max()), 1e-9)
-    basis = np.stack([(u / scale) ** j for j in range(degree + 1)], axis=1)  # (C, J)
-    ss = (shape * shape).sum(axis=1)
-    ds = (data * shape).sum(axis=1)
-    gram = (basis * ss[:, None]).T @ basis + 1e-12 * np.eye(degree + 1)
-    coef = np.linalg.solve(gram, basis.T @ ds)
-    amp = basis @ coef
-    np.add.at(res.real, (np.clip(idx, 0, n - 1), np.broadcast_to(channels[:, None], idx.shape)), -amp[:, None] * shape)
-    idx_up = np.rint(toa_samples * f).astype(int)[:, None] + np.arange(-half * f, half * f + 1)[None, :]
-    inside = (idx_up >= 0) & (idx_up < n * f)
-    shape_up = np.where(inside, model((idx_up / f - toa_samples[:, None]) / model.fs), 0.0)
-    np.add.at(res.analytic, (np.clip(idx_up, 0, n * f - 1), np.broadcast_to(channels[:, None], idx_up.shape)), (-amp[:, None] * shape_up).astype(np.complex64))
 
 
 def _ring(inner: float, outer: float, step: float) -> np.ndarray:
@@ -94,8 +73,8 @@ class _Frame:
         self.element_x = probe.element_x[chosen]
         self.fs = probe.sampling_frequency
         self.direction = np.array([np.sin(tx_angle), np.cos(tx_angle)])
-        full = _Residual(self.band, factor)
-        self.sigma = noise_floor(np.abs(full.analytic[::factor]), axis=0)  # (M,) Rayleigh sigma per channel
+        self.full = _Residual(self.band, factor)  # nothing removed
+        self.sigma = noise_floor(np.abs(self.full.analytic[::factor]), axis=0)  # (M,) Rayleigh sigma per channel
         self.kw = dict(tx_angle=tx_angle, t0=t0, f_number=f_number)
 
     def aperture(self, p) -> np.ndarray:
@@ -104,20 +83,15 @@ class _Frame:
     def residual(self, positions) -> _Residual:
         """The band-passed data minus the echoes of the bubbles at ``positions`` (each in its
         f-number aperture, at its predicted times of flight, in the given order)."""
-        res = _Residual(self.band, self.factor)
+        res = _copy(self.full)
         for p in positions:
             self.subtract(res, p)
         return res
 
-    def subtract(self, res: _Residual, p, smooth: bool = False) -> None:
+    def subtract(self, res: _Residual, p) -> None:
         cols = np.flatnonzero(self.aperture(p))
-        if len(cols) == 0:
-            return
-        toa = (echo_times(np.asarray(p, float), self.probe, self.tx_angle)[self.chosen][cols] - self.t0) * self.fs
-        if not smooth:
-            res.subtract(toa, cols, self.model)
-        else:
-            _subtract_smooth(res, toa, cols, self.model, self.element_x[cols] - p[0], SMOOTH_DEGREE)
+        if len(cols):
+            res.subtract((echo_times(np.asarray(p, float), self.probe, self.tx_angle)[self.chosen][cols] - self.t0) * self.fs, cols, self.model)
 
     def energies(self, res: _Residual, singles, pair, cols) -> tuple[np.ndarray, float]:
         """Energy of ``res`` (real, native rate) that per-channel echo fits explain in ``cols``
@@ -238,8 +212,11 @@ def find_partners(
     min_separation: float = 0.35,
     f_number: float = 1.0,
 ) -> np.ndarray:
-    """Located bubbles (K, 2) with each one that hides a close partner replaced by the two (module
-    docstring). ``rf_band``: the band-passed selected channels (n_samples, M), nothing removed."""
+    """Located bubbles (K, 2) with the partners found beside them appended (and each such bubble
+    moved to its joint position); see the module docstring. ``rf_band``: the band-passed selected
+    channels (n_samples, M), nothing removed; ``reference`` / ``model``: the acquisition's pulse
+    (:class:`freehand3d.ulm.echoes.ReferenceFit`, :class:`freehand3d.ulm.coherent.PulseModel`);
+    ``min_channels`` / ``false_alarms``: stage 5's (``seed_min_channels``, ``seed_false_alarms``)."""
     centres = np.asarray(centres, float).reshape(-1, 2)
     if len(centres) == 0:
         return centres
@@ -250,8 +227,7 @@ def find_partners(
     cells = max(1.0, np.pi * (ring[1] ** 2 - ring[0] ** 2) / 0.25)
     k = np.sqrt(2 * np.log(len(centres) * cells / false_alarms))
     k_re = np.sqrt(2 * np.log(2 * len(centres) / false_alarms))
-    full = _Residual(frame.band, frame.factor)
-    own_all = frame.sums(full, centres)  # each bubble's coherent amplitude
+    own_all = frame.sums(frame.full, centres)  # each bubble's coherent amplitude
     rest = frame.residual(centres)  # every located bubble removed
     step = np.arange(-4, 5) * lam / 8
     local = np.stack(np.meshgrid(step, step), axis=-1).reshape(-1, 2)

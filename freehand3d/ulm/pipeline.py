@@ -15,6 +15,10 @@ Stages (each importable and testable on its own):
    are removed, the coherent sum of the selected channels seeds weak bubbles above the DAS-WA
    noise-floor rule, and each seed is located from its own MEMGO-fitted echoes by the
    least-squares intersection of their ellipses.
+6. close partners (:mod:`freehand3d.ulm.partners`, with the coherent stage and 64 or more
+   channels) — a bubble 0.4-2.5 wavelengths beside a located one, whose echoes coincide with its
+   echoes in most channels, is searched for in the coherent sum of the residual and located jointly
+   with it.
 
 :func:`localize` chains them for one frame or many.
 """
@@ -44,7 +48,10 @@ __all__ = ["default_baseline", "derived_parameters", "resolve_pulse", "mask_nonf
 FEW_CHANNEL_SEED_PARTICIPATION = 0.5
 
 
-#: Close-partner stage (:mod:`freehand3d.ulm.partners`) with this many selected channels or more.
+#: Close-partner stage (:mod:`freehand3d.ulm.partners`, after the coherent stage) with this many
+#: selected channels or more (measured with 128: PyMUST L11-5v-like 20 dB cells behind DAS-WA ->
+#: ahead, docs/ulm.md "Close partners"; not measured with fewer, whose f-number 1 aperture holds
+#: fewer channels to verify a partner with).
 PARTNERS = True
 PARTNER_MIN_CHANNELS = 64
 
@@ -674,7 +681,8 @@ def localize(
     coherent : bool, optional
         Coherent seeding stage (default: on with 16 or more channels) (:mod:`freehand3d.ulm.coherent`): weak bubbles whose echoes sit
         under each channel's noise floor (PyMUST, in-band SNR 20 dB, 128 channels: Jaccard
-        41-66 % -> 96-100 %).
+        41-66 % -> 96-100 %). With 64 or more channels it is followed by the close-partner stage
+        (:mod:`freehand3d.ulm.partners`, ``pipeline.PARTNERS``).
     seed_false_alarms, seed_threshold_db : float
         Its detection rule, the same as DAS-WA's: noise-floor maxima per image (default
         ``baseline.DEFAULT_FALSE_ALARMS``, 1e-4) and a floor relative to the strongest bubble (-20 dB).
