@@ -55,6 +55,25 @@ FEW_CHANNEL_SEED_PARTICIPATION = 0.5
 PARTNERS = True
 PARTNER_MIN_CHANNELS = 64
 
+#: With 16-31 channels every located bubble finally gets its position polished by its echoes
+#: re-fitted at the times of flight it predicts, and is kept only if the coherent sum of the
+#: channels there passes the noise-floor rule (:func:`_few_channel_final_check`; docs/ulm.md, "G-ULM
+#: with few channels", rule 7). PyMUST 16 channels, 30 dB, 40 frames per cell: Jaccard +0.0..+5.4
+#: points in all 8 cells (docs/ulm.md). 32+ channels: not run.
+FEW_CHANNEL_FINAL_CHECK = True
+
+#: Polish (rule 7): an echo re-fitted at a bubble's predicted time of flight takes part when its
+#: envelope peak reaches this many noise sigmas (Rayleigh sigma of the channel's band-passed
+#: envelope) ...
+FEW_CHANNEL_POLISH_SNR = 2.0
+#: ... and the polished position is kept when at least this share of the channels agree with it
+#: (within lambda/8 of path) with echoes of at least ``FEW_CHANNEL_STRONG_SNR`` sigmas (6 of 16):
+#: where fewer strong echoes agree (deep bubbles on the L11-5v-like probe, whose 1.35-lambda wide
+#: elements leave 4-5 channels above 3 sigmas at 30 dB) the weak echoes' phase noise moved good
+#: positions 0.3 lambda off, and the matched position is kept.
+FEW_CHANNEL_POLISH_SHARE = 0.375
+FEW_CHANNEL_STRONG_SNR = 3.0
+
 
 def _seed_min_participation(n_channels: int) -> float:
     return FEW_CHANNEL_SEED_PARTICIPATION if n_channels < 32 else 0.0
@@ -474,7 +493,10 @@ def localize_frame(
     if verify_all:
         gaps = sorted({1, 2, gap}) if pair_gaps is None else sorted(set(np.atleast_1d(pair_gaps).astype(int).tolist()))
         centres = _verified_centres(paths, element_x, echoes.amplitude, tx_angle=tx_angle, gaps=gaps, tolerance=tolerance, bandwidth=bandwidth, lam=lam, side_lobe=reference.residual_level if reference is not None else 0.0, ghost_radius=ghost_radius)
-        return _finish(centres, rf, probe, chosen, resolved, reference, echoes, paths, coherent, tx_angle, t0, seed_false_alarms, seed_threshold_db, seed_min_channels)
+        centres = _finish(centres, rf, probe, chosen, resolved, reference, echoes, paths, coherent, tx_angle, t0, seed_false_alarms, seed_threshold_db, seed_min_channels)
+        if FEW_CHANNEL_FINAL_CHECK and len(chosen) >= 16 and reference is not None:
+            centres = _few_channel_final_check(centres, rf, probe, chosen, reference, resolved, tx_angle=tx_angle, t0=t0, false_alarms=seed_false_alarms)
+        return centres
     points = match_echoes(paths, element_x, tx_angle=tx_angle, gap=gap, amplitude=echoes.amplitude, tolerance=tolerance, min_votes=min_votes)
     if min_cluster_size is None:
         # few pairs (tiny channel counts) cannot outvote anything; otherwise 5 % of the pairs, at
@@ -734,3 +756,82 @@ def localize(
         pos = localize_frame(rf[f], probe, **kwargs)
         out.append(np.column_stack([np.full(len(pos), f), pos]))
     return np.concatenate(out) if out else np.zeros((0, 3))
+
+
+def _few_channel_final_check(centres, rf, probe, chosen, reference, pulse, *, tx_angle, t0, false_alarms=DEFAULT_FALSE_ALARMS, iterations=2):
+    """Few channels (16-31), after all stages: each located bubble is (1) re-positioned from its own
+    echoes re-fitted at the times of flight its position predicts, and (2) kept only if the coherent
+    sum of all selected channels at its position passes the noise-floor rule; both on the selected
+    channels' data minus the echoes of every other located bubble.
+
+    (1) In each channel the window at the predicted time is fitted by one MEMGO component of the
+    reference pulse's shape (:func:`freehand3d.ulm.coherent.gated_fits`): its time of arrival is the
+    prediction corrected by the fitted carrier phase (within half a period), so the prediction picks
+    the carrier cycle, not the channel's own envelope (which a neighbour's overlapping echo or the
+    element's directivity shifts by a cycle). Echoes whose envelope peak reaches
+    ``FEW_CHANNEL_POLISH_SNR`` noise sigmas take part, equally weighted (all channels, for the
+    lateral leverage of the outer ones); the position is their least-squares intersection (gates
+    lambda/4, lambda/8 of path), kept if it moved at most lambda/2 and at least
+    ``FEW_CHANNEL_POLISH_SHARE`` of the channels agree with echoes of ``FEW_CHANNEL_STRONG_SNR``
+    sigmas or more. Repeated ``iterations`` times (the other bubbles' removals use the new positions).
+
+    (2) |sum over the channels of the analytic signal at the predicted times| (4x up-sampled, nearest
+    sample) must reach k sigma of that sum's noise (sqrt of the summed channel noise powers), k =
+    sqrt(2 ln(bubbles / false_alarms)): the coherent stage's per-seed re-test rule. A bubble made of
+    other bubbles' echoes that line up by chance, or a satellite of a bubble found, leaves little
+    there once those bubbles' echoes are removed.
+    """
+    from freehand3d.ulm.coherent import PulseModel, _Residual, _weighted_intersection, gated_fits, upsampled_analytic
+    from freehand3d.ulm.echoes import bandpass
+    from freehand3d.ulm.probe import echo_times
+    from freehand3d.ulm.pulse import noise_floor
+
+    centres = np.asarray(centres, float).reshape(-1, 2)
+    if len(centres) == 0:
+        return centres
+    lam = probe.wavelength
+    element_x = probe.element_x[chosen]
+    direction = _direction(tx_angle)
+    fs = probe.sampling_frequency
+    factor = 4
+    band = bandpass(rf[:, chosen], probe)
+    analytic = upsampled_analytic(band, factor)
+    sigma = noise_floor(np.abs(analytic[::factor]), axis=0)  # each channel's Rayleigh sigma
+    model = PulseModel(probe, pulse, reference.half_window)
+    peak_per_amplitude = reference.envelope_peak_per_amplitude
+    strong_needed = max(3, int(round(FEW_CHANNEL_POLISH_SHARE * len(chosen))))
+    channels = np.arange(len(chosen))
+
+    def without_others(positions, k):
+        """The data (real band and up-sampled analytic) minus the echoes of every bubble but k."""
+        rest = _Residual.__new__(_Residual)
+        rest.real, rest.factor, rest.analytic = band.copy(), factor, analytic.copy()
+        others = np.delete(positions, k, axis=0)
+        if len(others):
+            toa = np.array([(echo_times(c, probe, tx_angle)[chosen] - t0) * fs for c in others])  # (J, M)
+            rest.subtract(toa.ravel(), np.tile(channels, len(others)), model)
+        return rest
+
+    out = centres.copy()
+    for _ in range(iterations):
+        moved = out.copy()
+        for k in range(len(out)):
+            rest = without_others(out, k)
+            params, ok, delay = gated_fits(rest.real, probe, chosen, out[k], reference, tx_angle=tx_angle, t0=t0)
+            snr = np.abs(params[:, 0]) * peak_per_amplitude / np.maximum(sigma, 1e-30)
+            ok &= snr >= FEW_CHANNEL_POLISH_SNR
+            paths = echo_paths(np.where(ok, t0 + delay / fs, np.nan), probe, tx_angle)
+            pos, used = _weighted_intersection(out[k], paths, np.ones(len(paths)), element_x, direction, (lam / 4, lam / 8))
+            if not np.isfinite(pos).all() or used.sum() < 3 or np.linalg.norm(pos - centres[k]) > lam / 2:
+                continue
+            if (used & (snr >= FEW_CHANNEL_STRONG_SNR)).sum() < strong_needed:
+                continue
+            moved[k] = pos
+        out = moved
+    noise = np.sqrt(np.sum(sigma**2))
+    k_sigma = np.sqrt(2 * np.log(max(len(out), 1) / false_alarms))
+    keep = np.ones(len(out), bool)
+    for k in range(len(out)):
+        rest = without_others(out, k)
+        keep[k] = rest.point_sum(probe, chosen, out[k], tx_angle=tx_angle, t0=t0, f_number=1e-6) >= k_sigma * noise
+    return out[keep]
