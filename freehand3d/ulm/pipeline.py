@@ -493,8 +493,13 @@ def localize_frame(
     if verify_all:
         gaps = sorted({1, 2, gap}) if pair_gaps is None else sorted(set(np.atleast_1d(pair_gaps).astype(int).tolist()))
         centres = _verified_centres(paths, element_x, echoes.amplitude, tx_angle=tx_angle, gaps=gaps, tolerance=tolerance, bandwidth=bandwidth, lam=lam, side_lobe=reference.residual_level if reference is not None else 0.0, ghost_radius=ghost_radius)
+        check = FEW_CHANNEL_FINAL_CHECK and len(chosen) >= 16 and reference is not None
+        if check:
+            # the echo-pair bubbles first, so that the coherent stage removes their echoes at the
+            # polished positions and does not work around their satellites
+            centres = _few_channel_final_check(centres, rf, probe, chosen, reference, resolved, tx_angle=tx_angle, t0=t0, false_alarms=seed_false_alarms)
         centres = _finish(centres, rf, probe, chosen, resolved, reference, echoes, paths, coherent, tx_angle, t0, seed_false_alarms, seed_threshold_db, seed_min_channels)
-        if FEW_CHANNEL_FINAL_CHECK and len(chosen) >= 16 and reference is not None:
+        if check:
             centres = _few_channel_final_check(centres, rf, probe, chosen, reference, resolved, tx_angle=tx_angle, t0=t0, false_alarms=seed_false_alarms)
         return centres
     points = match_echoes(paths, element_x, tx_angle=tx_angle, gap=gap, amplitude=echoes.amplitude, tolerance=tolerance, min_votes=min_votes)
