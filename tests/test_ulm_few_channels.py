@@ -220,4 +220,4 @@ def test_final_check_runs_with_16_to_31_channels_only(monkeypatch):
     for channels in (8, 16, 32):
         found = pipeline.localize_frame(rf, probe, channels=channels, pulse="analytic")
         assert len(found) == 1 and np.linalg.norm(found[0] - [1.0, 6.5]) < 0.25 * probe.wavelength
-    assert calls == [16, 16]  # the echo-pair bubbles, then all of them after the coherent stage
+    assert calls == [16]
