@@ -805,21 +805,34 @@ def _few_channel_final_check(centres, rf, probe, chosen, reference, pulse, *, tx
     strong_needed = max(3, int(round(FEW_CHANNEL_POLISH_SHARE * len(chosen))))
     channels = np.arange(len(chosen))
 
-    def without_others(positions, k):
-        """The data (real band and up-sampled analytic) minus the echoes of every bubble but k."""
+    def removal(positions, which=None):
+        """The data with the echoes of ``positions`` (or of those indexed by ``which``) removed, each
+        A pulse(t - toa) at its predicted time, A by least squares against the data (so each
+        echo's removal does not depend on which others are removed with it)."""
         rest = _Residual.__new__(_Residual)
         rest.real, rest.factor, rest.analytic = band.copy(), factor, analytic.copy()
-        others = np.delete(positions, k, axis=0)
-        if len(others):
-            toa = np.array([(echo_times(c, probe, tx_angle)[chosen] - t0) * fs for c in others])  # (J, M)
-            rest.subtract(toa.ravel(), np.tile(channels, len(others)), model)
+        chosen_positions = positions if which is None else positions[which]
+        if len(chosen_positions):
+            toa = np.array([(echo_times(c, probe, tx_angle)[chosen] - t0) * fs for c in chosen_positions])  # (J, M)
+            rest.subtract(toa.ravel(), np.tile(channels, len(chosen_positions)), model)
         return rest
+
+    def without_others(positions):
+        """For each bubble k, the data minus the echoes of every other one: all removed once, then
+        k's own removal added back (the removals are independent of each other, see ``removal``)."""
+        every = removal(positions)
+        for k in range(len(positions)):
+            own = removal(positions, [k])
+            rest = _Residual.__new__(_Residual)
+            rest.factor = factor
+            rest.real = every.real + (band - own.real)
+            rest.analytic = every.analytic + (analytic - own.analytic)
+            yield k, rest
 
     out = centres.copy()
     for _ in range(iterations):
         moved = out.copy()
-        for k in range(len(out)):
-            rest = without_others(out, k)
+        for k, rest in without_others(out):
             params, ok, delay = gated_fits(rest.real, probe, chosen, out[k], reference, tx_angle=tx_angle, t0=t0)
             snr = np.abs(params[:, 0]) * peak_per_amplitude / np.maximum(sigma, 1e-30)
             ok &= snr >= FEW_CHANNEL_POLISH_SNR
@@ -834,7 +847,6 @@ def _few_channel_final_check(centres, rf, probe, chosen, reference, pulse, *, tx
     noise = np.sqrt(np.sum(sigma**2))
     k_sigma = np.sqrt(2 * np.log(max(len(out), 1) / false_alarms))
     keep = np.ones(len(out), bool)
-    for k in range(len(out)):
-        rest = without_others(out, k)
+    for k, rest in without_others(out):
         keep[k] = rest.point_sum(probe, chosen, out[k], tx_angle=tx_angle, t0=t0, f_number=1e-6) >= k_sigma * noise
     return out[keep]
