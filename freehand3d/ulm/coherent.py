@@ -154,6 +154,16 @@ class _Residual:
         self.factor = factor
         self.analytic = upsampled_analytic(self.real, factor)
 
+    @classmethod
+    def of(cls, real: np.ndarray, analytic: np.ndarray, factor: int) -> "_Residual":
+        """A residual holding the given arrays as they are (no copy, no new analytic signal)."""
+        out = cls.__new__(cls)
+        out.real, out.analytic, out.factor = real, analytic, factor
+        return out
+
+    def copy(self) -> "_Residual":
+        return _Residual.of(self.real.copy(), self.analytic.copy(), self.factor)
+
     def subtract(self, toa_samples: np.ndarray, channels: np.ndarray, model: "PulseModel") -> None:
         """Remove echoes A pulse(t - toa) (toa in samples of this record) from the given channels."""
         n, f, half = self.real.shape[0], self.factor, model.half
@@ -163,11 +173,16 @@ class _Residual:
         data = np.where(inside, self.real[np.clip(idx, 0, n - 1), channels[:, None]], 0.0)
         amp = (data * shape).sum(axis=1) / np.maximum((shape * shape).sum(axis=1), 1e-30)
         np.add.at(self.real, (np.clip(idx, 0, n - 1), np.broadcast_to(channels[:, None], idx.shape)), -amp[:, None] * shape)
+        self.subtract_analytic(toa_samples, channels, amp, model)
+        return amp
+
+    def subtract_analytic(self, toa_samples: np.ndarray, channels: np.ndarray, amp: np.ndarray, model: "PulseModel") -> None:
+        """Remove echoes of known amplitudes ``amp`` from the up-sampled analytic signal only."""
+        n, f, half = self.real.shape[0], self.factor, model.half
         idx_up = np.rint(toa_samples * f).astype(int)[:, None] + np.arange(-half * f, half * f + 1)[None, :]
         inside = (idx_up >= 0) & (idx_up < n * f)
         shape_up = np.where(inside, model((idx_up / f - toa_samples[:, None]) / model.fs), 0.0)
         np.add.at(self.analytic, (np.clip(idx_up, 0, n * f - 1), np.broadcast_to(channels[:, None], idx_up.shape)), (-amp[:, None] * shape_up).astype(np.complex64))
-        return amp
 
     def point_sum(self, probe: LinearProbe, chosen: np.ndarray, p: np.ndarray, *, tx_angle: float, t0: float, f_number: float) -> float:
         """|coherent sum| at one point, computed as :func:`coherent_image` does for a pixel."""
@@ -426,9 +441,7 @@ def subtract_echoes(
     which = np.unique(np.column_stack([ch, nearest[k_idx, ch]]), axis=0)
     if len(which) == 0:
         return band, 0.0
-    residual = _Residual.__new__(_Residual)
-    residual.real, residual.factor = band, 1
-    residual.analytic = np.zeros((band.shape[0], band.shape[1]), np.complex64)
+    residual = _Residual.of(band, np.zeros((band.shape[0], band.shape[1]), np.complex64), 1)
     # each echo is removed at the time of flight its bubble predicts (the nearest bubble claiming
     # it), not at its own fitted time, which a neighbour's overlapping echo pulls (see
     # :func:`coherent_bubbles`)

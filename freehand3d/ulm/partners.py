@@ -55,12 +55,6 @@ def _ring(inner: float, outer: float, step: float) -> np.ndarray:
     return pts[(r >= inner - 1e-12) & (r <= outer + 1e-12)]
 
 
-def _copy(res: _Residual) -> _Residual:
-    out = _Residual.__new__(_Residual)
-    out.real, out.analytic, out.factor = res.real.copy(), res.analytic.copy(), res.factor
-    return out
-
-
 class _Frame:
     """Band-passed selected channels, the pulse model and the geometry one frame's searches share."""
 
@@ -83,7 +77,7 @@ class _Frame:
     def residual(self, positions) -> _Residual:
         """The band-passed data minus the echoes of the bubbles at ``positions`` (each in its
         f-number aperture, at its predicted times of flight, in the given order)."""
-        res = _copy(self.full)
+        res = self.full.copy()
         for p in positions:
             self.subtract(res, p)
         return res
@@ -93,19 +87,26 @@ class _Frame:
         if len(cols):
             res.subtract((echo_times(np.asarray(p, float), self.probe, self.tx_angle)[self.chosen][cols] - self.t0) * self.fs, cols, self.model)
 
+    def windows(self, res: _Residual, pts: np.ndarray, cols: np.ndarray):
+        """One window per channel of ``cols`` that holds the echoes of all ``pts`` (P, 2): their times
+        of arrival (P, C) in samples, the window's sample indices (C, W) and which lie inside the
+        record, ``res``'s real data there (C, W), and each point's pulse there (P, C, W)."""
+        n, half = res.real.shape[0], self.model.half
+        toa = (echo_times(pts, self.probe, self.tx_angle)[:, self.chosen][:, cols] - self.t0) * self.fs
+        lo = np.floor(toa.min(axis=0)).astype(int) - half
+        span = int(np.ceil((toa.max(axis=0) - toa.min(axis=0)).max())) + 2 * half + 2
+        idx = lo[:, None] + np.arange(span)[None, :]
+        inside = (idx >= 0) & (idx < n)
+        y = np.where(inside, res.real[np.clip(idx, 0, n - 1), cols[:, None]], 0.0)
+        shapes = np.where(inside[None], self.model((idx[None] - toa[:, :, None]) / self.fs).real, 0.0)
+        return toa, idx, inside, y, shapes
+
     def energies(self, res: _Residual, singles, pair, cols) -> tuple[np.ndarray, float]:
         """Energy of ``res`` (real, native rate) that per-channel echo fits explain in ``cols``
         (noise-normalised: divided by each channel's noise variance): one bubble at each of
         ``singles`` (N, 2) -> (N,), and the two of ``pair`` jointly (2 x 2 least squares per channel)."""
-        n, half = res.real.shape[0], self.model.half
         pts = np.vstack([np.asarray(singles, float).reshape(-1, 2), np.asarray(pair, float).reshape(2, 2)])
-        toa = (echo_times(pts, self.probe, self.tx_angle)[:, self.chosen][:, cols] - self.t0) * self.fs  # (P, C)
-        lo = np.floor(toa.min(axis=0)).astype(int) - half
-        span = int(np.ceil((toa.max(axis=0) - toa.min(axis=0)).max())) + 2 * half + 2
-        idx = lo[:, None] + np.arange(span)[None, :]  # (C, W)
-        inside = (idx >= 0) & (idx < n)
-        y = np.where(inside, res.real[np.clip(idx, 0, n - 1), cols[:, None]], 0.0)
-        shapes = np.where(inside[None], self.model((idx[None] - toa[:, :, None]) / self.fs).real, 0.0)  # (P, C, W)
+        *_, y, shapes = self.windows(res, pts, cols)
         w = 1.0 / np.maximum(self.sigma[cols], 1e-30) ** 2
         b = (shapes * y[None]).sum(axis=2)  # (P, C)
         ss = (shapes * shapes).sum(axis=2)
@@ -126,15 +127,8 @@ class _Frame:
         cols = np.flatnonzero(self.aperture(remove))
         if len(cols) == 0:
             return
-        n, f, half = res.real.shape[0], res.factor, self.model.half
-        pts = np.array([keep, remove], float)
-        toa = (echo_times(pts, self.probe, self.tx_angle)[:, self.chosen][:, cols] - self.t0) * self.fs  # (2, C)
-        lo = np.floor(toa.min(axis=0)).astype(int) - half
-        span = int(np.ceil((toa.max(axis=0) - toa.min(axis=0)).max())) + 2 * half + 2
-        idx = lo[:, None] + np.arange(span)[None, :]
-        inside = (idx >= 0) & (idx < n)
-        y = np.where(inside, res.real[np.clip(idx, 0, n - 1), cols[:, None]], 0.0)
-        shapes = np.where(inside[None], self.model((idx[None] - toa[:, :, None]) / self.fs).real, 0.0)
+        n = res.real.shape[0]
+        toa, idx, inside, y, shapes = self.windows(res, np.array([keep, remove], float), cols)
         b = (shapes * y[None]).sum(axis=2)
         g11, g22 = (shapes * shapes).sum(axis=2)
         g12 = (shapes[0] * shapes[1]).sum(axis=1)
@@ -145,11 +139,7 @@ class _Frame:
         amp = np.where(ok, amp, 0.5 * b[1] / np.maximum(g22, 1e-30))
         sh = shapes[1]
         np.add.at(res.real, (np.clip(idx, 0, n - 1), np.broadcast_to(cols[:, None], idx.shape)), np.where(inside, -amp[:, None] * sh, 0.0))
-        t_rm = toa[1]
-        idx_up = np.rint(t_rm * f).astype(int)[:, None] + np.arange(-half * f, half * f + 1)[None, :]
-        inside = (idx_up >= 0) & (idx_up < n * f)
-        shape_up = np.where(inside, self.model((idx_up / f - t_rm[:, None]) / self.fs), 0.0)
-        np.add.at(res.analytic, (np.clip(idx_up, 0, n * f - 1), np.broadcast_to(cols[:, None], idx_up.shape)), (-amp[:, None] * shape_up).astype(np.complex64))
+        res.subtract_analytic(toa[1], cols, amp, self.model)
 
     def noise(self, p) -> float:
         """Rayleigh sigma of the coherent sum's noise at ``p`` (channels' powers added)."""
@@ -255,10 +245,10 @@ def find_partners(
         ok1 = ok2 = False
         s1 = s2 = 0.0
         for _ in range(iterations):
-            w = _copy(base)
+            w = base.copy()
             frame.subtract_partner(w, p1, p2)
             p1, ok1, s1 = frame.locate(w, p1, min_channels=min_channels)
-            w = _copy(base)
+            w = base.copy()
             frame.subtract_partner(w, p2, p1)
             p2, ok2, s2 = frame.locate(w, p2, min_channels=min_channels)
         sep = float(np.linalg.norm(p1 - p2))

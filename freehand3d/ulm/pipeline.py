@@ -809,8 +809,7 @@ def _few_channel_final_check(centres, rf, probe, chosen, reference, pulse, *, tx
         """The data with the echoes of ``positions`` (or of those indexed by ``which``) removed, each
         A pulse(t - toa) at its predicted time, A by least squares against the data (so each
         echo's removal does not depend on which others are removed with it)."""
-        rest = _Residual.__new__(_Residual)
-        rest.real, rest.factor, rest.analytic = band.copy(), factor, analytic.copy()
+        rest = _Residual.of(band.copy(), analytic.copy(), factor)
         chosen_positions = positions if which is None else positions[which]
         if len(chosen_positions):
             toa = np.array([(echo_times(c, probe, tx_angle)[chosen] - t0) * fs for c in chosen_positions])  # (J, M)
@@ -823,11 +822,7 @@ def _few_channel_final_check(centres, rf, probe, chosen, reference, pulse, *, tx
         every = removal(positions)
         for k in range(len(positions)):
             own = removal(positions, [k])
-            rest = _Residual.__new__(_Residual)
-            rest.factor = factor
-            rest.real = every.real + (band - own.real)
-            rest.analytic = every.analytic + (analytic - own.analytic)
-            yield k, rest
+            yield k, _Residual.of(every.real + (band - own.real), every.analytic + (analytic - own.analytic), factor)
 
     out = centres.copy()
     for _ in range(iterations):
