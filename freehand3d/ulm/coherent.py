@@ -215,6 +215,33 @@ def _weighted_intersection(seed, paths, weights, element_x, direction, gates, it
     return p, finite & (np.abs(res) <= gates[-1])
 
 
+def _echoes_agree(ok, used, params, *, min_channels, min_agreement=0.6, chance=0.25, z_score=2.0, min_participation=0.0) -> bool:
+    """Whether a seed's fitted echoes (``ok``: fitted in its aperture; ``used``: agreeing with the
+    intersection; ``params``: their MEMGO parameters, amplitude first) verify it as a bubble.
+
+    Count: the intersection fits two coordinates, so two echoes agree for free; the others agree
+    by chance with probability ``chance`` each (binomial, ``z_score`` sigmas above its mean); and
+    at least ``min_channels`` and ``min_agreement`` of the fitted ones.
+    Participation: the agreeing echoes must carry the seed's energy together: a fit in a channel
+    with nothing there has a near-zero amplitude and a random phase that agrees 1 time in 4, so one
+    strong echo left over from a bubble found earlier plus such fits passed the count (16 channels,
+    noiseless PyMUST: amplitudes 537 and 0-8). The participation ratio (sum a)^2 / sum a^2 is the
+    number of equally strong echoes with that sum and energy (1.06 there, ~n for a bubble). With
+    ``min_participation`` it must also reach that share of the aperture's fitted echoes: inside the
+    f-number 1 aperture element directivity changes a bubble's echo amplitude little, while echoes
+    of several other bubbles that happen to line up with a seed are uneven (16 channels, PyMUST
+    L22-14v-like 18 bubbles/frame 30 dB: true seeds 0.68-1.0 x n, 10th percentile 0.66; false ones
+    from 0.4 x n).
+    """
+    n = ok.sum()
+    free = max(n - 2, 0)
+    need = max(min_channels, min_agreement * n, 2 + free * chance + z_score * np.sqrt(free * chance * (1 - chance)))
+    if used.sum() < need:
+        return False
+    amp = np.abs(params[used, 0])
+    return bool(amp.sum() ** 2 >= max(min_channels, min_participation * n) * (amp**2).sum())
+
+
 def coherent_bubbles(
     rf_band: np.ndarray,
     probe: LinearProbe,
@@ -328,25 +355,9 @@ def coherent_bubbles(
         toa = np.where(ok, t0 + delay / fs, np.nan)
         paths = echo_paths(toa, probe, tx_angle)
         pos, used = _weighted_intersection(seed, paths, params[:, 0] ** 2, element_x, direction, (lam / 2, lam / 4, lam / 8))
-        # the intersection fits two coordinates, so two echoes agree for free; the others agree by
-        # chance with probability ``chance`` each (binomial, z_score sigmas above its mean)
-        n = ok.sum()
-        free = max(n - 2, 0)
-        need = max(min_channels, min_agreement * n, 2 + free * chance + z_score * np.sqrt(free * chance * (1 - chance)))
-        if used.sum() < need or np.linalg.norm(pos - seed) > lam / 2 or not np.isfinite(pos).all():
+        if np.linalg.norm(pos - seed) > lam / 2 or not np.isfinite(pos).all():
             continue
-        # the agreeing echoes must carry the seed's energy together: a fit in a channel with nothing
-        # there has a near-zero amplitude and a random phase that agrees 1 time in 4, so one strong
-        # echo left over from a bubble found earlier plus such fits passed the count (16 channels,
-        # noiseless PyMUST: amplitudes 537 and 0-8). The participation ratio (sum a)^2 / sum a^2 is
-        # the number of equally strong echoes with that sum and energy (1.06 there, ~n for a bubble).
-        # With ``min_participation`` it must also reach that share of the aperture's fitted echoes:
-        # inside the f-number 1 aperture element directivity changes a bubble's echo amplitude
-        # little, while echoes of several other bubbles that happen to line up with a seed are
-        # uneven (16 channels, PyMUST L22-14v-like 18 bubbles/frame 30 dB: true seeds 0.68-1.0 x n,
-        # 10th percentile 0.66; false ones from 0.4 x n)
-        amp = np.abs(params[used, 0])
-        if amp.sum() ** 2 < max(min_channels, min_participation * n) * (amp**2).sum():
+        if not _echoes_agree(ok, used, params, min_channels=min_channels, min_agreement=min_agreement, chance=chance, z_score=z_score, min_participation=min_participation):
             continue
         if residual.point_sum(probe, chosen, pos, **kw) < retest_level(pos):
             continue
@@ -428,7 +439,11 @@ def subtract_echoes(
     ``centres`` explain: in each channel the echo nearest to each centre's predicted path (within
     ``tolerance`` mm), as A pulse(t - toa) with its fitted time of arrival and A by least squares;
     and the largest coherent amplitude of those bubbles (0 when none)."""
-    band = bandpass(rf, probe)
+    return _subtract_from_band(bandpass(rf, probe), probe, echoes, paths, centres, element_x, model, tx_angle=tx_angle, t0=t0, tolerance=tolerance)
+
+
+def _subtract_from_band(band, probe, echoes, paths, centres, element_x, model, *, tx_angle, t0, tolerance):
+    """:func:`subtract_echoes` on channels already band-passed (``band`` is changed in place)."""
     centres = np.asarray(centres, float).reshape(-1, 2)
     if len(centres) == 0 or paths.size == 0:
         return band, 0.0

@@ -39,7 +39,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from freehand3d.ulm.coherent import PulseModel, _Residual, _weighted_intersection, gated_fits
+from freehand3d.ulm.coherent import PulseModel, _Residual, _weighted_intersection, _echoes_agree, gated_fits
 from freehand3d.ulm.probe import LinearProbe, echo_times
 
 __all__ = ["find_partners"]
@@ -171,14 +171,9 @@ class _Frame:
 
         paths = echo_paths(np.where(ok, self.t0 + delay / self.fs, np.nan), self.probe, self.tx_angle)
         pos, used = _weighted_intersection(seed, paths, params[:, 0] ** 2, self.element_x, self.direction, (lam / 2, lam / 4, lam / 8))
-        n = ok.sum()
-        free = max(n - 2, 0)
-        need = max(min_channels, min_agreement * n, 2 + free * chance + z_score * np.sqrt(free * chance * (1 - chance)))
         if not (np.isfinite(pos).all() and np.linalg.norm(pos - seed) <= lam / 2):
             return seed, False, self.point_sum(res, seed)  # the next alternation starts from the seed
-        good = bool(used.sum() >= need)
-        amp = np.abs(params[used, 0])
-        good &= bool(amp.sum() ** 2 >= min_channels * (amp**2).sum())
+        good = _echoes_agree(ok, used, params, min_channels=min_channels, min_agreement=min_agreement, chance=chance, z_score=z_score)
         return pos, good, self.point_sum(res, pos)
 
 

@@ -600,14 +600,16 @@ def default_depth_range(probe: LinearProbe, n_samples: int, t0: float = 0.0, tx_
 
 def _add_coherent(centres, rf, probe, chosen, reference, pulse, echoes, paths, *, tx_angle, t0, false_alarms, threshold_db, min_channels):
     """Bubbles found by coherent seeding (:mod:`freehand3d.ulm.coherent`) that no centre explains."""
-    from freehand3d.ulm.coherent import PulseModel, coherent_bubbles, subtract_echoes
+    from freehand3d.ulm.coherent import PulseModel, _subtract_from_band, coherent_bubbles
+    from freehand3d.ulm.echoes import bandpass
 
     lam = probe.wavelength
     element_x = probe.element_x[chosen]
     # the echoes of the bubbles found so far are removed first, so that neither their side lobes
     # nor their echoes seed new bubbles, and a weak bubble next to a strong one is seen on its own
     model = PulseModel(probe, pulse, reference.half_window)
-    rf_band, known_peak = subtract_echoes(rf[:, chosen], probe, echoes, paths, centres, element_x, model, tx_angle=tx_angle, t0=t0, tolerance=lam / 4)
+    band = bandpass(rf[:, chosen], probe)  # also the close-partner stage's data (nothing removed)
+    rf_band, known_peak = _subtract_from_band(band.copy(), probe, echoes, paths, centres, element_x, model, tx_angle=tx_angle, t0=t0, tolerance=lam / 4)
     z_range = default_depth_range(probe, rf.shape[0], t0, tx_angle)
     if min_channels is None:
         min_channels = max(3, min(8, len(chosen) // 8))
@@ -618,10 +620,9 @@ def _add_coherent(centres, rf, probe, chosen, reference, pulse, echoes, paths, *
             out.append(p)
     out = np.asarray(out).reshape(-1, 2)
     if PARTNERS and len(chosen) >= PARTNER_MIN_CHANNELS and len(out):
-        from freehand3d.ulm.echoes import bandpass
         from freehand3d.ulm.partners import find_partners
 
-        out = find_partners(bandpass(rf[:, chosen], probe), probe, chosen, out, reference, model, tx_angle=tx_angle, t0=t0, min_channels=min_channels, false_alarms=false_alarms)
+        out = find_partners(band, probe, chosen, out, reference, model, tx_angle=tx_angle, t0=t0, min_channels=min_channels, false_alarms=false_alarms)
     return out
 
 
