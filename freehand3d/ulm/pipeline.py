@@ -822,20 +822,20 @@ def _few_channel_final_check(centres, rf, probe, chosen, reference, pulse, *, tx
     def removal(positions, which=None):
         """The data with the echoes of ``positions`` (or of those indexed by ``which``) removed, each
         A pulse(t - toa) at its predicted time, A by least squares against the data (so each
-        echo's removal does not depend on which others are removed with it)."""
+        echo's removal does not depend on which others are removed with it); the residual and A (J, M)."""
         rest = _Residual.of(band.copy(), analytic.copy(), factor)
         chosen_positions = positions if which is None else positions[which]
-        if len(chosen_positions):
-            toa = np.array([(echo_times(c, probe, tx_angle)[chosen] - t0) * fs for c in chosen_positions])  # (J, M)
-            rest.subtract(toa.ravel(), np.tile(channels, len(chosen_positions)), model)
-        return rest
+        if not len(chosen_positions):
+            return rest, np.zeros((0, len(chosen)))
+        toa = np.array([(echo_times(c, probe, tx_angle)[chosen] - t0) * fs for c in chosen_positions])  # (J, M)
+        return rest, rest.subtract(toa.ravel(), np.tile(channels, len(chosen_positions)), model).reshape(len(chosen_positions), -1)
 
     def without_others(positions):
         """For each bubble k, the data minus the echoes of every other one: all removed once, then
         k's own removal added back (the removals are independent of each other, see ``removal``)."""
-        every = removal(positions)
+        every, _ = removal(positions)
         for k in range(len(positions)):
-            own = removal(positions, [k])
+            own, _ = removal(positions, [k])
             yield k, _Residual.of(every.real + (band - own.real), every.analytic + (analytic - own.analytic), factor)
 
     out = centres.copy()
@@ -868,9 +868,7 @@ def _few_channel_final_check(centres, rf, probe, chosen, reference, pulse, *, tx
     if FEW_CHANNEL_SEARCH and len(out):
         from freehand3d.ulm.coherent import coherent_bubbles
 
-        rest = _Residual.of(band.copy(), analytic.copy(), factor)
-        toa = np.array([(echo_times(c, probe, tx_angle)[chosen] - t0) * fs for c in out])
-        amp = rest.subtract(toa.ravel(), np.tile(channels, len(out)), model).reshape(len(out), -1)
+        rest, amp = removal(out)
         # the strongest kept bubble's coherent amplitude (its echoes' amplitudes summed over its
         # f-number 1 aperture), which the coherent stage's relative floor refers to
         strongest = float(np.max(np.sum(amp * (np.abs(element_x[None] - out[:, :1]) <= out[:, 1:] / 2), axis=1)))
