@@ -186,11 +186,17 @@ class _Residual:
 
     def point_sum(self, probe: LinearProbe, chosen: np.ndarray, p: np.ndarray, *, tx_angle: float, t0: float, f_number: float) -> float:
         """|coherent sum| at one point, computed as :func:`coherent_image` does for a pixel."""
+        return float(self.point_sums(probe, chosen, np.asarray(p, float).reshape(1, 2), tx_angle=tx_angle, t0=t0, f_number=f_number)[0])
+
+    def point_sums(self, probe: LinearProbe, chosen: np.ndarray, points: np.ndarray, *, tx_angle: float, t0: float, f_number: float) -> np.ndarray:
+        """:meth:`point_sum` at each of ``points`` (P, 2): the times of flight of all points at once,
+        then each point's sum over its own channels in channel order (the same additions as one
+        point at a time, so the same values to the last bit)."""
         n_up = self.analytic.shape[0]
         ex = probe.element_x[chosen]
-        idx = np.rint((echo_times(p, probe, tx_angle)[chosen] - t0) * probe.sampling_frequency * self.factor).astype(int)
-        valid = (np.abs(ex - p[0]) <= p[1] / (2 * f_number)) & (idx >= 0) & (idx < n_up)
-        return float(np.abs(self.analytic[idx[valid], np.flatnonzero(valid)].sum()))
+        idx = np.rint((echo_times(points, probe, tx_angle)[:, chosen] - t0) * probe.sampling_frequency * self.factor).astype(int)
+        valid = (np.abs(ex[None, :] - points[:, 0:1]) <= points[:, 1:2] / (2 * f_number)) & (idx >= 0) & (idx < n_up)
+        return np.array([np.abs(self.analytic[i[v], np.flatnonzero(v)].sum()) for i, v in zip(idx, valid)], float)
 
 
 def _weighted_intersection(seed, paths, weights, element_x, direction, gates, iterations=4):
@@ -348,7 +354,7 @@ def coherent_bubbles(
         # the seed to lambda/8 (coherent sum on a local grid), so that the predicted times of
         # flight fix each echo's carrier cycle
         grid = seed + fine
-        sums = np.array([residual.point_sum(probe, chosen, q, **kw) for q in grid])
+        sums = residual.point_sums(probe, chosen, grid, **kw)
         seed = grid[int(np.argmax(sums))]
         params, ok, delay = gated_fits(residual.real, probe, chosen, seed, reference, tx_angle=tx_angle, t0=t0)
         ok &= aperture
