@@ -149,12 +149,8 @@ class _Frame:
         return float(self.sums(res, np.asarray(p, float).reshape(1, 2))[0])
 
     def sums(self, res: _Residual, pts: np.ndarray) -> np.ndarray:
-        """|coherent sum| of ``res`` at each of ``pts`` (N, 2), as :meth:`_Residual.point_sum`."""
-        n_up = res.analytic.shape[0]
-        idx = np.rint((echo_times(pts, self.probe, self.tx_angle)[:, self.chosen] - self.t0) * self.fs * res.factor).astype(np.int64)
-        valid = (np.abs(self.element_x[None, :] - pts[:, 0:1]) <= pts[:, 1:2] / (2 * self.f_number)) & (idx >= 0) & (idx < n_up)
-        vals = res.analytic[np.clip(idx, 0, n_up - 1), np.arange(len(self.chosen))[None, :]]
-        return np.abs(np.where(valid, vals, 0).sum(axis=1))
+        """|coherent sum| of ``res`` at each of ``pts`` (N, 2) (:meth:`_Residual.point_sums`)."""
+        return res.point_sums(self.probe, self.chosen, pts, **self.kw)
 
     def locate(self, res: _Residual, seed, *, min_channels, min_agreement=0.6, chance=0.25, z_score=2.0):
         """Stage 5's location of one seed on ``res``: (position, verified?, coherent sum there)."""

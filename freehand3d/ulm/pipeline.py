@@ -84,6 +84,11 @@ FEW_CHANNEL_STRONG_SNR = 3.0
 FEW_CHANNEL_SEARCH = True
 
 
+def _seed_min_channels(n_channels: int) -> int:
+    """Default echoes that must agree with a coherent seed: an eighth of the channels, 3..8."""
+    return max(3, min(8, n_channels // 8))
+
+
 def _seed_min_participation(n_channels: int) -> float:
     return FEW_CHANNEL_SEED_PARTICIPATION if n_channels < 32 else 0.0
 
@@ -175,7 +180,7 @@ def derived_parameters(probe: LinearProbe, channels: int = 128) -> dict:
         "coherent": len(chosen) >= 16,
         "seed_false_alarms": DEFAULT_FALSE_ALARMS,
         "seed_threshold_db": -20.0,
-        "seed_min_channels": max(3, min(8, len(chosen) // 8)),
+        "seed_min_channels": _seed_min_channels(len(chosen)),
         "seed_min_participation": _seed_min_participation(len(chosen)),
     }
 
@@ -507,7 +512,7 @@ def localize_frame(
         # measured +0.6 / -0.8 points on PyMUST (L11-5v-like 0 deg 9 / 5 deg 18 bubbles) and 91.0 ->
         # 87.4 % on the analytic bench (clutter -20 dB: 3 more coherent-stage false positives)
         if FEW_CHANNEL_FINAL_CHECK and len(chosen) >= 16 and reference is not None:
-            centres = _few_channel_final_check(centres, rf, probe, chosen, reference, resolved, tx_angle=tx_angle, t0=t0, false_alarms=seed_false_alarms, threshold_db=seed_threshold_db)
+            centres = _few_channel_final_check(centres, rf, probe, chosen, reference, resolved, tx_angle=tx_angle, t0=t0, false_alarms=seed_false_alarms, threshold_db=seed_threshold_db, min_channels=seed_min_channels)
         return centres
     points = match_echoes(paths, element_x, tx_angle=tx_angle, gap=gap, amplitude=echoes.amplitude, tolerance=tolerance, min_votes=min_votes)
     if min_cluster_size is None:
@@ -621,7 +626,7 @@ def _add_coherent(centres, rf, probe, chosen, reference, pulse, echoes, paths, *
     rf_band, known_peak = _subtract_from_band(band.copy(), probe, echoes, paths, centres, element_x, model, tx_angle=tx_angle, t0=t0, tolerance=lam / 4)
     z_range = default_depth_range(probe, rf.shape[0], t0, tx_angle)
     if min_channels is None:
-        min_channels = max(3, min(8, len(chosen) // 8))
+        min_channels = _seed_min_channels(len(chosen))
     found = coherent_bubbles(rf_band, probe, chosen, reference, model, z_range, known=centres, known_peak=known_peak, tx_angle=tx_angle, t0=t0, false_alarms=false_alarms, threshold_db=threshold_db, min_channels=min_channels, min_participation=_seed_min_participation(len(chosen)))
     out = [c for c in centres]
     for p in found:
@@ -771,7 +776,7 @@ def localize(
     return np.concatenate(out) if out else np.zeros((0, 3))
 
 
-def _few_channel_final_check(centres, rf, probe, chosen, reference, pulse, *, tx_angle, t0, false_alarms=DEFAULT_FALSE_ALARMS, threshold_db=-20.0, iterations=2):
+def _few_channel_final_check(centres, rf, probe, chosen, reference, pulse, *, tx_angle, t0, false_alarms=DEFAULT_FALSE_ALARMS, threshold_db=-20.0, min_channels=None, iterations=2):
     """Few channels (16-31), after all stages: each located bubble is (1) re-positioned from its own
     echoes re-fitted at the times of flight its position predicts, and (2) kept only if the coherent
     sum of all selected channels at its position passes the noise-floor rule; both on the selected
@@ -873,7 +878,7 @@ def _few_channel_final_check(centres, rf, probe, chosen, reference, pulse, *, tx
         # f-number 1 aperture), which the coherent stage's relative floor refers to
         strongest = float(np.max(np.sum(amp * (np.abs(element_x[None] - out[:, :1]) <= out[:, 1:] / 2), axis=1)))
         z_range = default_depth_range(probe, rf.shape[0], t0, tx_angle)
-        extra = coherent_bubbles(rest.real, probe, chosen, reference, model, z_range, known=out, known_peak=strongest, tx_angle=tx_angle, t0=t0, false_alarms=false_alarms, threshold_db=threshold_db, min_channels=max(3, min(8, len(chosen) // 8)), min_participation=_seed_min_participation(len(chosen)))
+        extra = coherent_bubbles(rest.real, probe, chosen, reference, model, z_range, known=out, known_peak=strongest, tx_angle=tx_angle, t0=t0, false_alarms=false_alarms, threshold_db=threshold_db, min_channels=_seed_min_channels(len(chosen)) if min_channels is None else min_channels, min_participation=_seed_min_participation(len(chosen)))
         if len(extra):
             out = passes(np.vstack([out, extra]), start=len(out))
     return out
