@@ -250,3 +250,65 @@ def test_final_check_searches_the_residual_for_a_weak_bubble_missed_before(monke
     assert len(pipeline._few_channel_final_check(given, alone + noise, probe, chosen, ref, None, **kw)) == 1
     monkeypatch.setattr(pipeline, "FEW_CHANNEL_SEARCH", False)
     assert len(pipeline._few_channel_final_check(given, both + noise, probe, chosen, ref, None, **kw)) == 1
+
+
+def test_few_echoes_rule_takes_three_to_five_equally_strong_agreeing_echoes():
+    """With 3-5 echoes fitted in a seed's aperture the count test needs all of them (3: more than
+    there are); ``few_echoes`` takes all but one of them (at least 3) if their participation ratio
+    reaches FEW_ECHOES_PARTICIPATION of their number, and never more than FEW_ECHOES echoes."""
+    from freehand3d.ulm.coherent import FEW_ECHOES, FEW_ECHOES_PARTICIPATION, _echoes_agree
+
+    def case(amplitudes, agree):
+        amplitudes = np.asarray(amplitudes, float)
+        params = np.zeros((len(amplitudes), 6))
+        params[:, 0] = amplitudes
+        ok = np.ones(len(amplitudes), bool)
+        used = np.zeros(len(amplitudes), bool)
+        used[:agree] = True
+        return ok, used, params
+
+    kw = dict(min_channels=3, min_participation=0.5)
+    three = case([1.0, 0.9, 1.1], 3)
+    assert not _echoes_agree(*three, **kw)  # 3 agreeing of 3: the count needs 3.1
+    assert _echoes_agree(*three, **kw, few_echoes=True)
+    assert _echoes_agree(*case([1.0, 0.9, 1.1, 1.0, 0.2], 4), **kw, few_echoes=True)  # 4 of 5
+    assert not _echoes_agree(*case([1.0, 0.9, 1.1, 1.0, 0.2], 3), **kw, few_echoes=True)  # 3 of 5
+    assert not _echoes_agree(*case([1.0, 0.9, 1.0, 1.0, 1.0], 4), **kw)  # the count needs all 5
+    # one strong echo and weaker ones (a leftover of a bubble found before): ratio 2.5 of 3
+    uneven = case([1.0, 0.45, 0.45], 3)
+    ratio = np.sum(uneven[2][:, 0]) ** 2 / np.sum(uneven[2][:, 0] ** 2)
+    assert ratio < FEW_ECHOES_PARTICIPATION * 3
+    assert not _echoes_agree(*uneven, **kw, few_echoes=True)
+    six = case([1.0] * 6, 5)  # more than FEW_ECHOES fitted: the count alone (5 of 6 pass it)
+    assert FEW_ECHOES < 6 and _echoes_agree(*six, **kw) == _echoes_agree(*six, **kw, few_echoes=True)
+    assert not _echoes_agree(*case([1.0] * 6, 4), **kw, few_echoes=True)
+
+
+def test_final_check_search_finds_a_shallow_bubble_seen_by_three_channels(monkeypatch):
+    """Rule 7 (3) with the few-echo rule: on an L11-5v-like array 16 channels are 2.5 mm apart, so a
+    bubble 8 mm deep has 3 of them in its f-number 1 aperture and the count test cannot verify its
+    seed; the few-echo rule does. Nothing is added without the bubble."""
+    from freehand3d.simulate.rf import simulate_rf
+    from freehand3d.ulm.echoes import reference_fit
+    import freehand3d.ulm.coherent as coherent
+    import freehand3d.ulm.pipeline as pipeline
+
+    probe = LinearProbe(pitch=0.3, element_width=0.27, center_frequency=7.6e6, sampling_frequency=30.4e6, fractional_bandwidth=0.77)
+    lam = probe.wavelength
+    chosen = select_channels(128, 16)
+    strong, weak = [0.0, 14.0], [3.0, 8.0]
+    assert (np.abs(probe.element_x[chosen] - weak[0]) <= weak[1] / 2).sum() == 3
+    both = simulate_rf(np.array([[[strong[0]], [strong[1]], [1.0]], [[weak[0]], [weak[1]], [0.4]]]), probe)[0]
+    alone = simulate_rf(np.array([[[strong[0]], [strong[1]], [1.0]], [[weak[0]], [weak[1]], [0.0]]]), probe)[0]
+    ref = reference_fit(probe, None)
+    noise = np.random.default_rng(0).normal(0, 0.01 * np.abs(both).max(), both.shape)
+    given = np.array([strong])
+    kw = dict(tx_angle=0.0, t0=0.0)
+    out = pipeline._few_channel_final_check(given, both + noise, probe, chosen, ref, None, **kw)
+    assert len(out) == 2
+    # measured over noise seeds 0-5: strong 0.005-0.014 lambda, weak 0.002-0.011 lambda from the truth
+    assert np.linalg.norm(out - strong, axis=1).min() < 0.05 * lam
+    assert np.linalg.norm(out - weak, axis=1).min() < 0.05 * lam
+    assert len(pipeline._few_channel_final_check(given, alone + noise, probe, chosen, ref, None, **kw)) == 1
+    monkeypatch.setattr(coherent, "FEW_ECHOES", 0)  # the rule off: the count alone refuses the seed
+    assert len(pipeline._few_channel_final_check(given, both + noise, probe, chosen, ref, None, **kw)) == 1

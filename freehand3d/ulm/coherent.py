@@ -221,7 +221,17 @@ def _weighted_intersection(seed, paths, weights, element_x, direction, gates, it
     return p, finite & (np.abs(res) <= gates[-1])
 
 
-def _echoes_agree(ok, used, params, *, min_channels, min_agreement=0.6, chance=0.25, z_score=2.0, min_participation=0.0) -> bool:
+#: Few fitted echoes (:func:`_echoes_agree`, ``few_echoes``): with at most this many echoes fitted in
+#: a seed's aperture the count test asks every one of them to agree (3: more than there are) ...
+FEW_ECHOES = 5
+#: ... so instead all but one of them, and at least 3, must agree with participation ratio at least
+#: this share of the agreeing count (PyMUST L11-5v-like 16 channels 30 dB, seeds of the final
+#: check's search refused by the count test: on a true bubble 0.84-1.0, on other bubbles' leftovers
+#: 0.57-0.87; docs/ulm.md, "Few echoes in the aperture").
+FEW_ECHOES_PARTICIPATION = 0.9
+
+
+def _echoes_agree(ok, used, params, *, min_channels, min_agreement=0.6, chance=0.25, z_score=2.0, min_participation=0.0, few_echoes=False) -> bool:
     """Whether a seed's fitted echoes (``ok``: fitted in its aperture; ``used``: agreeing with the
     intersection; ``params``: their MEMGO parameters, amplitude first) verify it as a bubble.
 
@@ -238,8 +248,17 @@ def _echoes_agree(ok, used, params, *, min_channels, min_agreement=0.6, chance=0
     of several other bubbles that happen to line up with a seed are uneven (16 channels, PyMUST
     L22-14v-like 18 bubbles/frame 30 dB: true seeds 0.68-1.0 x n, 10th percentile 0.66; false ones
     from 0.4 x n).
+    Few echoes (``few_echoes``): where the aperture holds 3 to ``FEW_ECHOES`` fitted echoes (a
+    shallow bubble seen by few selected channels) the count needs all of them, or more than there
+    are (3 echoes: 2 + 1 x 0.25 + 2 x 0.43 = 3.1); all but one of them (at least 3) then verify the
+    seed if their participation ratio reaches ``FEW_ECHOES_PARTICIPATION`` of their number: few
+    echoes, but each carrying its share of the seed's energy.
     """
     n = ok.sum()
+    if few_echoes and 3 <= n <= FEW_ECHOES and used.sum() >= max(3, n - 1):
+        amp = np.abs(params[used, 0])
+        if amp.sum() ** 2 >= FEW_ECHOES_PARTICIPATION * used.sum() * (amp**2).sum():
+            return True
     free = max(n - 2, 0)
     need = max(min_channels, min_agreement * n, 2 + free * chance + z_score * np.sqrt(free * chance * (1 - chance)))
     if used.sum() < need:
@@ -269,6 +288,7 @@ def coherent_bubbles(
     z_score: float = 2.0,
     factor: int = 4,
     min_participation: float = 0.0,
+    few_echoes: bool = False,
 ) -> np.ndarray:
     """Bubbles (K, 2) found by coherent seeding and located geometrically (see the module docstring).
 
@@ -277,7 +297,8 @@ def coherent_bubbles(
     taken earlier no longer passes), its echoes are fitted at the predicted times of flight, the
     position is the weighted least-squares intersection of their ellipses (weights: fitted
     amplitude squared, channels inside the f-number aperture, gates lambda/2, lambda/4, lambda/8 of
-    path), and the coherent sum at that position must pass the same threshold.
+    path), and the coherent sum at that position must pass the same threshold. ``few_echoes``: see
+    :func:`_echoes_agree`.
     """
     from freehand3d.ulm.baseline import detection_level
     from freehand3d.ulm.pipeline import echo_paths
@@ -363,7 +384,7 @@ def coherent_bubbles(
         pos, used = _weighted_intersection(seed, paths, params[:, 0] ** 2, element_x, direction, (lam / 2, lam / 4, lam / 8))
         if np.linalg.norm(pos - seed) > lam / 2 or not np.isfinite(pos).all():
             continue
-        if not _echoes_agree(ok, used, params, min_channels=min_channels, min_agreement=min_agreement, chance=chance, z_score=z_score, min_participation=min_participation):
+        if not _echoes_agree(ok, used, params, min_channels=min_channels, min_agreement=min_agreement, chance=chance, z_score=z_score, min_participation=min_participation, few_echoes=few_echoes):
             continue
         if residual.point_sum(probe, chosen, pos, **kw) < retest_level(pos):
             continue

@@ -802,6 +802,8 @@ def _few_channel_final_check(centres, rf, probe, chosen, reference, pulse, *, tx
     (3) With ``FEW_CHANNEL_SEARCH``: the coherent stage's search
     (:func:`freehand3d.ulm.coherent.coherent_bubbles`, same noise-floor, ``threshold_db`` and echo
     rules) once more on the data minus every bubble kept, each bubble it finds kept if it passes (2).
+    Its seeds with 3-5 echoes fitted in the aperture are verified by the few-echo rule
+    (``few_echoes``, :func:`freehand3d.ulm.coherent._echoes_agree`) as well as by the count.
     """
     from freehand3d.ulm.coherent import PulseModel, _Residual, _weighted_intersection, gated_fits, upsampled_analytic
     from freehand3d.ulm.echoes import bandpass
@@ -878,7 +880,7 @@ def _few_channel_final_check(centres, rf, probe, chosen, reference, pulse, *, tx
         # f-number 1 aperture), which the coherent stage's relative floor refers to
         strongest = float(np.max(np.sum(amp * (np.abs(element_x[None] - out[:, :1]) <= out[:, 1:] / 2), axis=1)))
         z_range = default_depth_range(probe, rf.shape[0], t0, tx_angle)
-        extra = coherent_bubbles(rest.real, probe, chosen, reference, model, z_range, known=out, known_peak=strongest, tx_angle=tx_angle, t0=t0, false_alarms=false_alarms, threshold_db=threshold_db, min_channels=_seed_min_channels(len(chosen)) if min_channels is None else min_channels, min_participation=_seed_min_participation(len(chosen)))
+        extra = coherent_bubbles(rest.real, probe, chosen, reference, model, z_range, known=out, known_peak=strongest, tx_angle=tx_angle, t0=t0, false_alarms=false_alarms, threshold_db=threshold_db, min_channels=_seed_min_channels(len(chosen)) if min_channels is None else min_channels, min_participation=_seed_min_participation(len(chosen)), few_echoes=True)
         if len(extra):
             out = passes(np.vstack([out, extra]), start=len(out))
     return out
