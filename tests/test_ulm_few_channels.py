@@ -227,29 +227,36 @@ def test_final_check_searches_the_residual_for_a_weak_bubble_missed_before(monke
     """Rule 7 (3): after the polish and the coherent-energy test, the coherent stage's search runs
     once more on the data minus every bubble kept; a weak bubble the earlier stages missed is found
     there, and nothing is added where the residual holds only noise."""
-    from freehand3d.simulate.rf import simulate_rf
-    from freehand3d.ulm.echoes import reference_fit
     import freehand3d.ulm.pipeline as pipeline
 
     probe = LinearProbe()  # L22-14v-like, 16 channels 0.85 mm apart
     lam = probe.wavelength
-    chosen = select_channels(128, 16)
     strong, weak = [1.0, 6.5], [-2.0, 7.5]
-    # the same record length with and without the weak bubble (amplitude 0 leaves no echo)
-    both = simulate_rf(np.array([[[strong[0]], [strong[1]], [1.0]], [[weak[0]], [weak[1]], [0.3]]]), probe)[0]
-    alone = simulate_rf(np.array([[[strong[0]], [strong[1]], [1.0]], [[weak[0]], [weak[1]], [0.0]]]), probe)[0]
-    ref = reference_fit(probe, None)
-    noise = np.random.default_rng(0).normal(0, 0.01 * np.abs(both).max(), both.shape)
-    given = np.array([strong])  # the weak bubble was missed before the check
-    kw = dict(tx_angle=0.0, t0=0.0)
-    out = pipeline._few_channel_final_check(given, both + noise, probe, chosen, ref, None, **kw)
+    check = _strong_given_weak_missed(probe, strong, weak, 0.3)
+    out = check(True)
     assert len(out) == 2
     # measured over noise seeds 0-5: strong 0.019-0.022 lambda, weak 0.002-0.022 lambda from the truth
     assert np.linalg.norm(out - strong, axis=1).min() < 0.05 * lam
     assert np.linalg.norm(out - weak, axis=1).min() < 0.05 * lam
-    assert len(pipeline._few_channel_final_check(given, alone + noise, probe, chosen, ref, None, **kw)) == 1
+    assert len(check(False)) == 1
     monkeypatch.setattr(pipeline, "FEW_CHANNEL_SEARCH", False)
-    assert len(pipeline._few_channel_final_check(given, both + noise, probe, chosen, ref, None, **kw)) == 1
+    assert len(check(True)) == 1
+
+
+def _strong_given_weak_missed(probe, strong, weak, amplitude):
+    """check(with_weak): the final check (16 channels, 1 % noise) on a strong bubble and, with
+    ``with_weak``, a weaker one, the strong one alone given (the weak one was missed before)."""
+    from freehand3d.simulate.rf import simulate_rf
+    from freehand3d.ulm.echoes import reference_fit
+    import freehand3d.ulm.pipeline as pipeline
+
+    chosen = select_channels(128, 16)
+    records = {}
+    for with_weak in (True, False):  # the same record length (amplitude 0 leaves no echo)
+        records[with_weak] = simulate_rf(np.array([[[strong[0]], [strong[1]], [1.0]], [[weak[0]], [weak[1]], [amplitude if with_weak else 0.0]]]), probe)[0]
+    noise = np.random.default_rng(0).normal(0, 0.01 * np.abs(records[True]).max(), records[True].shape)
+    ref = reference_fit(probe, None)
+    return lambda with_weak: pipeline._few_channel_final_check(np.array([strong]), records[with_weak] + noise, probe, chosen, ref, None, tx_angle=0.0, t0=0.0)
 
 
 def test_few_echoes_rule_takes_three_to_five_equally_strong_agreeing_echoes():
@@ -288,27 +295,40 @@ def test_final_check_search_finds_a_shallow_bubble_seen_by_three_channels(monkey
     """Rule 7 (3) with the few-echo rule: on an L11-5v-like array 16 channels are 2.5 mm apart, so a
     bubble 8 mm deep has 3 of them in its f-number 1 aperture and the count test cannot verify its
     seed; the few-echo rule does. Nothing is added without the bubble."""
-    from freehand3d.simulate.rf import simulate_rf
-    from freehand3d.ulm.echoes import reference_fit
     import freehand3d.ulm.coherent as coherent
-    import freehand3d.ulm.pipeline as pipeline
 
     probe = LinearProbe(pitch=0.3, element_width=0.27, center_frequency=7.6e6, sampling_frequency=30.4e6, fractional_bandwidth=0.77)
     lam = probe.wavelength
-    chosen = select_channels(128, 16)
     strong, weak = [0.0, 14.0], [3.0, 8.0]
-    assert (np.abs(probe.element_x[chosen] - weak[0]) <= weak[1] / 2).sum() == 3
-    both = simulate_rf(np.array([[[strong[0]], [strong[1]], [1.0]], [[weak[0]], [weak[1]], [0.4]]]), probe)[0]
-    alone = simulate_rf(np.array([[[strong[0]], [strong[1]], [1.0]], [[weak[0]], [weak[1]], [0.0]]]), probe)[0]
-    ref = reference_fit(probe, None)
-    noise = np.random.default_rng(0).normal(0, 0.01 * np.abs(both).max(), both.shape)
-    given = np.array([strong])
-    kw = dict(tx_angle=0.0, t0=0.0)
-    out = pipeline._few_channel_final_check(given, both + noise, probe, chosen, ref, None, **kw)
+    assert (np.abs(probe.element_x[select_channels(128, 16)] - weak[0]) <= weak[1] / 2).sum() == 3
+    check = _strong_given_weak_missed(probe, strong, weak, 0.4)
+    out = check(True)
     assert len(out) == 2
     # measured over noise seeds 0-5: strong 0.005-0.014 lambda, weak 0.002-0.011 lambda from the truth
     assert np.linalg.norm(out - strong, axis=1).min() < 0.05 * lam
     assert np.linalg.norm(out - weak, axis=1).min() < 0.05 * lam
-    assert len(pipeline._few_channel_final_check(given, alone + noise, probe, chosen, ref, None, **kw)) == 1
+    assert len(check(False)) == 1
     monkeypatch.setattr(coherent, "FEW_ECHOES", 0)  # the rule off: the count alone refuses the seed
-    assert len(pipeline._few_channel_final_check(given, both + noise, probe, chosen, ref, None, **kw)) == 1
+    assert len(check(True)) == 1
+
+
+def test_joint_echo_amplitudes_share_overlapping_echoes():
+    """The final check removes located bubbles' echoes with amplitudes fitted jointly per channel:
+    two echoes 2.8 samples (0.7 carrier period) apart in one channel get their own amplitudes back
+    (noiseless), where fitting each alone gave 0.81 and 0.28 for 1.0 and 0.6."""
+    from freehand3d.ulm.coherent import PulseModel, _Residual, joint_echo_amplitudes
+
+    probe = LinearProbe()
+    model = PulseModel(probe, None, 16)
+    toa = np.array([[150.3, 150.3], [153.1, 240.0]])  # (echoes, channels): overlapping in channel 0 only
+    amp = np.array([[1.0, 0.5], [0.6, 0.8]])
+    t = np.arange(400)
+    band = np.zeros((400, 2))
+    for j in range(2):
+        for c in range(2):
+            band[:, c] += amp[j, c] * model((t - toa[j, c]) / probe.sampling_frequency).real
+    np.testing.assert_allclose(joint_echo_amplitudes(band, toa, model), amp, atol=1e-6)
+    alone = _Residual(band, 4).subtract(toa.ravel(), np.tile(np.arange(2), 2), model).reshape(2, 2)
+    assert abs(alone[0, 0] - 1.0) > 0.1 and abs(alone[1, 0] - 0.6) > 0.1
+    np.testing.assert_allclose(alone[:, 1], amp[:, 1], atol=1e-6)  # apart, each alone is right
+

@@ -136,6 +136,30 @@ class PulseModel:
         return np.where((pos >= 0) & (pos <= len(self.t) - 1), out, 0.0)
 
 
+def joint_echo_amplitudes(rf_band: np.ndarray, toa_samples: np.ndarray, model: PulseModel) -> np.ndarray:
+    """Amplitudes (J, M) of J echoes A pulse(t - toa) in each of M channels (``toa_samples`` (J, M),
+    samples of ``rf_band``), fitted jointly: one least-squares fit of all J echoes per channel, so
+    that two echoes overlapping in a channel share its data instead of each taking the whole of it."""
+    n, m = rf_band.shape
+    half = model.half
+    width = 2 * half + 1
+    amp = np.zeros(toa_samples.shape)
+    for c in range(m):
+        t = toa_samples[:, c]
+        idx = np.rint(t).astype(int)[:, None] + np.arange(-half, half + 1)[None, :]
+        inside = (idx >= 0) & (idx < n)
+        if not inside.any():
+            continue
+        shape = np.where(inside, model((idx - t[:, None]) / model.fs).real, 0.0)
+        # the rows the echoes cover, each echo's window placed in them
+        rows, where = np.unique(np.clip(idx, 0, n - 1)[inside], return_inverse=True)
+        design = np.zeros((len(rows), len(t)))
+        echo = np.broadcast_to(np.arange(len(t))[:, None], (len(t), width))[inside]
+        np.add.at(design, (where, echo), shape[inside])
+        amp[:, c] = np.linalg.lstsq(design, rf_band[rows, c], rcond=None)[0]
+    return amp
+
+
 def _memgo_analytic(u: np.ndarray, params: np.ndarray) -> np.ndarray:
     """Analytic signal of MEMGO components (narrow-band form): a g(u) exp(i (w u + phi)), u = t - mu (E, T)."""
     from scipy.special import erf
@@ -172,9 +196,17 @@ class _Residual:
         shape = np.where(inside, model((idx - toa_samples[:, None]) / model.fs).real, 0.0)
         data = np.where(inside, self.real[np.clip(idx, 0, n - 1), channels[:, None]], 0.0)
         amp = (data * shape).sum(axis=1) / np.maximum((shape * shape).sum(axis=1), 1e-30)
+        self.subtract_known(toa_samples, channels, amp, model)
+        return amp
+
+    def subtract_known(self, toa_samples: np.ndarray, channels: np.ndarray, amp: np.ndarray, model: "PulseModel") -> None:
+        """Remove echoes of known amplitudes ``amp`` (real and analytic signal)."""
+        n, half = self.real.shape[0], model.half
+        idx = np.rint(toa_samples).astype(int)[:, None] + np.arange(-half, half + 1)[None, :]
+        inside = (idx >= 0) & (idx < n)
+        shape = np.where(inside, model((idx - toa_samples[:, None]) / model.fs).real, 0.0)
         np.add.at(self.real, (np.clip(idx, 0, n - 1), np.broadcast_to(channels[:, None], idx.shape)), -amp[:, None] * shape)
         self.subtract_analytic(toa_samples, channels, amp, model)
-        return amp
 
     def subtract_analytic(self, toa_samples: np.ndarray, channels: np.ndarray, amp: np.ndarray, model: "PulseModel") -> None:
         """Remove echoes of known amplitudes ``amp`` from the up-sampled analytic signal only."""

@@ -74,7 +74,7 @@ FEW_CHANNEL_POLISH_SNR = 2.0
 FEW_CHANNEL_POLISH_SHARE = 0.375
 FEW_CHANNEL_STRONG_SNR = 3.0
 #: Rule 7 (3): the coherent stage's search once more, on the data minus every bubble kept (their
-#: polished positions, least-squares amplitudes), each bubble it finds kept if it passes test (2).
+#: polished positions, amplitudes fitted jointly), each bubble it finds kept if it passes test (2).
 #: Weak bubbles that the first search missed stand out in this residual (PyMUST L11-5v-like 0 deg
 #: 9 bubbles/frame, 30 dB: the 5 that G-ULM 16 missed and DAS-WA 128 found had coherent sums of
 #: 5.8-15.4 noise sigmas there, against a 99th percentile of 3.6 at random points).
@@ -780,7 +780,8 @@ def _few_channel_final_check(centres, rf, probe, chosen, reference, pulse, *, tx
     """Few channels (16-31), after all stages: each located bubble is (1) re-positioned from its own
     echoes re-fitted at the times of flight its position predicts, and (2) kept only if the coherent
     sum of all selected channels at its position passes the noise-floor rule; both on the selected
-    channels' data minus the echoes of every other located bubble.
+    channels' data minus the echoes of every other located bubble (the amplitudes of all located
+    bubbles' echoes fitted jointly in each channel, :func:`freehand3d.ulm.coherent.joint_echo_amplitudes`).
 
     (1) In each channel the window at the predicted time is fitted by one MEMGO component of the
     reference pulse's shape (:func:`freehand3d.ulm.coherent.gated_fits`): its time of arrival is the
@@ -805,7 +806,7 @@ def _few_channel_final_check(centres, rf, probe, chosen, reference, pulse, *, tx
     Its seeds with 3-5 echoes fitted in the aperture are verified by the few-echo rule
     (``few_echoes``, :func:`freehand3d.ulm.coherent._echoes_agree`) as well as by the count.
     """
-    from freehand3d.ulm.coherent import PulseModel, _Residual, _weighted_intersection, gated_fits, upsampled_analytic
+    from freehand3d.ulm.coherent import PulseModel, _Residual, _weighted_intersection, gated_fits, joint_echo_amplitudes, upsampled_analytic
     from freehand3d.ulm.echoes import bandpass
     from freehand3d.ulm.probe import echo_times
     from freehand3d.ulm.pulse import noise_floor
@@ -826,23 +827,29 @@ def _few_channel_final_check(centres, rf, probe, chosen, reference, pulse, *, tx
     strong_needed = max(3, int(round(FEW_CHANNEL_POLISH_SHARE * len(chosen))))
     channels = np.arange(len(chosen))
 
-    def removal(positions, which=None):
-        """The data with the echoes of ``positions`` (or of those indexed by ``which``) removed, each
-        A pulse(t - toa) at its predicted time, A by least squares against the data (so each
-        echo's removal does not depend on which others are removed with it); the residual and A (J, M)."""
+    def echoes(positions):
+        """Times of flight (J, M, samples) of the bubbles at ``positions`` and their echoes'
+        amplitudes A (J, M), echo = A pulse(t - toa), fitted jointly per channel
+        (:func:`freehand3d.ulm.coherent.joint_echo_amplitudes`): where echoes of close bubbles
+        overlap, each one's A no longer takes the other's echo too."""
+        toa = np.array([(echo_times(c, probe, tx_angle)[chosen] - t0) * fs for c in positions]).reshape(-1, len(chosen))
+        return toa, joint_echo_amplitudes(band, toa, model)
+
+    def removal(toa, amp, which=None):
+        """The data with the echoes (``echoes``) of all bubbles, or of those indexed by ``which``, removed."""
         rest = _Residual.of(band.copy(), analytic.copy(), factor)
-        chosen_positions = positions if which is None else positions[which]
-        if not len(chosen_positions):
-            return rest, np.zeros((0, len(chosen)))
-        toa = np.array([(echo_times(c, probe, tx_angle)[chosen] - t0) * fs for c in chosen_positions])  # (J, M)
-        return rest, rest.subtract(toa.ravel(), np.tile(channels, len(chosen_positions)), model).reshape(len(chosen_positions), -1)
+        which = np.arange(len(toa)) if which is None else np.asarray(which, int)
+        if len(which):
+            rest.subtract_known(toa[which].ravel(), np.tile(channels, len(which)), amp[which].ravel(), model)
+        return rest
 
     def without_others(positions):
         """For each bubble k, the data minus the echoes of every other one: all removed once, then
-        k's own removal added back (the removals are independent of each other, see ``removal``)."""
-        every, _ = removal(positions)
+        k's own echoes (the same joint amplitudes) added back."""
+        toa, amp = echoes(positions)
+        every = removal(toa, amp)
         for k in range(len(positions)):
-            own, _ = removal(positions, [k])
+            own = removal(toa, amp, [k])
             yield k, _Residual.of(every.real + (band - own.real), every.analytic + (analytic - own.analytic), factor)
 
     out = centres.copy()
@@ -875,7 +882,8 @@ def _few_channel_final_check(centres, rf, probe, chosen, reference, pulse, *, tx
     if FEW_CHANNEL_SEARCH and len(out):
         from freehand3d.ulm.coherent import coherent_bubbles
 
-        rest, amp = removal(out)
+        toa, amp = echoes(out)
+        rest = removal(toa, amp)
         # the strongest kept bubble's coherent amplitude (its echoes' amplitudes summed over its
         # f-number 1 aperture), which the coherent stage's relative floor refers to
         strongest = float(np.max(np.sum(amp * (np.abs(element_x[None] - out[:, :1]) <= out[:, 1:] / 2), axis=1)))
