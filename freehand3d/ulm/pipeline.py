@@ -73,6 +73,13 @@ FEW_CHANNEL_POLISH_SNR = 2.0
 #: positions 0.3 lambda off, and the matched position is kept.
 FEW_CHANNEL_POLISH_SHARE = 0.375
 FEW_CHANNEL_STRONG_SNR = 3.0
+#: A move that keeps the depth within this many wavelengths (a lateral correction: the bubbles
+#: located 0.25-0.56 lambda off on the L11-5v-like probe were all off laterally, depth within 0.12
+#: lambda) needs only ``FEW_CHANNEL_LATERAL_STRONG`` strong agreeing echoes: a shallow bubble has
+#: only 3-5 of the 16 channels in its f-number 1 aperture. Measured with the echoes' joint
+#: removal (docs/ulm.md, "Lateral polish").
+FEW_CHANNEL_LATERAL_DEPTH = 1 / 16
+FEW_CHANNEL_LATERAL_STRONG = 4
 #: Rule 7 (3): the coherent stage's search once more, on the data minus every bubble kept (their
 #: polished positions, amplitudes fitted jointly), each bubble it finds kept if it passes test (2).
 #: Weak bubbles that the first search missed stand out in this residual (PyMUST L11-5v-like 0 deg
@@ -792,7 +799,8 @@ def _few_channel_final_check(centres, rf, probe, chosen, reference, pulse, *, tx
     lateral leverage of the outer ones); the position is their least-squares intersection (gates
     lambda/4, lambda/8 of path), kept if it moved at most lambda/2 and at least
     ``FEW_CHANNEL_POLISH_SHARE`` of the channels agree with echoes of ``FEW_CHANNEL_STRONG_SNR``
-    sigmas or more. Repeated ``iterations`` times (the other bubbles' removals use the new positions).
+    sigmas or more (``FEW_CHANNEL_LATERAL_STRONG`` echoes for a move that keeps the depth within
+    ``FEW_CHANNEL_LATERAL_DEPTH`` wavelengths). Repeated ``iterations`` times (the other bubbles' removals use the new positions).
 
     (2) |sum over the channels of the analytic signal at the predicted times| (4x up-sampled, nearest
     sample) must reach k sigma of that sum's noise (sqrt of the summed channel noise powers), k =
@@ -863,7 +871,9 @@ def _few_channel_final_check(centres, rf, probe, chosen, reference, pulse, *, tx
             pos, used = _weighted_intersection(out[k], paths, np.ones(len(paths)), element_x, direction, (lam / 4, lam / 8))
             if not np.isfinite(pos).all() or used.sum() < 3 or np.linalg.norm(pos - centres[k]) > lam / 2:
                 continue
-            if (used & (snr >= FEW_CHANNEL_STRONG_SNR)).sum() < strong_needed:
+            strong = (used & (snr >= FEW_CHANNEL_STRONG_SNR)).sum()
+            lateral = abs(pos[1] - out[k][1]) <= FEW_CHANNEL_LATERAL_DEPTH * lam
+            if strong < (min(FEW_CHANNEL_LATERAL_STRONG, strong_needed) if lateral else strong_needed):
                 continue
             moved[k] = pos
         out = moved
