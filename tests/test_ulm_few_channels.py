@@ -230,22 +230,16 @@ def test_final_check_searches_the_residual_for_a_weak_bubble_missed_before(monke
     import freehand3d.ulm.pipeline as pipeline
 
     probe = LinearProbe()  # L22-14v-like, 16 channels 0.85 mm apart
-    lam = probe.wavelength
-    strong, weak = [1.0, 6.5], [-2.0, 7.5]
-    check = _strong_given_weak_missed(probe, strong, weak, 0.3)
-    out = check(True)
-    assert len(out) == 2
     # measured over noise seeds 0-5: strong 0.019-0.022 lambda, weak 0.002-0.022 lambda from the truth
-    assert np.linalg.norm(out - strong, axis=1).min() < 0.05 * lam
-    assert np.linalg.norm(out - weak, axis=1).min() < 0.05 * lam
-    assert len(check(False)) == 1
+    check = _weak_found_and_nothing_added(probe, [1.0, 6.5], [-2.0, 7.5], 0.3)
     monkeypatch.setattr(pipeline, "FEW_CHANNEL_SEARCH", False)
     assert len(check(True)) == 1
 
 
-def _strong_given_weak_missed(probe, strong, weak, amplitude):
-    """check(with_weak): the final check (16 channels, 1 % noise) on a strong bubble and, with
-    ``with_weak``, a weaker one, the strong one alone given (the weak one was missed before)."""
+def _weak_found_and_nothing_added(probe, strong, weak, amplitude):
+    """The final check (16 channels, 1 % noise) on a strong bubble and a weaker one, the strong one
+    alone given (the weak one was missed before), finds both within 0.05 lambda, and only the
+    strong one where the weak one is absent; returns check(with_weak) for more cases."""
     from freehand3d.simulate.rf import simulate_rf
     from freehand3d.ulm.echoes import reference_fit
     import freehand3d.ulm.pipeline as pipeline
@@ -256,7 +250,16 @@ def _strong_given_weak_missed(probe, strong, weak, amplitude):
         records[with_weak] = simulate_rf(np.array([[[strong[0]], [strong[1]], [1.0]], [[weak[0]], [weak[1]], [amplitude if with_weak else 0.0]]]), probe)[0]
     noise = np.random.default_rng(0).normal(0, 0.01 * np.abs(records[True]).max(), records[True].shape)
     ref = reference_fit(probe, None)
-    return lambda with_weak: pipeline._few_channel_final_check(np.array([strong]), records[with_weak] + noise, probe, chosen, ref, None, tx_angle=0.0, t0=0.0)
+
+    def check(with_weak):
+        return pipeline._few_channel_final_check(np.array([strong]), records[with_weak] + noise, probe, chosen, ref, None, tx_angle=0.0, t0=0.0)
+
+    out = check(True)
+    assert len(out) == 2
+    for truth in (strong, weak):
+        assert np.linalg.norm(out - truth, axis=1).min() < 0.05 * probe.wavelength
+    assert len(check(False)) == 1
+    return check
 
 
 def test_few_echoes_rule_takes_three_to_five_equally_strong_agreeing_echoes():
@@ -298,16 +301,10 @@ def test_final_check_search_finds_a_shallow_bubble_seen_by_three_channels(monkey
     import freehand3d.ulm.coherent as coherent
 
     probe = LinearProbe(pitch=0.3, element_width=0.27, center_frequency=7.6e6, sampling_frequency=30.4e6, fractional_bandwidth=0.77)
-    lam = probe.wavelength
-    strong, weak = [0.0, 14.0], [3.0, 8.0]
+    weak = [3.0, 8.0]
     assert (np.abs(probe.element_x[select_channels(128, 16)] - weak[0]) <= weak[1] / 2).sum() == 3
-    check = _strong_given_weak_missed(probe, strong, weak, 0.4)
-    out = check(True)
-    assert len(out) == 2
     # measured over noise seeds 0-5: strong 0.005-0.014 lambda, weak 0.002-0.011 lambda from the truth
-    assert np.linalg.norm(out - strong, axis=1).min() < 0.05 * lam
-    assert np.linalg.norm(out - weak, axis=1).min() < 0.05 * lam
-    assert len(check(False)) == 1
+    check = _weak_found_and_nothing_added(probe, [0.0, 14.0], weak, 0.4)
     monkeypatch.setattr(coherent, "FEW_ECHOES", 0)  # the rule off: the count alone refuses the seed
     assert len(check(True)) == 1
 
