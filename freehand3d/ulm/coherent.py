@@ -135,26 +135,30 @@ class PulseModel:
         out = self.analytic[i] * (1 - frac) + self.analytic[i + 1] * frac
         return np.where((pos >= 0) & (pos <= len(self.t) - 1), out, 0.0)
 
+    def windows(self, toa_samples: np.ndarray, n_samples: int):
+        """Each echo's window around its time of arrival (``toa_samples``, samples of a record of
+        ``n_samples``): sample indices (E, 2 half + 1), which of them lie in the record, and the real
+        pulse there (0 outside the record)."""
+        idx = np.rint(toa_samples).astype(int)[:, None] + np.arange(-self.half, self.half + 1)[None, :]
+        inside = (idx >= 0) & (idx < n_samples)
+        return idx, inside, np.where(inside, self((idx - toa_samples[:, None]) / self.fs).real, 0.0)
+
 
 def joint_echo_amplitudes(rf_band: np.ndarray, toa_samples: np.ndarray, model: PulseModel) -> np.ndarray:
     """Amplitudes (J, M) of J echoes A pulse(t - toa) in each of M channels (``toa_samples`` (J, M),
     samples of ``rf_band``), fitted jointly: one least-squares fit of all J echoes per channel, so
     that two echoes overlapping in a channel share its data instead of each taking the whole of it."""
     n, m = rf_band.shape
-    half = model.half
-    width = 2 * half + 1
     amp = np.zeros(toa_samples.shape)
     for c in range(m):
         t = toa_samples[:, c]
-        idx = np.rint(t).astype(int)[:, None] + np.arange(-half, half + 1)[None, :]
-        inside = (idx >= 0) & (idx < n)
+        idx, inside, shape = model.windows(t, n)
         if not inside.any():
             continue
-        shape = np.where(inside, model((idx - t[:, None]) / model.fs).real, 0.0)
         # the rows the echoes cover, each echo's window placed in them
-        rows, where = np.unique(np.clip(idx, 0, n - 1)[inside], return_inverse=True)
+        rows, where = np.unique(idx[inside], return_inverse=True)
         design = np.zeros((len(rows), len(t)))
-        echo = np.broadcast_to(np.arange(len(t))[:, None], (len(t), width))[inside]
+        echo = np.broadcast_to(np.arange(len(t))[:, None], idx.shape)[inside]
         np.add.at(design, (where, echo), shape[inside])
         amp[:, c] = np.linalg.lstsq(design, rf_band[rows, c], rcond=None)[0]
     return amp
@@ -188,23 +192,21 @@ class _Residual:
     def copy(self) -> "_Residual":
         return _Residual.of(self.real.copy(), self.analytic.copy(), self.factor)
 
-    def subtract(self, toa_samples: np.ndarray, channels: np.ndarray, model: "PulseModel") -> None:
-        """Remove echoes A pulse(t - toa) (toa in samples of this record) from the given channels."""
-        n, f, half = self.real.shape[0], self.factor, model.half
-        idx = np.rint(toa_samples).astype(int)[:, None] + np.arange(-half, half + 1)[None, :]
-        inside = (idx >= 0) & (idx < n)
-        shape = np.where(inside, model((idx - toa_samples[:, None]) / model.fs).real, 0.0)
+    def subtract(self, toa_samples: np.ndarray, channels: np.ndarray, model: "PulseModel") -> np.ndarray:
+        """Remove echoes A pulse(t - toa) (toa in samples of this record) from the given channels,
+        each A by least squares against the data alone; returns A."""
+        n = self.real.shape[0]
+        windows = idx, inside, shape = model.windows(toa_samples, n)
         data = np.where(inside, self.real[np.clip(idx, 0, n - 1), channels[:, None]], 0.0)
         amp = (data * shape).sum(axis=1) / np.maximum((shape * shape).sum(axis=1), 1e-30)
-        self.subtract_known(toa_samples, channels, amp, model)
+        self.subtract_known(toa_samples, channels, amp, model, windows)
         return amp
 
-    def subtract_known(self, toa_samples: np.ndarray, channels: np.ndarray, amp: np.ndarray, model: "PulseModel") -> None:
-        """Remove echoes of known amplitudes ``amp`` (real and analytic signal)."""
-        n, half = self.real.shape[0], model.half
-        idx = np.rint(toa_samples).astype(int)[:, None] + np.arange(-half, half + 1)[None, :]
-        inside = (idx >= 0) & (idx < n)
-        shape = np.where(inside, model((idx - toa_samples[:, None]) / model.fs).real, 0.0)
+    def subtract_known(self, toa_samples: np.ndarray, channels: np.ndarray, amp: np.ndarray, model: "PulseModel", windows=None) -> None:
+        """Remove echoes of known amplitudes ``amp`` (real and analytic signal); ``windows``:
+        :meth:`PulseModel.windows` of these echoes when already computed."""
+        n = self.real.shape[0]
+        idx, _, shape = model.windows(toa_samples, n) if windows is None else windows
         np.add.at(self.real, (np.clip(idx, 0, n - 1), np.broadcast_to(channels[:, None], idx.shape)), -amp[:, None] * shape)
         self.subtract_analytic(toa_samples, channels, amp, model)
 
